@@ -1,0 +1,1 @@
+"""Build TorchServe model archives (.mar) from declared specs into ``model_store/``."""

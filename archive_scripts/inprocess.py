@@ -1,0 +1,88 @@
+"""Run a handler in this process exactly as a TorchServe worker would: same Context, same calls.
+
+Used by the build's smoke/golden gate (on a freshly built, unpacked archive) and by the unit tests.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import json
+import sys
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from ts.context import Context, RequestProcessor
+
+
+@dataclass
+class ItemResponse:
+    """One item's answer: HTTP status, headers and JSON body."""
+
+    status: int
+    headers: dict[str, str]
+    body: Any
+
+
+class LocalWorker:
+    """A handler instance driven through ``initialize()`` and ``handle()`` with a real ``ts`` Context."""
+
+    def __init__(self, handler: Any, context: Context) -> None:
+        self.handler = handler
+        self.context = context
+
+    @classmethod
+    def from_model_dir(cls, model_dir: Path, gpu_id: int | None = None) -> "LocalWorker":
+        """Load the handler of an unpacked archive (``MAR-INF/MANIFEST.json`` inside ``model_dir``)."""
+        manifest = json.loads((model_dir / "MAR-INF" / "MANIFEST.json").read_text())
+        model = manifest["model"]
+        yaml_config = {}
+        if "configFile" in model:
+            yaml_config = yaml.safe_load((model_dir / model["configFile"]).read_text()) or {}
+        handler_module = Path(model["handler"]).stem
+        if str(model_dir) not in sys.path:
+            sys.path.insert(0, str(model_dir))
+        module = importlib.import_module(handler_module)
+        classes = [c for _, c in inspect.getmembers(module, inspect.isclass) if c.__module__ == module.__name__]
+        if len(classes) != 1:
+            raise ValueError(f"{model['handler']} must define exactly one class, found {len(classes)}")
+        context = Context(
+            model["modelName"],
+            str(model_dir),
+            manifest,
+            yaml_config.get("batchSize", 1),
+            gpu_id,
+            "local",
+            model_yaml_config=yaml_config,
+        )
+        handler = classes[0]()
+        handler.initialize(context)
+        return cls(handler, context)
+
+    @classmethod
+    def from_archive(cls, mar_path: Path, unpack_to: Path) -> "LocalWorker":
+        """Unpack ``mar_path`` into ``unpack_to`` and load its handler."""
+        with zipfile.ZipFile(mar_path) as archive:
+            archive.extractall(unpack_to)
+        return cls.from_model_dir(unpack_to)
+
+    def handle(self, items: list[dict[str, Any]]) -> list[ItemResponse]:
+        """Send one batch (each item as TorchServe passes it, e.g. ``{"data": bytes}``)."""
+        self.context.request_processor = [RequestProcessor({}) for _ in items]
+        self.context.request_ids = {i: f"local-{i}" for i in range(len(items))}
+        outputs = self.handler.handle(items, self.context)
+        if len(outputs) != len(items):
+            raise AssertionError(f"handler answered {len(outputs)} items for a batch of {len(items)}")
+        responses = []
+        for idx, raw in enumerate(outputs):
+            status, _ = self.context.get_response_status(idx)
+            body = json.loads(raw) if raw else None
+            responses.append(ItemResponse(status or 200, dict(self.context.get_response_headers(idx)), body))
+        return responses
+
+    def predict(self, photos: list[bytes]) -> list[ItemResponse]:
+        """Send raw image bodies as one batch."""
+        return self.handle([{"body": photo} for photo in photos])

@@ -1,0 +1,1 @@
+"""The HTTP service beside TorchServe: mirrors its inference API and records every inference."""

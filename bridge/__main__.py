@@ -1,0 +1,28 @@
+"""``python -m bridge``: serve the bridge with uvicorn on BRIDGE_HOST:BRIDGE_PORT."""
+
+from __future__ import annotations
+
+import logging
+
+import uvicorn
+
+from bridge.app import create_app
+from bridge.settings import Settings
+
+
+def main() -> None:
+    """Run the bridge until interrupted."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = Settings()
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        access_log=False,
+        timeout_keep_alive=5,
+        timeout_graceful_shutdown=10,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,127 @@
+"""The bridge's ASGI application: ``create_app()`` wires settings, TorchServe, the recorder and routes."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from contextlib import asynccontextmanager
+from typing import AsyncIterator
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from bridge import routes
+from bridge.errors import BridgeError, envelope
+from bridge.metrics_sink import InfluxSink
+from bridge.recorder import Recorder
+from bridge.service import PredictionService
+from bridge.settings import Settings
+from bridge.spool import Spool
+from bridge.storage import PostgresStore
+from bridge.torchserve import TorchServeClient
+
+logger = logging.getLogger(__name__)
+
+REQUEST_ID_HEADER = "X-Request-Id"
+
+
+def build_recorder(settings: Settings) -> Recorder:
+    """The recorder with its real sinks: PostgreSQL, InfluxDB and the local spool."""
+    store = PostgresStore(settings.pg_dsn, settings.pg_connect_timeout_s)
+    try:
+        applied = store.migrate()
+        if applied:
+            logger.info("applied migrations %s", applied)
+    except Exception as exc:  # noqa: BLE001 - serving must start even while PostgreSQL is down
+        logger.warning("PostgreSQL not reachable at start (%s); records will be spooled until it is", exc)
+    return Recorder(
+        store,
+        InfluxSink(settings.influx_host, settings.influx_port, settings.influx_database, settings.influx_timeout_s),
+        Spool(settings.spool_dir),
+        batch_size=settings.record_batch_size,
+        flush_interval_s=settings.record_flush_interval_s,
+        retry_interval_s=settings.record_retry_interval_s,
+        metrics_buffer=settings.influx_buffer_points,
+    )
+
+
+def create_app(settings: Settings | None = None, recorder: Recorder | None = None) -> FastAPI:
+    """Build the application; nothing connects until it starts."""
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        client = TorchServeClient(
+            settings.torchserve_url,
+            settings.torchserve_management_url,
+            settings.torchserve_key_file,
+            settings.torchserve_timeout_s,
+            settings.max_connections,
+        )
+        rec = recorder or build_recorder(settings)
+        rec.start()
+        app.state.torchserve = client
+        app.state.recorder = rec
+        app.state.predictions = PredictionService(client, rec)
+        try:
+            yield
+        finally:
+            rec.stop()
+            await client.close()
+
+    app = FastAPI(
+        title="Photo serving bridge",
+        version="0.1.0",
+        description=(
+            "Mirrors TorchServe's inference API (`/predictions/{model}[/{version}]`) and records every "
+            "inference in PostgreSQL and InfluxDB. Errors share one envelope: "
+            "`{code, type, message, request_id}`."
+        ),
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.include_router(routes.router)
+    _add_exception_handlers(app)
+    return app
+
+
+def request_id_of(request: Request) -> str:
+    """The request id this request is answered and recorded under."""
+    rid = getattr(request.state, "request_id", None)
+    if rid is None:
+        rid = request.state.request_id = str(uuid.uuid4())
+    return rid
+
+
+def _error_response(request: Request, status: int, kind: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    rid = request_id_of(request)
+    return JSONResponse(
+        envelope(status, kind, message, rid),
+        status_code=status,
+        headers={REQUEST_ID_HEADER: rid, **(headers or {})},
+    )
+
+
+def _add_exception_handlers(app: FastAPI) -> None:
+    @app.exception_handler(BridgeError)
+    async def bridge_error(request: Request, exc: BridgeError) -> JSONResponse:
+        if exc.status >= 500:
+            logger.warning("%s %s → %d: %s", request.method, request.url.path, exc.status, exc.message, exc_info=exc.__cause__)
+        return _error_response(request, exc.status, exc.kind, exc.message, exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+        return _error_response(request, 400, "BadRequest", f"invalid request: {problems}")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        kind = {404: "NotFound", 405: "MethodNotAllowed"}.get(exc.status_code, "HTTPError")
+        return _error_response(request, exc.status_code, kind, str(exc.detail), getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        logger.exception("unhandled error on %s %s", request.method, request.url.path)
+        return _error_response(request, 500, "InternalServerError", "internal error; see the bridge log")

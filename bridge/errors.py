@@ -1,0 +1,58 @@
+"""The bridge's exception tree and its one error envelope.
+
+    BridgeError                  (500) base: a 5xx says little, its cause is logged
+    ├── BadRequest               (400) the request itself is malformed
+    │   └── EmptyBody            (400)
+    ├── PayloadTooLarge          (413)
+    ├── UpstreamUnavailable      (503) TorchServe refused the connection or is not ready
+    └── UpstreamTimeout          (504) TorchServe did not answer in time
+
+Every error body is ``{"code": int, "type": str, "message": str, "request_id": str}`` — the same
+shape TorchServe uses (plus the request id), so clients parse one format whichever side answered.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class BridgeError(Exception):
+    """Base of every error the bridge answers itself."""
+
+    status = 500
+    kind = "InternalServerError"
+    headers: dict[str, str] = {}
+
+    def __init__(self, message: str = "internal error; see the bridge log") -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class BadRequest(BridgeError):
+    status = 400
+    kind = "BadRequest"
+
+
+class EmptyBody(BadRequest):
+    kind = "EmptyBody"
+
+
+class PayloadTooLarge(BridgeError):
+    status = 413
+    kind = "PayloadTooLarge"
+
+
+class UpstreamUnavailable(BridgeError):
+    status = 503
+    kind = "ServiceUnavailable"
+    headers = {"Retry-After": "1"}
+
+
+class UpstreamTimeout(BridgeError):
+    status = 504
+    kind = "GatewayTimeout"
+
+
+def envelope(status: int, kind: str, message: str, request_id: str) -> dict[str, Any]:
+    """The error body every non-2xx answer of the bridge carries."""
+    return {"code": status, "type": kind, "message": message, "request_id": request_id}

@@ -1,0 +1,103 @@
+"""HTTP routes: parse the request, call the prediction service, serialise the answer."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Path, Request, Response
+from fastapi.responses import JSONResponse
+
+from bridge.errors import BridgeError
+from bridge.uploads import read_photo
+
+router = APIRouter()
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$"
+ModelName = Annotated[str, Path(pattern=NAME_PATTERN, description="Model name, as registered in TorchServe")]
+ModelVersion = Annotated[str, Path(pattern=NAME_PATTERN, description="Model version, e.g. 1.0")]
+
+PREDICTION_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"description": "The model's answer (JSON), e.g. top-5 labels with scores"},
+    400: {"description": "The body is empty, not an image, or malformed"},
+    404: {"description": "No such model or version"},
+    413: {"description": "The body is larger than the limit"},
+    415: {"description": "The content type made the body text or JSON instead of image bytes"},
+    422: {"description": "The image's dimensions are too large"},
+    503: {"description": "TorchServe is unavailable or overloaded; retry"},
+    504: {"description": "TorchServe did not answer in time"},
+}
+PHOTO_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
+            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+            "multipart/form-data": {
+                "schema": {"type": "object", "properties": {"file": {"type": "string", "format": "binary"}}}
+            },
+        },
+    }
+}
+
+
+async def _predict(request: Request, model: str, version: str | None) -> Response:
+    settings = request.app.state.settings
+    photo, content_type = await read_photo(request, settings.max_body_bytes)
+    prediction = await request.app.state.predictions.predict(model, version, photo, content_type)
+    upstream = prediction.upstream
+    headers = {"X-Request-Id": prediction.request_id}
+    if prediction.model_version:
+        headers["X-Model-Version"] = prediction.model_version
+    if upstream.batch_size is not None:
+        headers["X-Batch-Size"] = str(upstream.batch_size)
+    if upstream.status == 503:
+        headers["Retry-After"] = "1"
+    return Response(
+        content=upstream.body,
+        status_code=upstream.status,
+        media_type=upstream.content_type or "application/json",
+        headers=headers,
+    )
+
+
+@router.api_route(
+    "/predictions/{model}",
+    methods=["POST", "PUT"],
+    responses=PREDICTION_RESPONSES,
+    openapi_extra=PHOTO_BODY,
+    summary="Predict with the model's default version",
+)
+async def predict(request: Request, model: ModelName) -> Response:
+    """Send one photo (raw body or a one-file multipart form) to ``model``."""
+    return await _predict(request, model, None)
+
+
+@router.api_route(
+    "/predictions/{model}/{version}",
+    methods=["POST", "PUT"],
+    responses=PREDICTION_RESPONSES,
+    openapi_extra=PHOTO_BODY,
+    summary="Predict with a specific model version",
+)
+async def predict_version(request: Request, model: ModelName, version: ModelVersion) -> Response:
+    """Send one photo to a specific ``version`` of ``model``."""
+    return await _predict(request, model, version)
+
+
+@router.get("/ping", summary="Health of the bridge, TorchServe and the recording path")
+async def ping(request: Request) -> JSONResponse:
+    """``Healthy`` (200) when TorchServe answers its own ping; recording backlog in detail."""
+    try:
+        upstream = await request.app.state.torchserve.ping()
+        torchserve = "Healthy" if upstream.status == 200 else f"Unhealthy ({upstream.status})"
+    except BridgeError as exc:
+        torchserve = f"Unreachable ({exc.message})"
+    healthy = torchserve == "Healthy"
+    return JSONResponse(
+        {
+            "status": "Healthy" if healthy else "Unhealthy",
+            "torchserve": torchserve,
+            "recording": request.app.state.recorder.health(),
+        },
+        status_code=200 if healthy else 503,
+    )

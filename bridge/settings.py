@@ -1,0 +1,39 @@
+"""The bridge's settings: environment variables prefixed ``BRIDGE_``, with defaults for the local stack."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+STATE_DIR = REPO_ROOT / ".state"
+
+
+class Settings(BaseSettings):
+    """Every knob of the bridge; see the README's "Configuration" table."""
+
+    model_config = SettingsConfigDict(env_prefix="BRIDGE_", frozen=True)
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+
+    torchserve_url: str = "http://127.0.0.1:8080"
+    torchserve_management_url: str = "http://127.0.0.1:8081"
+    torchserve_key_file: Path = STATE_DIR / "torchserve" / "key_file.json"
+    torchserve_timeout_s: float = 30.0
+    max_connections: int = 256
+    max_body_bytes: int = 6_000_000
+
+    pg_dsn: str = "postgresql://postgres@127.0.0.1:5432/serving"
+    pg_connect_timeout_s: int = 3
+    influx_host: str = "127.0.0.1"
+    influx_port: int = 8086
+    influx_database: str = "serving"
+    influx_timeout_s: float = 3.0
+
+    record_batch_size: int = 500
+    record_flush_interval_s: float = 0.05
+    record_retry_interval_s: float = 2.0
+    spool_dir: Path = STATE_DIR / "spool"
+    influx_buffer_points: int = 100_000

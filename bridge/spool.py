@@ -1,0 +1,68 @@
+"""A durable local spool: records PostgreSQL could not take, fsync'd to disk until they are replayed."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+
+from bridge.records import InferenceRecord
+
+
+class Spool:
+    """Append-only segment files (one JSON record per line); a segment is deleted once replayed."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._sequence = 0
+
+    def append(self, records: list[InferenceRecord]) -> None:
+        """Write ``records`` as a new segment and fsync it (and the directory) before returning."""
+        if not records:
+            return
+        with self._lock:
+            self._sequence += 1
+            name = f"{time.time_ns():020d}-{os.getpid()}-{self._sequence:06d}.jsonl"
+        tmp = self.directory / f".{name}.partial"
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write("\n".join(r.to_json() for r in records) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.directory / name)
+        dir_fd = os.open(self.directory, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+    def quarantine(self, records: list[InferenceRecord]) -> None:
+        """Keep records PostgreSQL refused on their merits in ``rejected/`` for a human to look at."""
+        rejected = self.directory / "rejected"
+        rejected.mkdir(exist_ok=True)
+        with open(rejected / "records.jsonl", "a", encoding="utf-8") as f:
+            f.write("".join(r.to_json() + "\n" for r in records))
+            f.flush()
+            os.fsync(f.fileno())
+
+    def segments(self) -> list[Path]:
+        """Complete segments, oldest first."""
+        return sorted(p for p in self.directory.glob("*.jsonl"))
+
+    @staticmethod
+    def read(segment: Path) -> list[InferenceRecord]:
+        """The records of one segment (a torn last line, from a crash mid-write, is skipped)."""
+        records = []
+        for line in segment.read_text(encoding="utf-8").splitlines():
+            try:
+                records.append(InferenceRecord.from_json(line))
+            except (ValueError, TypeError):
+                continue
+        return records
+
+    def backlog(self) -> tuple[int, int]:
+        """(segments, bytes) waiting to be replayed."""
+        segments = self.segments()
+        return len(segments), sum(p.stat().st_size for p in segments if p.exists())

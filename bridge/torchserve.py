@@ -1,0 +1,176 @@
+"""The bridge's only way to TorchServe: an async HTTP client that owns TorchServe's tokens.
+
+TorchServe (0.12) writes ``key_file.json`` with an inference key, a management key (both expiring after
+``token_expiration_min``) and a long-lived API key. Clients of the bridge never see these. The keys are
+re-read when the file changes, renewed through ``/token`` shortly before they expire, and a request
+refused with ``InvalidKeyException`` is retried once with fresh keys (another process may have renewed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import httpx
+
+from bridge.errors import UpstreamTimeout, UpstreamUnavailable
+
+logger = logging.getLogger(__name__)
+
+RENEW_BEFORE = timedelta(minutes=2)
+INVALID_KEY = "InvalidKeyException"
+
+
+@dataclass(frozen=True)
+class Keys:
+    """One reading of key_file.json."""
+
+    inference: str
+    management: str
+    api: str
+    inference_expires: datetime | None
+    management_expires: datetime | None
+
+
+def _parse_time(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    # Java prints nanoseconds; Python parses microseconds.
+    head, _, frac = value.rstrip("Z").partition(".")
+    return datetime.fromisoformat(f"{head}.{(frac + '000000')[:6]}").replace(tzinfo=timezone.utc)
+
+
+def read_keys(path: Path) -> Keys:
+    """Parse TorchServe's key file; raise UpstreamUnavailable when it is missing or unreadable."""
+    try:
+        raw = json.loads(path.read_text())
+        return Keys(
+            inference=raw["inference"]["key"],
+            management=raw["management"]["key"],
+            api=raw["API"]["key"],
+            inference_expires=_parse_time(raw["inference"].get("expiration time")),
+            management_expires=_parse_time(raw["management"].get("expiration time")),
+        )
+    except (OSError, ValueError, KeyError) as exc:
+        raise UpstreamUnavailable(f"TorchServe's key file {path} is not readable yet; is TorchServe running?") from exc
+
+
+class TokenStore:
+    """Current TorchServe keys, refreshed from the key file and renewed before they expire."""
+
+    def __init__(self, key_file: Path, management_url: str, http: httpx.AsyncClient) -> None:
+        self._key_file = key_file
+        self._management_url = management_url.rstrip("/")
+        self._http = http
+        self._keys: Keys | None = None
+        self._mtime: float | None = None
+        self._lock = asyncio.Lock()
+
+    def _reload_if_changed(self) -> Keys:
+        try:
+            mtime = self._key_file.stat().st_mtime
+        except OSError as exc:
+            raise UpstreamUnavailable(f"TorchServe's key file {self._key_file} does not exist; is TorchServe running?") from exc
+        if self._keys is None or mtime != self._mtime:
+            self._keys, self._mtime = read_keys(self._key_file), mtime
+        return self._keys
+
+    async def inference_key(self, force_reload: bool = False) -> str:
+        """A valid inference key, renewing it first when it is about to expire."""
+        if force_reload:
+            self._keys = None
+        keys = self._reload_if_changed()
+        expires = keys.inference_expires
+        if expires is not None and expires - datetime.now(timezone.utc) < RENEW_BEFORE:
+            keys = await self._renew("inference")
+        return keys.inference
+
+    async def management_key(self) -> str:
+        """A valid management key, renewed likewise."""
+        keys = self._reload_if_changed()
+        expires = keys.management_expires
+        if expires is not None and expires - datetime.now(timezone.utc) < RENEW_BEFORE:
+            keys = await self._renew("management")
+        return keys.management
+
+    async def _renew(self, kind: str) -> Keys:
+        async with self._lock:
+            keys = self._reload_if_changed()
+            expires = keys.inference_expires if kind == "inference" else keys.management_expires
+            if expires is not None and expires - datetime.now(timezone.utc) >= RENEW_BEFORE:
+                return keys  # renewed by someone else meanwhile
+            try:
+                response = await self._http.get(
+                    f"{self._management_url}/token",
+                    params={"type": kind},
+                    headers={"Authorization": f"Bearer {keys.api}"},
+                )
+                response.raise_for_status()
+            except httpx.HTTPError as exc:
+                logger.warning("renewing TorchServe's %s key failed: %s", kind, exc)
+                return keys
+            logger.info("renewed TorchServe's %s key", kind)
+            self._keys = None
+            return self._reload_if_changed()
+
+
+@dataclass(frozen=True)
+class UpstreamResponse:
+    """What TorchServe answered, passed through to the client."""
+
+    status: int
+    body: bytes
+    content_type: str | None
+    batch_size: int | None
+
+
+class TorchServeClient:
+    """Sends predictions to TorchServe with its token; maps transport failures to 503/504."""
+
+    def __init__(self, inference_url: str, management_url: str, key_file: Path, timeout_s: float, max_connections: int) -> None:
+        limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
+        self._http = httpx.AsyncClient(timeout=httpx.Timeout(timeout_s, connect=2.0), limits=limits)
+        self._inference_url = inference_url.rstrip("/")
+        self.tokens = TokenStore(key_file, management_url, self._http)
+
+    async def close(self) -> None:
+        """Release connections."""
+        await self._http.aclose()
+
+    async def predict(self, model: str, version: str | None, body: bytes, content_type: str) -> UpstreamResponse:
+        """POST one input to ``/predictions/{model}[/{version}]``."""
+        path = f"/predictions/{model}" + (f"/{version}" if version else "")
+        return await self._send("POST", path, body, content_type)
+
+    async def ping(self) -> UpstreamResponse:
+        """TorchServe's health (needs the inference key too)."""
+        return await self._send("GET", "/ping", b"", None)
+
+    async def _send(self, method: str, path: str, body: bytes, content_type: str | None) -> UpstreamResponse:
+        for attempt in (1, 2):
+            key = await self.tokens.inference_key(force_reload=attempt == 2)
+            headers = {"Authorization": f"Bearer {key}"}
+            if content_type:
+                headers["Content-Type"] = content_type
+            try:
+                response = await self._http.request(method, self._inference_url + path, content=body, headers=headers)
+            except httpx.TimeoutException as exc:
+                raise UpstreamTimeout(f"TorchServe did not answer within the time limit ({path})") from exc
+            except httpx.TransportError as exc:
+                raise UpstreamUnavailable("TorchServe is not reachable; retry shortly") from exc
+            if response.status_code == 400 and INVALID_KEY.encode() in response.content[:300]:
+                if attempt == 1:
+                    continue  # keys were renewed elsewhere: re-read the key file and retry once
+                raise UpstreamUnavailable("TorchServe refused the bridge's token; check its key file")
+            batch = response.headers.get("x-batch-size")
+            return UpstreamResponse(
+                status=response.status_code,
+                body=response.content,
+                content_type=response.headers.get("content-type"),
+                batch_size=int(batch) if batch and batch.isdigit() else None,
+            )
+        raise AssertionError("unreachable: the second attempt returns or raises")

@@ -1,0 +1,182 @@
+"""The shared batch mechanism every image handler of ours is built on.
+
+TorchServe hands ``handle()`` a batch and needs one response per item, in order. A raised exception
+fails the whole batch, so here every item is decoded on its own: unusable items get their own 4xx via
+TorchServe's per-item status, the valid ones go through the model in one forward pass.
+Subclasses override only :meth:`BatchImageHandler.postprocess_batch` (and, if needed, ``load_model``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from image_decoding import (
+    DecodeLimits,
+    EmptyImage,
+    ImageError,
+    TensorSpec,
+    UnsupportedContent,
+    image_to_tensor,
+)
+from model_architectures import load_model
+from torch import nn
+from ts.torch_handler.base_handler import BaseHandler
+
+logger = logging.getLogger(__name__)
+
+JSON = "application/json"
+BATCH_SIZE_HEADER = "X-Batch-Size"
+
+
+@dataclass(frozen=True)
+class HandlerConfig:
+    """The ``handler:`` section of an archive's ``model-config.yaml``."""
+
+    architecture: str
+    threads: int = 1
+    num_classes: int = 1000
+    topk: int = 5
+    labels_file: str = "index_to_name.json"
+    tensor: TensorSpec = field(default_factory=TensorSpec)
+    limits: DecodeLimits = field(default_factory=DecodeLimits)
+
+    @classmethod
+    def from_yaml(cls, section: dict[str, Any]) -> "HandlerConfig":
+        """Build from the yaml section; unknown keys are an error, not silently ignored."""
+        section = dict(section)
+        tensor_keys = {"resize", "crop", "mean", "std"}
+        limit_keys = {"max_bytes": "max_image_bytes", "max_pixels": "max_image_pixels", "max_side": "max_image_side"}
+        tensor = TensorSpec(**{k: _tuple(section.pop(k)) for k in tensor_keys & section.keys()})
+        limits = DecodeLimits(
+            **{k: int(section.pop(yaml_key)) for k, yaml_key in limit_keys.items() if yaml_key in section}
+        )
+        known = {"architecture", "threads", "num_classes", "topk", "labels_file"}
+        unknown = set(section) - known
+        if unknown:
+            raise ValueError(f"unknown keys in model-config.yaml handler section: {sorted(unknown)}")
+        return cls(tensor=tensor, limits=limits, **section)
+
+
+def _tuple(value: Any) -> Any:
+    return tuple(value) if isinstance(value, list) else value
+
+
+def payload_bytes(row: dict[str, Any]) -> bytes:
+    """The image bytes of one request item (raw body, or the single file of a multipart form)."""
+    values = [row[k] for k in ("data", "body") if k in row] or list(row.values())
+    if not values:
+        raise EmptyImage("empty request: send the image bytes")
+    if len(values) > 1:
+        raise ImageError("send exactly one image per request (a multipart form with one file)")
+    value = values[0]
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value)
+    # TorchServe decodes JSON and text bodies before the handler sees them.
+    raise UnsupportedContent(
+        "expected raw image bytes; the request's content type made it text or JSON "
+        "(send it as application/octet-stream or image/*)",
+    )
+
+
+class BatchImageHandler(BaseHandler):
+    """Decode each item on its own, run the valid ones as one batch, answer every item."""
+
+    config: HandlerConfig
+    device: torch.device
+
+    def initialize(self, context: Any) -> None:
+        """Load weights and settings once per worker, from the archive and its model-config.yaml."""
+        properties = context.system_properties
+        self.manifest = context.manifest
+        yaml_config = context.model_yaml_config or {}
+        self.config = HandlerConfig.from_yaml(yaml_config.get("handler", {}))
+        self.metadata: dict[str, Any] = yaml_config.get("metadata", {})
+        torch.set_num_threads(self.config.threads)
+        self.device = self.select_device(properties.get("gpu_id"))
+        model_dir = properties["model_dir"]
+        self.model_dir = model_dir
+        self.model_name = self.manifest["model"]["modelName"]
+        self.model_version = self.manifest["model"].get("modelVersion", "")
+        self.model = self.load_model(model_dir).to(self.device).eval()
+        self.initialized = True
+        logger.info(
+            "%s %s ready on %s with %d torch thread(s)",
+            self.model_name,
+            self.model_version,
+            self.device,
+            torch.get_num_threads(),
+        )
+
+    @staticmethod
+    def select_device(gpu_id: int | None) -> torch.device:
+        """The GPU TorchServe assigned this worker, or the CPU when there is none."""
+        if gpu_id is not None and torch.cuda.is_available():
+            return torch.device(f"cuda:{gpu_id}")
+        return torch.device("cpu")
+
+    def load_model(self, model_dir: str) -> nn.Module:
+        """Build the configured architecture and load the archive's serialized weights."""
+        weights = os.path.join(model_dir, self.manifest["model"]["serializedFile"])
+        return load_model(self.config.architecture, weights, self.config.num_classes)
+
+    def handle(self, data: list[dict[str, Any]], context: Any) -> list[bytes]:
+        """Answer every item of the batch: a prediction or that item's own error."""
+        self.context = context
+        if self._is_describe():
+            return [json.dumps(self.describe()).encode()]
+        responses: list[bytes | None] = [None] * len(data)
+        tensors: list[torch.Tensor] = []
+        valid: list[int] = []
+        for idx, row in enumerate(data):
+            try:
+                tensors.append(image_to_tensor(payload_bytes(row), self.config.tensor, self.config.limits))
+                valid.append(idx)
+            except ImageError as exc:
+                responses[idx] = self._error(context, idx, exc)
+        if tensors:
+            with torch.inference_mode():
+                outputs = self.model(torch.stack(tensors).to(self.device, non_blocking=True)).float().cpu()
+            for idx, result in zip(valid, self.postprocess_batch(outputs)):
+                body = {
+                    **result,
+                    "model": self._model_ref(),
+                    "batch_size": len(data),
+                }
+                responses[idx] = self._reply(context, idx, 200, body)
+        for idx in range(len(data)):
+            context.set_response_header(idx, BATCH_SIZE_HEADER, str(len(data)))
+        return [r if r is not None else b"" for r in responses]
+
+    def postprocess_batch(self, outputs: torch.Tensor) -> list[dict[str, Any]]:
+        """Turn the model's batched output into one JSON-able result per item."""
+        raise NotImplementedError
+
+    def describe(self) -> dict[str, Any]:
+        """What ``GET /models/{name}?customized=true`` shows."""
+        return {
+            "architecture": self.config.architecture,
+            "device": str(self.device),
+            "threads": self.config.threads,
+            "input": {"resize": self.config.tensor.resize, "crop": self.config.tensor.crop},
+            "limits": vars(self.config.limits),
+            "metadata": self.metadata,
+        }
+
+    @staticmethod
+    def _reply(context: Any, idx: int, status: int, body: dict[str, Any]) -> bytes:
+        context.set_response_content_type(idx, JSON)
+        if status != 200:
+            context.set_response_status(status, body.get("type", ""), idx)
+        return json.dumps(body).encode()
+
+    def _error(self, context: Any, idx: int, exc: ImageError) -> bytes:
+        body = {"code": exc.status, "type": exc.kind, "message": exc.message, "model": self._model_ref()}
+        return self._reply(context, idx, exc.status, body)
+
+    def _model_ref(self) -> dict[str, str]:
+        return {"name": self.model_name, "version": self.model_version}

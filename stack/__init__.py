@@ -1,0 +1,1 @@
+"""Start and stop the local stack (PostgreSQL, InfluxDB, TorchServe, bridge)."""

@@ -1,0 +1,70 @@
+"""``python -m stack up|down|status``: the whole local stack, idempotently."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+from stack.services import REPO_ROOT, STATE_DIR, StackError, all_services
+
+
+def build_archives() -> None:
+    """Build (or confirm up to date) every archive before TorchServe loads them."""
+    result = subprocess.run([sys.executable, "-m", "archive_scripts"], cwd=REPO_ROOT)
+    if result.returncode != 0:
+        raise StackError("building the model archives failed (see above)")
+
+
+def up() -> int:
+    """Start whatever is not running, wait until healthy, say where to send a photo."""
+    started_at = time.monotonic()
+    STATE_DIR.mkdir(parents=True, exist_ok=True)
+    print("Building model archives ...", flush=True)
+    build_archives()
+    for service in all_services():
+        step = time.monotonic()
+        print(f"{service.name}: starting ...", flush=True)
+        started = service.up()
+        state = "started" if started else "already running"
+        print(f"{service.name}: {state} ({time.monotonic() - step:.1f} s)", flush=True)
+    print(
+        f"\nStack is up ({time.monotonic() - started_at:.1f} s). Send a photo:\n"
+        "  curl -T photo.jpg http://127.0.0.1:8000/predictions/classifier\n"
+        "  curl -T photo.jpg http://127.0.0.1:8000/predictions/resnet18\n"
+        "Health: curl http://127.0.0.1:8000/ping   API docs: http://127.0.0.1:8000/docs\n"
+        f"Logs: {STATE_DIR / 'logs'}   Stop: make down"
+    )
+    return 0
+
+
+def down() -> int:
+    """Stop, in reverse order, what `up` started."""
+    for service in reversed(all_services()):
+        stopped = service.down()
+        print(f"{service.name}: {'stopped' if stopped else 'not started by the stack; left as is'}", flush=True)
+    return 0
+
+
+def status() -> int:
+    """One line per service."""
+    for service in all_services():
+        print(f"{service.name}: {'up' if service.is_up() else 'down'}")
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    """Entry point."""
+    commands = {"up": up, "down": down, "status": status}
+    if len(argv) != 1 or argv[0] not in commands:
+        print("usage: python -m stack up|down|status", file=sys.stderr)
+        return 2
+    try:
+        return commands[argv[0]]()
+    except StackError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
