@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import logging
-import uuid
 from contextlib import asynccontextmanager
 from typing import AsyncIterator
+
+import httpx
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -13,7 +14,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from bridge import routes
-from bridge.errors import BridgeError, envelope
+from bridge.errors import BridgeError, envelope, request_id_of
 from bridge.metrics_sink import InfluxSink
 from bridge.recorder import Recorder
 from bridge.service import PredictionService
@@ -47,8 +48,15 @@ def build_recorder(settings: Settings) -> Recorder:
     )
 
 
-def create_app(settings: Settings | None = None, recorder: Recorder | None = None) -> FastAPI:
-    """Build the application; nothing connects until it starts."""
+def create_app(
+    settings: Settings | None = None,
+    recorder: Recorder | None = None,
+    torchserve_transport: httpx.AsyncBaseTransport | None = None,
+) -> FastAPI:
+    """Build the application; nothing connects until it starts.
+
+    ``recorder`` and ``torchserve_transport`` replace the real sinks and TorchServe (tests).
+    """
     settings = settings or Settings()
 
     @asynccontextmanager
@@ -59,6 +67,7 @@ def create_app(settings: Settings | None = None, recorder: Recorder | None = Non
             settings.torchserve_key_file,
             settings.torchserve_timeout_s,
             settings.max_connections,
+            transport=torchserve_transport,
         )
         rec = recorder or build_recorder(settings)
         rec.start()
@@ -85,14 +94,6 @@ def create_app(settings: Settings | None = None, recorder: Recorder | None = Non
     app.include_router(routes.router)
     _add_exception_handlers(app)
     return app
-
-
-def request_id_of(request: Request) -> str:
-    """The request id this request is answered and recorded under."""
-    rid = getattr(request.state, "request_id", None)
-    if rid is None:
-        rid = request.state.request_id = str(uuid.uuid4())
-    return rid
 
 
 def _error_response(request: Request, status: int, kind: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:

@@ -4,6 +4,7 @@
     ├── BadRequest               (400) the request itself is malformed
     │   └── EmptyBody            (400)
     ├── PayloadTooLarge          (413)
+    ├── UnsupportedMediaType     (415)
     ├── UpstreamUnavailable      (503) TorchServe refused the connection or is not ready
     └── UpstreamTimeout          (504) TorchServe did not answer in time
 
@@ -13,7 +14,10 @@ shape TorchServe uses (plus the request id), so clients parse one format whichev
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
+
+from starlette.requests import Request
 
 
 class BridgeError(Exception):
@@ -42,6 +46,11 @@ class PayloadTooLarge(BridgeError):
     kind = "PayloadTooLarge"
 
 
+class UnsupportedMediaType(BridgeError):
+    status = 415
+    kind = "UnsupportedMediaType"
+
+
 class UpstreamUnavailable(BridgeError):
     status = 503
     kind = "ServiceUnavailable"
@@ -56,3 +65,11 @@ class UpstreamTimeout(BridgeError):
 def envelope(status: int, kind: str, message: str, request_id: str) -> dict[str, Any]:
     """The error body every non-2xx answer of the bridge carries."""
     return {"code": status, "type": kind, "message": message, "request_id": request_id}
+
+
+def request_id_of(request: Request) -> str:
+    """The one id a request is answered and recorded under (made on first use)."""
+    rid = getattr(request.state, "request_id", None)
+    if rid is None:
+        rid = request.state.request_id = str(uuid.uuid4())
+    return rid

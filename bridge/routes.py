@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Request, Response
 from fastapi.responses import JSONResponse
 
-from bridge.errors import BridgeError
+from bridge.errors import BridgeError, request_id_of
 from bridge.uploads import read_photo
 
 router = APIRouter()
@@ -43,7 +43,9 @@ PHOTO_BODY = {
 async def _predict(request: Request, model: str, version: str | None) -> Response:
     settings = request.app.state.settings
     photo, content_type = await read_photo(request, settings.max_body_bytes)
-    prediction = await request.app.state.predictions.predict(model, version, photo, content_type)
+    prediction = await request.app.state.predictions.predict(
+        model, version, photo, content_type, request_id=request_id_of(request)
+    )
     upstream = prediction.upstream
     headers = {"X-Request-Id": prediction.request_id}
     if prediction.model_version:

@@ -131,9 +131,19 @@ class UpstreamResponse:
 class TorchServeClient:
     """Sends predictions to TorchServe with its token; maps transport failures to 503/504."""
 
-    def __init__(self, inference_url: str, management_url: str, key_file: Path, timeout_s: float, max_connections: int) -> None:
+    def __init__(
+        self,
+        inference_url: str,
+        management_url: str,
+        key_file: Path,
+        timeout_s: float,
+        max_connections: int,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
         limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
-        self._http = httpx.AsyncClient(timeout=httpx.Timeout(timeout_s, connect=2.0), limits=limits)
+        self._http = httpx.AsyncClient(
+            timeout=httpx.Timeout(timeout_s, connect=2.0), limits=limits, transport=transport
+        )
         self._inference_url = inference_url.rstrip("/")
         self.tokens = TokenStore(key_file, management_url, self._http)
 

@@ -134,11 +134,14 @@ def to_tensor(img: Image.Image, spec: TensorSpec) -> torch.Tensor:
     """Resize (short side), centre-crop and normalise an RGB image into a CHW float tensor."""
     width, height = img.size
     scale = spec.resize / min(width, height)
-    new_size = (max(spec.crop, round(width * scale)), max(spec.crop, round(height * scale)))
-    img = img.resize(new_size, Image.Resampling.BILINEAR, reducing_gap=3.0)
-    left = (new_size[0] - spec.crop) // 2
-    top = (new_size[1] - spec.crop) // 2
-    img = img.crop((left, top, left + spec.crop, top + spec.crop))
+    new_width, new_height = max(spec.crop, round(width * scale)), max(spec.crop, round(height * scale))
+    left = (new_width - spec.crop) // 2
+    top = (new_height - spec.crop) // 2
+    # Resample only the source region the centre crop keeps (same sampling grid as resize-then-crop):
+    # resizing the whole image first turns a 1×16384 strip into 256×4 M pixels, gigabytes thrown away.
+    sx, sy = width / new_width, height / new_height
+    box = (left * sx, top * sy, (left + spec.crop) * sx, (top + spec.crop) * sy)
+    img = img.resize((spec.crop, spec.crop), Image.Resampling.BILINEAR, box=box, reducing_gap=3.0)
     pixels = torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1)
     mean = torch.tensor(spec.mean).view(3, 1, 1)
     std = torch.tensor(spec.std).view(3, 1, 1)

@@ -1,0 +1,164 @@
+"""A photo in, a batched TorchServe prediction out, the result in PostgreSQL and InfluxDB."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import requests
+
+from tests.integration.conftest import LiveStack, json_body
+
+CAT_LABELS = {"tabby", "tiger cat", "Egyptian cat", "Persian cat", "Siamese cat"}
+# What EfficientNet-Lite0 must answer for each bundled photo (top-1 within these labels).
+KNOWN_ANSWERS = {
+    "chelsea": CAT_LABELS,
+    "coffee": {"espresso", "cup", "coffee mug"},
+    "flower": {"daisy"},
+    "rocket": {"missile", "projectile", "space shuttle"},
+    "china": {"palace", "monastery", "bell cote", "boathouse", "castle", "pagoda", "stupa", "dome"},
+}
+
+
+def _send_together(url: str, bodies: list[bytes], headers: dict[str, str] | None = None) -> list[requests.Response]:
+    """Send every body at once (a barrier releases them together) so TorchServe can batch them."""
+    barrier = threading.Barrier(len(bodies))
+
+    def send(body: bytes) -> requests.Response:
+        barrier.wait()
+        return requests.put(url, data=body, headers=headers or {}, timeout=60)
+
+    with ThreadPoolExecutor(len(bodies)) as pool:
+        return list(pool.map(send, bodies))
+
+
+def test_photo_through_bridge_is_predicted_and_recorded(live_stack: LiveStack, photos: dict[str, bytes]) -> None:
+    photo = photos["chelsea"]
+    response = requests.put(f"{live_stack.bridge}/predictions/classifier", data=photo, timeout=30)
+
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"].startswith("application/json")
+    body = json_body(response)
+    predictions = body["predictions"]
+    assert len(predictions) == 5
+    assert predictions[0]["label"] in CAT_LABELS
+    assert [p["score"] for p in predictions] == sorted((p["score"] for p in predictions), reverse=True)
+    assert body["model"] == {"name": "classifier", "version": "1.0"}
+    request_id = response.headers["x-request-id"]
+
+    row = live_stack.row(request_id)
+    assert row is not None, "no PostgreSQL row for the prediction"
+    assert row["model"] == "classifier" and row["model_version"] == "1.0" and row["status"] == 200
+    assert row["top_label"] == predictions[0]["label"]
+    assert row["top_score"] == pytest.approx(predictions[0]["score"])
+    assert row["input_sha256"] == hashlib.sha256(photo).hexdigest()
+    assert row["input_bytes"] == len(photo)
+    assert row["output"]["predictions"] == predictions
+    assert 0 < row["latency_ms"] < 30_000
+
+    point = live_stack.point(request_id)
+    assert point is not None, "no InfluxDB point for the prediction"
+    assert point["model"] == "classifier" and point["version"] == "1.0" and point["status"] == "200"
+    assert point["latency_ms"] == pytest.approx(row["latency_ms"])
+    assert point["input_bytes"] == len(photo)
+
+
+def test_failures_are_recorded_too(live_stack: LiveStack) -> None:
+    response = requests.post(f"{live_stack.bridge}/predictions/resnet18", data=b"definitely not a photo", timeout=30)
+
+    assert response.status_code == 400
+    body = json_body(response)
+    assert body["type"] == "InvalidImage" and "not a recognised image" in body["message"]
+    row = live_stack.row(response.headers["x-request-id"])
+    assert row is not None and row["status"] == 400 and row["model"] == "resnet18"
+    assert "not a recognised image" in row["error"]
+    assert live_stack.point(response.headers["x-request-id"]) is not None
+
+
+def test_mixed_batch_good_photos_answered_bad_ones_get_their_own_4xx(
+    live_stack: LiveStack, photos: dict[str, bytes]
+) -> None:
+    good = photos["chelsea"]
+    bad = [b"", b"hello", good[: len(good) // 2]]  # empty, text, truncated JPEG
+    bodies = [good] * 12 + [bad[1], bad[2], bad[1], bad[2]]
+    bodies.append(b"\x89PNG\r\n\x1a\n" + b"\x00" * 64)  # a broken PNG
+
+    responses = _send_together(f"{live_stack.bridge}/predictions/resnet18", bodies)
+
+    statuses = [r.status_code for r in responses]
+    assert statuses[:12] == [200] * 12, statuses
+    assert all(400 <= s < 500 for s in statuses[12:]), statuses
+    labels = {json_body(r)["predictions"][0]["label"] for r in responses[:12]}
+    assert len(labels) == 1, "the same photo must get the same answer whatever its batch-mates"
+    batch_sizes = [int(r.headers["x-batch-size"]) for r in responses if "x-batch-size" in r.headers]
+    assert max(batch_sizes) > 1, f"no batch larger than 1 formed: {batch_sizes}"
+    for response in responses[12:]:
+        error = json_body(response)
+        assert error["code"] == response.status_code and error["message"]
+    request_ids = [r.headers["x-request-id"] for r in responses]
+    assert all(live_stack.row(rid) is not None for rid in request_ids)
+
+
+def test_known_photos_get_their_own_answers_when_batched_together(
+    live_stack: LiveStack, photos: dict[str, bytes]
+) -> None:
+    names = list(KNOWN_ANSWERS) * 4
+    responses = _send_together(f"{live_stack.bridge}/predictions/classifier", [photos[n] for n in names])
+
+    wrong = []
+    for name, response in zip(names, responses):
+        assert response.status_code == 200, response.text
+        top1 = json_body(response)["predictions"][0]["label"]
+        if top1 not in KNOWN_ANSWERS[name]:
+            wrong.append((name, top1))
+    assert not wrong, f"answers that belong to another photo or are wrong: {wrong}"
+    assert max(int(r.headers["x-batch-size"]) for r in responses) > 1
+
+
+def test_torchserve_direct_batches_with_per_item_errors(live_stack: LiveStack, photos: dict[str, bytes]) -> None:
+    bodies = [photos["coffee"]] * 6 + [b"not an image", b"GIF89a broken"]
+    responses = _send_together(
+        f"{live_stack.torchserve}/predictions/classifier", bodies, headers=live_stack.inference_headers()
+    )
+
+    statuses = [r.status_code for r in responses]
+    assert statuses == [200] * 6 + [400, 400], statuses
+    assert {json_body(r)["predictions"][0]["label"] for r in responses[:6]} <= KNOWN_ANSWERS["coffee"]
+
+
+def test_torchserve_refuses_requests_without_a_valid_token(live_stack: LiveStack, photos: dict[str, bytes]) -> None:
+    url = f"{live_stack.torchserve}/predictions/classifier"
+    assert requests.put(url, data=photos["coffee"], timeout=10).status_code == 400
+    wrong = {"Authorization": "Bearer wrong-token"}
+    assert requests.put(url, data=photos["coffee"], headers=wrong, timeout=10).status_code == 400
+
+
+def test_bridge_ping_reports_torchserve_and_recording(live_stack: LiveStack) -> None:
+    response = requests.get(f"{live_stack.bridge}/ping", timeout=10)
+    assert response.status_code == 200
+    body = json_body(response)
+    assert body["status"] == "Healthy" and body["torchserve"] == "Healthy"
+    assert body["recording"]["postgres"] == "ok"
+    assert body["recording"]["spool_segments"] == 0
+
+
+def test_specific_version_and_unknown_model(live_stack: LiveStack, photos: dict[str, bytes]) -> None:
+    ok = requests.post(f"{live_stack.bridge}/predictions/resnet18/1.0", data=photos["rocket"], timeout=30)
+    assert ok.status_code == 200 and ok.headers["x-model-version"] == "1.0"
+
+    missing = requests.post(f"{live_stack.bridge}/predictions/no-such-model", data=photos["rocket"], timeout=30)
+    assert missing.status_code == 404
+    assert "no-such-model" in json_body(missing)["message"]
+    assert live_stack.row(missing.headers["x-request-id"])["status"] == 404
+
+
+def test_multipart_upload_with_one_file(live_stack: LiveStack, photos: dict[str, bytes]) -> None:
+    response = requests.post(
+        f"{live_stack.bridge}/predictions/classifier",
+        files={"file": ("cat.jpg", photos["chelsea"], "image/jpeg")},
+        timeout=30,
+    )
+    assert response.status_code == 200, response.text
+    assert json_body(response)["predictions"][0]["label"] in CAT_LABELS

@@ -1,0 +1,208 @@
+"""The bridge through its ASGI app, TorchServe faked with an httpx transport, sinks faked."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+
+from bridge.app import create_app
+from bridge.recorder import Recorder
+from bridge.settings import Settings
+from bridge.spool import Spool
+from tests.unit.fakes import FakeInflux, FlakyStore
+
+PHOTO = b"\xff\xd8\xff\xe0fake-jpeg-bytes"
+PREDICTION = {"predictions": [{"label": "tabby", "index": 281, "score": 0.8}], "model": {"name": "m", "version": "2.0"}}
+
+
+def write_keys(path: Path, inference: str = "inf-1", expires_in: timedelta = timedelta(minutes=60)) -> None:
+    expires = (datetime.now(timezone.utc) + expires_in).strftime("%Y-%m-%dT%H:%M:%S.123456789Z")
+    path.write_text(json.dumps({
+        "management": {"key": "mgmt-1", "expiration time": expires},
+        "inference": {"key": inference, "expiration time": expires},
+        "API": {"key": "api-1"},
+    }))
+
+
+class FakeTorchServe:
+    """Answers like TorchServe; ``handler`` can be swapped per test."""
+
+    def __init__(self, key_file: Path) -> None:
+        self.key_file = key_file
+        self.requests: list[httpx.Request] = []
+        self.handler: Callable[[httpx.Request], httpx.Response] = self.predict_ok
+
+    def valid_key(self, request: httpx.Request) -> bool:
+        keys = json.loads(self.key_file.read_text())
+        return request.headers.get("authorization") == f"Bearer {keys['inference']['key']}"
+
+    def predict_ok(self, request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json=PREDICTION, headers={"X-Batch-Size": "3"})
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        if request.url.path == "/token":
+            write_keys(self.key_file, inference="inf-renewed")
+            return httpx.Response(200, json={"ok": True})
+        if not self.valid_key(request):
+            return httpx.Response(400, json={"code": 400, "type": "InvalidKeyException", "message": "bad token"})
+        if request.url.path == "/ping":
+            return httpx.Response(200, json={"status": "Healthy"})
+        return self.handler(request)
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> Iterator[tuple[TestClient, FakeTorchServe, FlakyStore]]:
+    key_file = tmp_path / "key_file.json"
+    write_keys(key_file)
+    fake = FakeTorchServe(key_file)
+    store = FlakyStore()
+    recorder = Recorder(store, FakeInflux(), Spool(tmp_path / "spool"), flush_interval_s=0.01)
+    settings = Settings(torchserve_key_file=key_file, spool_dir=tmp_path / "spool", max_body_bytes=1000)
+    app = create_app(settings, recorder=recorder, torchserve_transport=httpx.MockTransport(fake))
+    with TestClient(app) as client:
+        yield client, fake, store
+    assert recorder.wait_idle(5)
+
+
+def recorded(client: TestClient, store: FlakyStore, request_id: str) -> object:
+    assert client.app.state.recorder.wait_idle(5)
+    return store.rows[request_id]
+
+
+def test_put_photo_is_forwarded_with_token_and_recorded(env: tuple[TestClient, FakeTorchServe, FlakyStore]) -> None:
+    client, fake, store = env
+    response = client.put("/predictions/m", content=PHOTO)
+
+    assert response.status_code == 200
+    assert response.json() == PREDICTION
+    assert response.headers["x-batch-size"] == "3" and response.headers["x-model-version"] == "2.0"
+    sent = fake.requests[-1]
+    assert sent.url.path == "/predictions/m" and sent.content == PHOTO
+    assert sent.headers["authorization"] == "Bearer inf-1"
+    assert sent.headers["content-type"] == "application/octet-stream"
+    row = recorded(client, store, response.headers["x-request-id"])
+    assert (row.model, row.model_version, row.status, row.top_label, row.batch_size) == ("m", "2.0", 200, "tabby", 3)
+
+
+def test_version_in_path_is_forwarded(env: tuple[TestClient, FakeTorchServe, FlakyStore]) -> None:
+    client, fake, _ = env
+    assert client.post("/predictions/m/2.0", content=PHOTO).status_code == 200
+    assert fake.requests[-1].url.path == "/predictions/m/2.0"
+
+
+def test_per_item_error_passes_through_and_is_recorded(env: tuple[TestClient, FakeTorchServe, FlakyStore]) -> None:
+    client, fake, store = env
+    fake.handler = lambda r: httpx.Response(400, json={"code": 400, "type": "InvalidImage", "message": "truncated"})
+    response = client.put("/predictions/m", content=PHOTO)
+    assert response.status_code == 400 and response.json()["message"] == "truncated"
+    row = recorded(client, store, response.headers["x-request-id"])
+    assert row.status == 400 and row.error == "truncated"
+
+
+def test_empty_body_is_a_400_with_the_error_envelope(env: tuple[TestClient, FakeTorchServe, FlakyStore]) -> None:
+    client, fake, _ = env
+    response = client.post("/predictions/m", content=b"")
+    body = response.json()
+    assert response.status_code == 400
+    assert body["type"] == "EmptyBody" and "curl -T" in body["message"]
+    assert body["request_id"] == response.headers["x-request-id"]
+    assert fake.requests == []
+
+
+def test_body_over_the_limit_is_413_by_length_and_when_chunked(env: tuple[TestClient, FakeTorchServe, FlakyStore]) -> None:
+    client, fake, _ = env
+    assert client.post("/predictions/m", content=b"x" * 1000).status_code == 200  # exactly the limit
+    assert client.post("/predictions/m", content=b"x" * 1001).status_code == 413
+
+    def chunks() -> Iterator[bytes]:
+        for _ in range(11):
+            yield b"y" * 100
+
+    chunked = client.post("/predictions/m", content=chunks())
+    assert chunked.status_code == 413 and chunked.json()["type"] == "PayloadTooLarge"
+
+
+def test_multipart_needs_exactly_one_file(env: tuple[TestClient, FakeTorchServe, FlakyStore]) -> None:
+    client, fake, _ = env
+    one = client.post("/predictions/m", files={"file": ("a.jpg", PHOTO, "image/jpeg")})
+    assert one.status_code == 200
+    assert fake.requests[-1].content == PHOTO and fake.requests[-1].headers["content-type"] == "image/jpeg"
+
+    two = client.post("/predictions/m", files=[("a", ("a.jpg", PHOTO, "image/jpeg")), ("b", ("b.jpg", PHOTO, "image/jpeg"))])
+    assert two.status_code == 400 and "exactly one file" in two.json()["message"]
+    none = client.post("/predictions/m", files={"note": (None, "just text")})
+    assert none.status_code == 400 and "carried 0" in none.json()["message"]
+    urlencoded = client.post("/predictions/m", data={"field": "value"})
+    assert urlencoded.status_code == 415 and "multipart" in urlencoded.json()["message"]
+
+
+def test_invalid_model_name_is_a_400(env: tuple[TestClient, FakeTorchServe, FlakyStore]) -> None:
+    client, _, _ = env
+    response = client.post("/predictions/..%2Fetc", content=PHOTO)
+    assert response.status_code in (400, 404)
+    assert response.json()["code"] == response.status_code
+
+
+def test_torchserve_down_is_503_with_retry_after_and_recorded(env: tuple[TestClient, FakeTorchServe, FlakyStore]) -> None:
+    client, fake, store = env
+
+    def refuse(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("connection refused", request=request)
+
+    fake.handler = refuse
+    response = client.put("/predictions/m", content=PHOTO)
+    assert response.status_code == 503 and response.headers["retry-after"] == "1"
+    assert response.json()["type"] == "ServiceUnavailable"
+    assert recorded(client, store, response.headers["x-request-id"]).status == 503
+
+
+def test_torchserve_timeout_is_504(env: tuple[TestClient, FakeTorchServe, FlakyStore]) -> None:
+    client, fake, _ = env
+
+    def hang(request: httpx.Request) -> httpx.Response:
+        raise httpx.ReadTimeout("timed out", request=request)
+
+    fake.handler = hang
+    response = client.put("/predictions/m", content=PHOTO)
+    assert response.status_code == 504 and response.json()["type"] == "GatewayTimeout"
+
+
+def test_renewed_key_elsewhere_is_picked_up_with_one_retry(env: tuple[TestClient, FakeTorchServe, FlakyStore]) -> None:
+    client, fake, _ = env
+    assert client.put("/predictions/m", content=PHOTO).status_code == 200
+    write_keys(fake.key_file, inference="inf-2")  # another process renewed the key
+    response = client.put("/predictions/m", content=PHOTO)
+    assert response.status_code == 200
+    assert fake.requests[-1].headers["authorization"] == "Bearer inf-2"
+
+
+def test_key_about_to_expire_is_renewed_first(env: tuple[TestClient, FakeTorchServe, FlakyStore]) -> None:
+    client, fake, _ = env
+    write_keys(fake.key_file, expires_in=timedelta(seconds=30))
+    assert client.put("/predictions/m", content=PHOTO).status_code == 200
+    token_calls = [r for r in fake.requests if r.url.path == "/token"]
+    assert token_calls and token_calls[0].headers["authorization"] == "Bearer api-1"
+    assert fake.requests[-1].headers["authorization"] == "Bearer inf-renewed"
+
+
+def test_ping(env: tuple[TestClient, FakeTorchServe, FlakyStore]) -> None:
+    client, fake, _ = env
+    body = client.get("/ping").json()
+    assert body["status"] == "Healthy" and body["recording"]["postgres"] == "ok"
+    fake.key_file.unlink()
+    down = client.get("/ping")
+    assert down.status_code == 503 and down.json()["status"] == "Unhealthy"
+
+
+def test_openapi_documents_the_prediction_routes(env: tuple[TestClient, FakeTorchServe, FlakyStore]) -> None:
+    client, _, _ = env
+    spec = client.get("/openapi.json").json()
+    assert {"put", "post"} <= set(spec["paths"]["/predictions/{model}"])
+    assert "/predictions/{model}/{version}" in spec["paths"]

@@ -1,0 +1,146 @@
+"""The recorder: nothing lost while PostgreSQL is down, nothing duplicated on replay, InfluxDB bounded."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from pathlib import Path
+
+import pytest
+
+from bridge.metrics_sink import event_time_ns, to_point
+from bridge.recorder import Recorder
+from bridge.records import InferenceRecord, summarise_output
+from bridge.spool import Spool
+from tests.unit.fakes import FakeInflux, FlakyStore, make_record
+
+
+@pytest.fixture
+def parts(tmp_path: Path) -> tuple[FlakyStore, FakeInflux, Spool]:
+    return FlakyStore(), FakeInflux(), Spool(tmp_path / "spool")
+
+
+def make_recorder(parts: tuple[FlakyStore, FakeInflux, Spool], **kwargs: object) -> Recorder:
+    store, influx, spool = parts
+    return Recorder(store, influx, spool, batch_size=50, flush_interval_s=0.01, retry_interval_s=0.05, **kwargs)
+
+
+def test_records_reach_both_sinks(parts: tuple[FlakyStore, FakeInflux, Spool]) -> None:
+    store, influx, _ = parts
+    recorder = make_recorder(parts)
+    recorder.start()
+    records = [make_record() for _ in range(120)]
+    for r in records:
+        recorder.submit(r)
+    assert recorder.wait_idle(5)
+    recorder.stop()
+    assert set(store.rows) == {r.request_id for r in records}
+    assert len(influx.points) == 120
+
+
+def test_postgres_outage_spools_then_replays_exactly_once(parts: tuple[FlakyStore, FakeInflux, Spool]) -> None:
+    store, _, spool = parts
+    recorder = make_recorder(parts)
+    recorder.start()
+    before = [make_record() for _ in range(30)]
+    for r in before:
+        recorder.submit(r)
+    assert recorder.wait_idle(5)
+
+    store.down.set()
+    during = [make_record() for _ in range(200)]
+    for r in during:
+        recorder.submit(r)
+    deadline = 50
+    while recorder.stats.spooled < 200 and deadline:
+        threading.Event().wait(0.05)
+        deadline -= 1
+    assert recorder.stats.spooled == 200
+    assert spool.backlog()[0] >= 1
+    assert recorder.health()["postgres"].startswith("unavailable")
+
+    store.down.clear()
+    assert recorder.wait_idle(10), recorder.health()
+    recorder.stop()
+    assert set(store.rows) == {r.request_id for r in before + during}
+    assert spool.backlog() == (0, 0)
+    assert recorder.stats.replayed == 200
+
+
+def test_stop_while_postgres_is_down_keeps_records_on_disk(tmp_path: Path) -> None:
+    store, influx, spool = FlakyStore(), FakeInflux(), Spool(tmp_path / "spool")
+    store.down.set()
+    recorder = Recorder(store, influx, spool, flush_interval_s=0.01, retry_interval_s=10)
+    recorder.start()
+    records = [make_record() for _ in range(25)]
+    for r in records:
+        recorder.submit(r)
+    recorder.stop()
+
+    on_disk = [r for segment in spool.segments() for r in spool.read(segment)]
+    assert sorted(r.request_id for r in on_disk) == sorted(r.request_id for r in records)
+
+    # A new recorder (the bridge restarted) replays them once PostgreSQL is back.
+    store.down.clear()
+    again = Recorder(store, influx, Spool(tmp_path / "spool"), flush_interval_s=0.01, retry_interval_s=0.05)
+    again.start()
+    assert again.wait_idle(5)
+    again.stop()
+    assert set(store.rows) == {r.request_id for r in records}
+
+
+def test_influx_outage_buffers_within_bound_and_counts_drops(parts: tuple[FlakyStore, FakeInflux, Spool]) -> None:
+    store, influx, _ = parts
+    influx.down.set()
+    recorder = make_recorder(parts, metrics_buffer=100)
+    recorder.start()
+    for _ in range(150):
+        recorder.submit(make_record())
+    threading.Event().wait(0.3)
+    assert recorder.stats.points_dropped == 50
+    assert len(store.rows) == 150, "an InfluxDB outage must not touch PostgreSQL recording"
+
+    influx.down.clear()
+    assert recorder.wait_idle(5)
+    recorder.stop()
+    assert len(influx.points) == 100
+
+
+def test_rejected_points_are_dropped_and_counted_not_retried(parts: tuple[FlakyStore, FakeInflux, Spool]) -> None:
+    _, influx, _ = parts
+    influx.reject = True
+    recorder = make_recorder(parts)
+    recorder.start()
+    for _ in range(10):
+        recorder.submit(make_record())
+    assert recorder.wait_idle(5)
+    recorder.stop()
+    assert recorder.stats.points_rejected == 10
+    assert influx.points == []
+
+
+def test_spool_skips_a_torn_last_line(tmp_path: Path) -> None:
+    spool = Spool(tmp_path)
+    records = [make_record() for _ in range(3)]
+    spool.append(records)
+    segment = spool.segments()[0]
+    segment.write_text(segment.read_text() + '{"request_id": "torn')
+    assert [r.request_id for r in spool.read(segment)] == [r.request_id for r in records]
+
+
+def test_replayed_point_lands_on_the_same_timestamp() -> None:
+    record = make_record()
+    assert to_point(record)["time"] == to_point(record)["time"] == event_time_ns(record)
+    other = InferenceRecord(**{**record.__dict__, "request_id": str(uuid.uuid4())})
+    assert event_time_ns(other) // 1000 == event_time_ns(record) // 1000
+    assert "request_id" not in to_point(record)["tags"], "a request id tag would explode series cardinality"
+
+
+def test_summarise_output() -> None:
+    ok = b'{"predictions": [{"label": "tabby", "score": 0.7}], "model": {"name": "m", "version": "2.0"}}'
+    output, label, score, error = summarise_output(200, ok, "application/json")
+    assert (label, score, error) == ("tabby", 0.7, None) and output["model"]["version"] == "2.0"
+    _, label, _, error = summarise_output(400, b'{"code": 400, "message": "not an image"}', "application/json")
+    assert label is None and error == "not an image"
+    output, _, _, error = summarise_output(503, b"upstream exploded", None)
+    assert output == {"raw": "upstream exploded"} and error == "upstream exploded"
