@@ -62,25 +62,21 @@ async def _predict(request: Request, model: str, version: str | None) -> Respons
     )
 
 
-@router.api_route(
-    "/predictions/{model}",
-    methods=["POST", "PUT"],
-    responses=PREDICTION_RESPONSES,
-    openapi_extra=PHOTO_BODY,
-    summary="Predict with the model's default version",
-)
+DEFAULT_VERSION = {"responses": PREDICTION_RESPONSES, "openapi_extra": PHOTO_BODY,
+                   "summary": "Predict with the model's default version"}
+GIVEN_VERSION = {"responses": PREDICTION_RESPONSES, "openapi_extra": PHOTO_BODY,
+                 "summary": "Predict with a specific model version"}
+
+
+@router.post("/predictions/{model}", operation_id="predict", **DEFAULT_VERSION)
+@router.put("/predictions/{model}", operation_id="predict_put", **DEFAULT_VERSION)
 async def predict(request: Request, model: ModelName) -> Response:
     """Send one photo (raw body or a one-file multipart form) to ``model``."""
     return await _predict(request, model, None)
 
 
-@router.api_route(
-    "/predictions/{model}/{version}",
-    methods=["POST", "PUT"],
-    responses=PREDICTION_RESPONSES,
-    openapi_extra=PHOTO_BODY,
-    summary="Predict with a specific model version",
-)
+@router.post("/predictions/{model}/{version}", operation_id="predict_version", **GIVEN_VERSION)
+@router.put("/predictions/{model}/{version}", operation_id="predict_version_put", **GIVEN_VERSION)
 async def predict_version(request: Request, model: ModelName, version: ModelVersion) -> Response:
     """Send one photo to a specific ``version`` of ``model``."""
     return await _predict(request, model, version)
