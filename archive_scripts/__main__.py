@@ -1,4 +1,4 @@
-"""``python -m archive_scripts [MODEL ...] [--weights MODEL=PATH] [--store DIR] [--force]``."""
+"""``python -m archive_scripts [MODEL ...] [--version V] [--weights MODEL=PATH] [--catalogue PATH] [--force]``."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from archive_scripts.build import REPO_ROOT, GateFailed, build
-from archive_scripts.specs import SPECS, find_spec
+from archive_scripts.specs import SPECS, BuildInputs, find_spec
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -18,12 +18,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         description="Build TorchServe archives, gate them on golden photos, publish them to the model store.",
     )
     parser.add_argument("models", nargs="*", help=f"models to build (default: all of {[s.name for s in SPECS]})")
+    parser.add_argument("--version", help="build as this version (default: the spec's), e.g. 2.0")
     parser.add_argument(
-        "--weights",
-        action="append",
-        default=[],
-        metavar="MODEL=PATH",
-        help="use your own state_dict for MODEL (repeatable)",
+        "--weights", action="append", default=[], metavar="MODEL=PATH",
+        help="use your own state_dict for MODEL (for price: the price head); repeatable",
+    )
+    parser.add_argument(
+        "--catalogue", type=Path, metavar="PATH",
+        help="catalogue for `similar`: a folder of images (id = file name) or an .npz/.pt of ids + embeddings",
     )
     parser.add_argument("--store", type=Path, default=REPO_ROOT / "model_store", help="model store directory")
     parser.add_argument("--force", action="store_true", help="rebuild even when the inputs are unchanged")
@@ -40,20 +42,26 @@ def main(argv: list[str] | None = None) -> int:
             print(f"--weights expects MODEL=PATH to an existing file, got {item!r}", file=sys.stderr)
             return 2
         user_weights[name] = Path(path)
+    if args.catalogue is not None and not args.catalogue.exists():
+        print(f"--catalogue {args.catalogue} does not exist", file=sys.stderr)
+        return 2
     try:
-        specs = [find_spec(name) for name in args.models] if args.models else list(SPECS)
+        names = args.models or [s.name for s in SPECS]
+        specs = [find_spec(name, args.version) for name in names]
     except KeyError as exc:
         print(exc.args[0], file=sys.stderr)
         return 2
     for number, spec in enumerate(specs, 1):
         started = time.monotonic()
         print(f"[{number}/{len(specs)}] {spec.name} {spec.version} ...", flush=True)
+        inputs = BuildInputs(weights=user_weights.get(spec.name), catalogue=args.catalogue if spec.name == "similar" else None)
         try:
-            outcome = build(spec, args.store, user_weights.get(spec.name), force=args.force)
+            outcome = build(spec, args.store, inputs, force=args.force)
         except GateFailed as exc:
             print(str(exc), file=sys.stderr)
             return 1
-        print(f"[{number}/{len(specs)}] {spec.name} {spec.version}: {outcome} ({time.monotonic() - started:.1f} s)")
+        print(f"[{number}/{len(specs)}] {spec.name} {spec.version}: {outcome} → {args.store / spec.archive_name} "
+              f"({time.monotonic() - started:.1f} s)", flush=True)
     return 0
 
 

@@ -1,7 +1,8 @@
 """Build an archive from its spec, gate it on its golden photos, then publish it to the model store.
 
 Nothing reaches ``model_store/`` unless the freshly built archive, unpacked and loaded through its own
-handler in a separate process, answered every golden photo correctly.
+handler in a separate process, answered every golden case correctly. Archives are reproducible: the
+same inputs give byte-identical ``.mar`` files (torch-model-archiver's timestamps are normalised).
 """
 
 from __future__ import annotations
@@ -10,10 +11,8 @@ import hashlib
 import json
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
-from dataclasses import asdict
+import zipfile
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -22,12 +21,16 @@ import yaml
 from model_archiver.model_archiver_config import ModelArchiverConfig
 from model_archiver.model_packaging import generate_model_archive
 
-from archive_scripts.specs import ArchiveSpec
+from archive_scripts.gate import run_gate
+from archive_scripts.specs import ArchiveSpec, BuildInputs
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 HANDLERS_DIR = REPO_ROOT / "handlers"
 MANIFEST_NAME = "manifest.json"
 STACK_PACKAGES = ("torch", "torchvision", "torchserve", "torch-model-archiver")
+# Fixed time for every zip entry and for MANIFEST.json's createdOn: archives depend on content only.
+EPOCH_ZIP = (1980, 1, 1, 0, 0, 0)
+EPOCH_TEXT = "01/01/1980 00:00:00"
 
 
 class GateFailed(RuntimeError):
@@ -43,6 +46,16 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def sha256_tree(path: Path) -> str:
+    """Hex sha256 over a file, or over every file of a folder (names and contents, sorted)."""
+    if path.is_file():
+        return sha256_file(path)
+    digest = hashlib.sha256()
+    for item in sorted(p for p in path.rglob("*") if p.is_file()):
+        digest.update(str(item.relative_to(path)).encode() + b"\0" + sha256_file(item).encode())
+    return digest.hexdigest()
+
+
 def package_versions() -> dict[str, str]:
     """Versions of the packages that shape an archive's behaviour."""
     return {name: metadata.version(name) for name in STACK_PACKAGES}
@@ -53,29 +66,15 @@ def code_files(spec: ArchiveSpec) -> list[Path]:
     return [HANDLERS_DIR / spec.handler, *(HANDLERS_DIR / m for m in spec.modules)]
 
 
-def fingerprint(spec: ArchiveSpec, user_weights: Path | None) -> str:
+def fingerprint(spec: ArchiveSpec, inputs: BuildInputs) -> str:
     """A hash of every input of the build, so an unchanged archive is not rebuilt."""
     digest = hashlib.sha256(f"{spec.name}:{spec.version}".encode())
-    for path in code_files(spec):
-        digest.update(path.name.encode() + sha256_file(path).encode())
-    for path in sorted((REPO_ROOT / "archive_scripts").glob("*.py")):
+    for path in [*code_files(spec), *sorted((REPO_ROOT / "archive_scripts").glob("*.py"))]:
         digest.update(path.name.encode() + sha256_file(path).encode())
     digest.update(json.dumps(package_versions(), sort_keys=True).encode())
-    digest.update((sha256_file(user_weights) if user_weights else "default-weights").encode())
+    for user_path in (inputs.weights, inputs.catalogue):
+        digest.update((sha256_tree(user_path) if user_path else "default").encode())
     return digest.hexdigest()
-
-
-def model_config_yaml(spec: ArchiveSpec, weights_source: str, trained: bool) -> dict[str, Any]:
-    """The archive's model-config.yaml: TorchServe's batching/worker keys plus our handler section."""
-    return {
-        **spec.model_config,
-        "handler": {"architecture": spec.architecture, **spec.handler_config},
-        "metadata": {
-            "description": spec.description,
-            "weights": weights_source,
-            "trained": trained,
-        },
-    }
 
 
 def write_labels(dest: Path) -> None:
@@ -85,15 +84,48 @@ def write_labels(dest: Path) -> None:
     dest.write_text(json.dumps({str(i): name for i, name in enumerate(_IMAGENET_CATEGORIES)}, indent=0))
 
 
-def assemble(spec: ArchiveSpec, workdir: Path, user_weights: Path | None) -> tuple[Path, dict[str, Any]]:
-    """Write weights, labels and config into ``workdir`` and run torch-model-archiver there."""
-    info = spec.make_weights(workdir / "weights.pt", user_weights)
-    extra = [str(HANDLERS_DIR / m) for m in spec.modules]
+def normalise_archive(mar: Path) -> None:
+    """Rewrite the zip with sorted entries, fixed timestamps and a fixed ``createdOn``: byte-reproducible."""
+    with zipfile.ZipFile(mar) as src:
+        entries = sorted((info.filename, src.read(info)) for info in src.infolist() if not info.is_dir())
+    tmp = mar.with_suffix(".normalised")
+    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as dst:
+        for name, data in entries:
+            if name == "MAR-INF/MANIFEST.json":
+                manifest = json.loads(data)
+                manifest["createdOn"] = EPOCH_TEXT
+                data = json.dumps(manifest, indent=2, sort_keys=True).encode()
+            info = zipfile.ZipInfo(name, date_time=EPOCH_ZIP)
+            info.external_attr = 0o644 << 16
+            info.compress_type = zipfile.ZIP_DEFLATED
+            dst.writestr(info, data)
+    os.replace(tmp, mar)
+
+
+def assemble(spec: ArchiveSpec, workdir: Path, inputs: BuildInputs) -> tuple[Path, dict[str, Any]]:
+    """Write weights, extra files and config into ``workdir``, run torch-model-archiver, normalise."""
+    info = spec.make_weights(workdir / "weights.pt", inputs)
+    extra_files = [HANDLERS_DIR / m for m in spec.modules]
+    extra_metadata: dict[str, Any] = {}
     if spec.labels == "imagenet":
         write_labels(workdir / "index_to_name.json")
-        extra.append(str(workdir / "index_to_name.json"))
+        extra_files.append(workdir / "index_to_name.json")
+    if spec.make_extras is not None:
+        extras = spec.make_extras(workdir, inputs)
+        extra_files.extend(extras.files)
+        extra_metadata = extras.metadata
+    config = {
+        **spec.model_config,
+        "handler": {"architecture": spec.architecture, **spec.handler_config},
+        "metadata": {
+            "description": spec.description,
+            "weights": info.source,
+            "trained": info.trained,
+            **extra_metadata,
+        },
+    }
     config_path = workdir / "model-config.yaml"
-    config_path.write_text(yaml.safe_dump(model_config_yaml(spec, info.source, info.trained), sort_keys=False))
+    config_path.write_text(yaml.safe_dump(config, sort_keys=False))
     out = workdir / "out"
     out.mkdir()
     generate_model_archive(
@@ -102,35 +134,33 @@ def assemble(spec: ArchiveSpec, workdir: Path, user_weights: Path | None) -> tup
             handler=str(HANDLERS_DIR / spec.handler),
             version=spec.version,
             serialized_file=str(info.path),
-            extra_files=",".join(extra),
+            extra_files=",".join(str(p) for p in extra_files),
             export_path=str(out),
             config_file=str(config_path),
             force=True,
         )
     )
+    # torch-model-archiver names the file after the model; we keep one file per version.
+    mar = out / spec.archive_name
+    os.replace(out / f"{spec.name}.mar", mar)
+    normalise_archive(mar)
     details = {
         "weights_sha256": sha256_file(info.path),
         "weights_source": info.source,
         "trained": info.trained,
         "handler_sha256": {p.name: sha256_file(p) for p in code_files(spec)},
+        "extra_files_sha256": {p.name: sha256_file(p) for p in extra_files if p.parent != HANDLERS_DIR},
+        **({"extras": extra_metadata} if extra_metadata else {}),
     }
-    return out / spec.archive_name, details
+    return mar, details
 
 
-def run_gate(spec: ArchiveSpec, mar_path: Path) -> None:
-    """Load the archive in a fresh process and check every golden photo; raise GateFailed otherwise."""
-    cases = json.dumps([asdict(case) for case in spec.golden])
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
-    proc = subprocess.run(
-        [sys.executable, "-m", "archive_scripts.gate", str(mar_path), cases],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
-    if proc.returncode != 0:
-        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])
-        raise GateFailed(f"{spec.name} {spec.version} failed its golden gate; nothing published:\n{tail}")
+def gate(spec: ArchiveSpec, mar_path: Path) -> None:
+    """Raise GateFailed unless the built archive answers every golden case correctly."""
+    failures = run_gate(mar_path, spec.golden)
+    if failures:
+        listed = "\n".join(f"  - {f}" for f in failures)
+        raise GateFailed(f"{spec.name} {spec.version} failed its golden gate; nothing was published:\n{listed}")
 
 
 def load_manifest(store: Path) -> dict[str, Any]:
@@ -148,28 +178,34 @@ def is_up_to_date(spec: ArchiveSpec, store: Path, print_fp: str) -> bool:
     )
 
 
-def build(spec: ArchiveSpec, store: Path, user_weights: Path | None = None, force: bool = False) -> str:
-    """Build, gate and publish one archive; returns "built" or "up to date"."""
-    store.mkdir(parents=True, exist_ok=True)
-    print_fp = fingerprint(spec, user_weights)
-    if not force and is_up_to_date(spec, store, print_fp):
-        return "up to date"
-    with tempfile.TemporaryDirectory(prefix=f"build-{spec.name}-") as tmp:
-        mar, details = assemble(spec, Path(tmp), user_weights)
-        run_gate(spec, mar)
-        staged = store / f".{spec.archive_name}.partial"
-        shutil.copyfile(mar, staged)
-        os.replace(staged, store / spec.archive_name)
+def publish(mar: Path, store: Path, entry: dict[str, Any]) -> None:
+    """Move the gated archive into the store and record it in the manifest, each step atomic."""
+    staged = store / f".{mar.name}.partial"
+    shutil.copyfile(mar, staged)
+    os.replace(staged, store / mar.name)
     manifest = load_manifest(store)
-    manifest[spec.archive_name] = {
-        "model": spec.name,
-        "version": spec.version,
-        "sha256": sha256_file(store / spec.archive_name),
-        "fingerprint": print_fp,
-        **details,
-        "packages": package_versions(),
-    }
+    manifest[mar.name] = entry
     tmp_manifest = store / f".{MANIFEST_NAME}.partial"
     tmp_manifest.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     os.replace(tmp_manifest, store / MANIFEST_NAME)
+
+
+def build(spec: ArchiveSpec, store: Path, inputs: BuildInputs = BuildInputs(), force: bool = False) -> str:
+    """Build, gate and publish one archive; returns "built" or "up to date"."""
+    store.mkdir(parents=True, exist_ok=True)
+    print_fp = fingerprint(spec, inputs)
+    if not force and is_up_to_date(spec, store, print_fp):
+        return "up to date"
+    with tempfile.TemporaryDirectory(prefix=f"build-{spec.name}-") as tmp:
+        mar, details = assemble(spec, Path(tmp), inputs)
+        gate(spec, mar)
+        entry = {
+            "model": spec.name,
+            "version": spec.version,
+            "sha256": sha256_file(mar),
+            "fingerprint": print_fp,
+            **details,
+            "packages": package_versions(),
+        }
+        publish(mar, store, entry)
     return "built"

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
 from archive_scripts import weights
+from archive_scripts.golden import GoldenCase, TopLabelIn
 from archive_scripts.weights import WeightsInfo
 
 # Handler modules every image archive carries (imported by bare name inside the worker).
@@ -20,11 +21,19 @@ CAT_LABELS = ("tabby", "tiger cat", "Egyptian cat", "Persian cat", "Siamese cat"
 
 
 @dataclass(frozen=True)
-class GoldenCase:
-    """A photo the archive must answer; ``top1_any_of`` empty means "any well-formed answer"."""
+class BuildInputs:
+    """What a user supplies for one build: their weights, their catalogue (each optional)."""
 
-    photo: str
-    top1_any_of: tuple[str, ...] = ()
+    weights: Path | None = None
+    catalogue: Path | None = None
+
+
+@dataclass(frozen=True)
+class Extras:
+    """Extra files a spec adds to its archive, and what to say about them in metadata and manifest."""
+
+    files: tuple[Path, ...]
+    metadata: dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -35,29 +44,37 @@ class ArchiveSpec:
     version: str
     handler: str
     architecture: str
-    make_weights: Callable[[Path, Path | None], WeightsInfo]
+    make_weights: Callable[[Path, BuildInputs], WeightsInfo]
     model_config: dict[str, Any]
     handler_config: dict[str, Any]
     golden: tuple[GoldenCase, ...]
     modules: tuple[str, ...] = SHARED_MODULES
     labels: str | None = "imagenet"
     description: str = ""
+    make_extras: Callable[[Path, BuildInputs], Extras] | None = None
 
     @property
     def archive_name(self) -> str:
-        """File name in the model store."""
-        return f"{self.name}.mar"
+        """File name in the model store: one file per version, so versions sit side by side."""
+        return f"{self.name}_v{self.version}.mar"
 
 
 def _weights_or(
     architecture: str, default: Callable[[Path], WeightsInfo]
-) -> Callable[[Path, Path | None], WeightsInfo]:
-    def make(dest: Path, user_weights: Path | None) -> WeightsInfo:
-        if user_weights is not None:
-            return weights.from_user_file(architecture, user_weights, dest)
+) -> Callable[[Path, BuildInputs], WeightsInfo]:
+    """The user's weights for ``architecture`` when given, ``default`` otherwise."""
+
+    def make(dest: Path, inputs: BuildInputs) -> WeightsInfo:
+        if inputs.weights is not None:
+            return weights.from_user_file(architecture, inputs.weights, dest)
         return default(dest)
 
     return make
+
+
+def _pretrained_backbone(dest: Path, inputs: BuildInputs) -> WeightsInfo:
+    """The pretrained EfficientNet-Lite0 backbone, whatever the user gives (their file is for the head)."""
+    return weights.efficientnet_lite0_imagenet(dest)
 
 
 SPECS: tuple[ArchiveSpec, ...] = (
@@ -70,9 +87,9 @@ SPECS: tuple[ArchiveSpec, ...] = (
         model_config={"minWorkers": 1, "maxWorkers": 1, "batchSize": 8, "maxBatchDelay": 10, "responseTimeout": 30},
         handler_config={"threads": 1, "topk": 5, "resize": 256, "crop": 224, **MINUS_ONE_TO_ONE},
         golden=(
-            GoldenCase("chelsea", CAT_LABELS),
-            GoldenCase("coffee", ("espresso", "cup", "coffee mug")),
-            GoldenCase("flower", ("daisy",)),
+            GoldenCase("chelsea", TopLabelIn(CAT_LABELS)),
+            GoldenCase("coffee", TopLabelIn(("espresso", "cup", "coffee mug"))),
+            GoldenCase("flower", TopLabelIn(("daisy",))),
         ),
         description="EfficientNet-Lite0, ImageNet-1k, top-5 labels",
     ),
@@ -89,10 +106,14 @@ SPECS: tuple[ArchiveSpec, ...] = (
     ),
 )
 
+# Versions served at start are those in config.properties' load_models; other versions built here sit
+# beside them in model_store/ for the management API to register (e.g. `python -m archive_scripts
+# resnet18 --version 2.0 --weights resnet18=PATH`).
 
-def find_spec(name: str) -> ArchiveSpec:
-    """The spec called ``name``; a clear error listing the known ones otherwise."""
+
+def find_spec(name: str, version: str | None = None) -> ArchiveSpec:
+    """The spec called ``name`` (as ``version`` when given); a clear error listing the known ones otherwise."""
     for spec in SPECS:
         if spec.name == name:
-            return spec
+            return replace(spec, version=version) if version else spec
     raise KeyError(f"no archive spec named {name!r}; known: {', '.join(s.name for s in SPECS)}")

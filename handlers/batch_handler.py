@@ -44,9 +44,10 @@ class HandlerConfig:
     labels_file: str = "index_to_name.json"
     tensor: TensorSpec = field(default_factory=TensorSpec)
     limits: DecodeLimits = field(default_factory=DecodeLimits)
+    extra: dict[str, Any] = field(default_factory=dict)  # keys a subclass declared in its config_keys
 
     @classmethod
-    def from_yaml(cls, section: dict[str, Any]) -> "HandlerConfig":
+    def from_yaml(cls, section: dict[str, Any], extra_keys: tuple[str, ...] = ()) -> "HandlerConfig":
         """Build from the yaml section; unknown keys are an error, not silently ignored."""
         section = dict(section)
         tensor_keys = {"resize", "crop", "mean", "std"}
@@ -55,20 +56,56 @@ class HandlerConfig:
         limits = DecodeLimits(
             **{k: int(section.pop(yaml_key)) for k, yaml_key in limit_keys.items() if yaml_key in section}
         )
+        extra = {k: section.pop(k) for k in extra_keys if k in section}
         known = {"architecture", "threads", "num_classes", "topk", "labels_file"}
         unknown = set(section) - known
         if unknown:
             raise ValueError(f"unknown keys in model-config.yaml handler section: {sorted(unknown)}")
-        return cls(tensor=tensor, limits=limits, **section)
+        return cls(tensor=tensor, limits=limits, extra=extra, **section)
 
 
 def _tuple(value: Any) -> Any:
     return tuple(value) if isinstance(value, list) else value
 
 
-def payload_bytes(row: dict[str, Any]) -> bytes:
-    """The image bytes of one request item (raw body, or the single file of a multipart form)."""
-    values = [row[k] for k in ("data", "body") if k in row] or list(row.values())
+class ItemError(Exception):
+    """A request item refused for something other than its image (e.g. a bad parameter)."""
+
+    def __init__(self, message: str, status: int = 400, kind: str = "InvalidRequest") -> None:
+        super().__init__(message)
+        self.message, self.status, self.kind = message, status, kind
+
+
+def request_param(row: dict[str, Any], name: str) -> str | None:
+    """A request parameter TorchServe passed beside the body (query string or form field), as text."""
+    value = row.get(name)
+    if isinstance(value, (bytes, bytearray)):
+        return value.decode("utf-8", "replace")
+    return None if value is None else str(value)
+
+
+def int_param(row: dict[str, Any], name: str, default: int, low: int, high: int) -> int:
+    """An integer parameter within [low, high], or an ItemError saying what is allowed."""
+    raw = request_param(row, name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ItemError(f"parameter {name} must be an integer between {low} and {high}, got {raw[:20]!r}") from None
+    if not low <= value <= high:
+        raise ItemError(f"parameter {name} must be between {low} and {high}, got {value}")
+    return value
+
+
+def payload_bytes(row: dict[str, Any], param_names: tuple[str, ...] = ()) -> bytes:
+    """The image bytes of one request item (raw body, or the single file of a multipart form).
+
+    ``param_names`` are the handler's own parameters (query string or form fields), never the image.
+    """
+    values = [row[k] for k in ("data", "body") if k in row] or [
+        v for k, v in row.items() if k not in param_names
+    ]
     if not values:
         raise EmptyImage("empty request: send the image bytes")
     if len(values) > 1:
@@ -88,13 +125,15 @@ class BatchImageHandler(BaseHandler):
 
     config: HandlerConfig
     device: torch.device
+    param_names: tuple[str, ...] = ()  # request parameters item_params() reads
+    config_keys: tuple[str, ...] = ()  # extra model-config.yaml handler keys (in config.extra)
 
     def initialize(self, context: Any) -> None:
         """Load weights and settings once per worker, from the archive and its model-config.yaml."""
         properties = context.system_properties
         self.manifest = context.manifest
         yaml_config = context.model_yaml_config or {}
-        self.config = HandlerConfig.from_yaml(yaml_config.get("handler", {}))
+        self.config = HandlerConfig.from_yaml(yaml_config.get("handler", {}), self.config_keys)
         self.metadata: dict[str, Any] = yaml_config.get("metadata", {})
         torch.set_num_threads(self.config.threads)
         self.device = self.select_device(properties.get("gpu_id"))
@@ -131,17 +170,21 @@ class BatchImageHandler(BaseHandler):
             return [json.dumps(self.describe()).encode()]
         responses: list[bytes | None] = [None] * len(data)
         tensors: list[torch.Tensor] = []
+        params: list[Any] = []
         valid: list[int] = []
         for idx, row in enumerate(data):
             try:
-                tensors.append(image_to_tensor(payload_bytes(row), self.config.tensor, self.config.limits))
+                item_params = self.item_params(row)
+                photo = payload_bytes(row, self.param_names)
+                tensors.append(image_to_tensor(photo, self.config.tensor, self.config.limits))
+                params.append(item_params)
                 valid.append(idx)
-            except ImageError as exc:
+            except (ImageError, ItemError) as exc:
                 responses[idx] = self._error(context, idx, exc)
         if tensors:
             with torch.inference_mode():
                 outputs = self.model(torch.stack(tensors).to(self.device, non_blocking=True)).float().cpu()
-            for idx, result in zip(valid, self.postprocess_batch(outputs)):
+            for idx, result in zip(valid, self.postprocess_batch(outputs, params)):
                 body = {
                     **result,
                     "model": self._model_ref(),
@@ -152,8 +195,12 @@ class BatchImageHandler(BaseHandler):
             context.set_response_header(idx, BATCH_SIZE_HEADER, str(len(data)))
         return [r if r is not None else b"" for r in responses]
 
-    def postprocess_batch(self, outputs: torch.Tensor) -> list[dict[str, Any]]:
-        """Turn the model's batched output into one JSON-able result per item."""
+    def item_params(self, row: dict[str, Any]) -> Any:
+        """Per-item request parameters (validated; raise ItemError for a 4xx on this item only)."""
+        return None
+
+    def postprocess_batch(self, outputs: torch.Tensor, params: list[Any]) -> list[dict[str, Any]]:
+        """Turn the model's batched output into one JSON-able result per item (``params`` from item_params)."""
         raise NotImplementedError
 
     def describe(self) -> dict[str, Any]:
@@ -174,7 +221,7 @@ class BatchImageHandler(BaseHandler):
             context.set_response_status(status, body.get("type", ""), idx)
         return json.dumps(body).encode()
 
-    def _error(self, context: Any, idx: int, exc: ImageError) -> bytes:
+    def _error(self, context: Any, idx: int, exc: ImageError | ItemError) -> bytes:
         body = {"code": exc.status, "type": exc.kind, "message": exc.message, "model": self._model_ref()}
         return self._reply(context, idx, exc.status, body)
 

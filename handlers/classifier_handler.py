@@ -20,7 +20,7 @@ class ImageClassifierHandler(BatchImageHandler):
             names = json.load(f)
         self.labels = [names[str(i)] for i in range(len(names))]
 
-    def postprocess_batch(self, outputs: torch.Tensor) -> list[dict[str, Any]]:
+    def postprocess_batch(self, outputs: torch.Tensor, params: list[Any]) -> list[dict[str, Any]]:
         """Top-k of the softmax over each row of logits."""
         scores, indices = outputs.softmax(dim=1).topk(min(self.config.topk, outputs.shape[1]), dim=1)
         return [

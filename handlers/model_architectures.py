@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -48,3 +49,16 @@ def load_model(architecture: str, weights_path: str, num_classes: int = 1000) ->
     state = torch.load(weights_path, map_location="cpu", weights_only=True)
     model.load_state_dict(state, strict=True)
     return model.eval()
+
+
+class ImageEmbedder(nn.Module):
+    """A classification backbone's pooled last feature map, L2-normalised: one unit vector per image."""
+
+    def __init__(self, backbone: nn.Module) -> None:
+        super().__init__()
+        self.backbone = backbone
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """(N, 3, H, W) → (N, D) unit-norm embeddings."""
+        features = self.backbone.extract_features(images)
+        return F.normalize(features.mean(dim=(2, 3)), dim=1)

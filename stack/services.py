@@ -278,8 +278,9 @@ class TorchServe(Service):
         key = self.inference_key()
         if key is None:
             return False
+        manifest = json.loads((REPO_ROOT / "model_store" / "manifest.json").read_text())
         for archive in self.load_models():
-            name = archive.removesuffix(".mar")
+            name = manifest[archive]["model"]
             # A prediction-free readiness probe: the model's describe via the inference API is not
             # available, so ask the management API with the management key.
             try:

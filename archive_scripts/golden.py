@@ -1,0 +1,85 @@
+"""Golden inputs and what a correct archive must answer for them.
+
+A golden case is a bundled real photo (see photos.py), optional request parameters, and an expectation
+that inspects the JSON answer and returns what is wrong with it (None when it is right).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+
+class Expectation(Protocol):
+    """Checks one answer body."""
+
+    def failure(self, body: dict[str, Any]) -> str | None: ...
+
+
+@dataclass(frozen=True)
+class TopLabelIn:
+    """Top-1 label is one of ``labels``; an empty tuple only requires well-formed top-k predictions."""
+
+    labels: tuple[str, ...] = ()
+
+    def failure(self, body: dict[str, Any]) -> str | None:
+        predictions = body.get("predictions") or []
+        if not predictions or "label" not in predictions[0] or "score" not in predictions[0]:
+            return f"no predictions in {str(body)[:200]}"
+        scores = [p["score"] for p in predictions]
+        if scores != sorted(scores, reverse=True) or not all(0.0 <= s <= 1.0 for s in scores):
+            return f"scores not sorted probabilities: {scores}"
+        top1 = predictions[0]["label"]
+        if self.labels and top1 not in self.labels:
+            return f"top-1 {top1!r}, expected one of {list(self.labels)}"
+        return None
+
+
+@dataclass(frozen=True)
+class NearestItemIs:
+    """The nearest catalogue item is ``item_id`` (e.g. a catalogue photo finds itself)."""
+
+    item_id: str
+    max_distance: float = 0.5
+
+    def failure(self, body: dict[str, Any]) -> str | None:
+        items = body.get("items") or []
+        if not items:
+            return f"no items in {str(body)[:200]}"
+        first = items[0]
+        if first.get("id") != self.item_id:
+            return f"nearest item {first.get('id')!r}, expected {self.item_id!r}"
+        if first.get("distance", 1e9) > self.max_distance:
+            return f"distance {first.get('distance')} above {self.max_distance}"
+        distances = [i["distance"] for i in items]
+        if distances != sorted(distances):
+            return f"items not sorted by distance: {distances}"
+        return None
+
+
+@dataclass(frozen=True)
+class PriceWithin:
+    """The price estimate lies in [low, high] and inside its own interval."""
+
+    low: float
+    high: float
+
+    def failure(self, body: dict[str, Any]) -> str | None:
+        price = body.get("price")
+        interval = body.get("interval") or {}
+        if not isinstance(price, (int, float)):
+            return f"no price in {str(body)[:200]}"
+        if not self.low <= price <= self.high:
+            return f"price {price} outside [{self.low}, {self.high}]"
+        if not interval.get("low", price) <= price <= interval.get("high", price):
+            return f"price {price} outside its own interval {interval}"
+        return None
+
+
+@dataclass(frozen=True)
+class GoldenCase:
+    """One golden photo, the request parameters to send with it, and the expected answer."""
+
+    photo: str
+    expect: Expectation = field(default_factory=TopLabelIn)
+    params: tuple[tuple[str, str], ...] = ()

@@ -1,0 +1,89 @@
+"""The archive pipeline: reproducible builds, the golden gate, the manifest, versions side by side."""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from archive_scripts.build import GateFailed, build, sha256_file
+from archive_scripts.golden import GoldenCase, TopLabelIn
+from archive_scripts.specs import BuildInputs, find_spec
+
+RESNET = find_spec("resnet18")
+
+
+def store_state(store: Path) -> dict[str, str]:
+    return {p.name: sha256_file(p) for p in sorted(store.iterdir()) if p.is_file()}
+
+
+def test_same_inputs_give_byte_identical_archives(tmp_path: Path) -> None:
+    first, second = tmp_path / "a", tmp_path / "b"
+    assert build(RESNET, first) == "built"
+    assert build(RESNET, second) == "built"
+    name = RESNET.archive_name
+    assert sha256_file(first / name) == sha256_file(second / name)
+    manifest = json.loads((first / "manifest.json").read_text())[name]
+    assert manifest["sha256"] == sha256_file(first / name)
+    assert manifest["model"] == "resnet18" and manifest["version"] == RESNET.version
+    assert set(manifest["packages"]) == {"torch", "torchvision", "torchserve", "torch-model-archiver"}
+    assert {"classifier_handler.py", "batch_handler.py", "image_decoding.py"} <= set(manifest["handler_sha256"])
+    assert manifest["trained"] is False and "UNTRAINED" in manifest["weights_source"]
+    with zipfile.ZipFile(first / name) as archive:
+        config = archive.read("model-config.yaml").decode()
+        assert "trained: false" in config
+        assert {"MAR-INF/MANIFEST.json", "weights.pt", "index_to_name.json"} <= set(archive.namelist())
+
+    assert build(RESNET, first) == "up to date"
+
+
+def test_gate_rejects_a_wrong_answer_and_publishes_nothing(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    build(RESNET, store)
+    before = store_state(store)
+    broken = replace(RESNET, version="9.9", golden=(GoldenCase("chelsea", TopLabelIn(("no such label",))),))
+
+    with pytest.raises(GateFailed, match="top-1 .* expected one of"):
+        build(broken, store)
+    assert store_state(store) == before
+
+
+def test_gate_rejects_an_archive_whose_handler_cannot_load(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    bad_config = replace(RESNET, version="9.8", handler_config={**RESNET.handler_config, "no_such_key": 1})
+
+    with pytest.raises(GateFailed, match="unknown keys"):
+        build(bad_config, store)
+    assert not any(store.glob("*.mar")) and not (store / "manifest.json").exists()
+
+
+def test_versions_sit_side_by_side_and_user_weights_plug_in(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    torch.manual_seed(123)
+    from torchvision.models import resnet18
+
+    user_weights = tmp_path / "my_resnet18.pt"
+    torch.save(resnet18(num_classes=1000).state_dict(), user_weights)
+
+    build(RESNET, store)
+    build(find_spec("resnet18", "2.0"), store, BuildInputs(weights=user_weights))
+
+    manifest = json.loads((store / "manifest.json").read_text())
+    assert set(manifest) == {"resnet18_v1.0.mar", "resnet18_v2.0.mar"}
+    v2 = manifest["resnet18_v2.0.mar"]
+    assert v2["version"] == "2.0" and v2["weights_sha256"] == sha256_file(user_weights)
+    assert v2["trained"] is True and "my_resnet18.pt" in v2["weights_source"]
+    with zipfile.ZipFile(store / "resnet18_v2.0.mar") as archive:
+        assert json.loads(archive.read("MAR-INF/MANIFEST.json"))["model"]["modelVersion"] == "2.0"
+
+
+def test_user_weights_that_do_not_fit_the_architecture_are_refused(tmp_path: Path) -> None:
+    wrong = tmp_path / "wrong.pt"
+    torch.save({"fc.weight": torch.zeros(3, 3)}, wrong)
+    with pytest.raises(RuntimeError, match="state_dict"):
+        build(RESNET, tmp_path / "store", BuildInputs(weights=wrong))
+    assert not (tmp_path / "store" / RESNET.archive_name).exists()
