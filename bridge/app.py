@@ -7,13 +7,13 @@ from contextlib import asynccontextmanager
 from typing import AsyncIterator
 
 import httpx
-
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from bridge import routes
+from bridge.api import health, predictions
+from bridge.auth import require_api_key
 from bridge.errors import BridgeError, envelope, request_id_of
 from bridge.metrics_sink import InfluxSink
 from bridge.recorder import Recorder
@@ -91,7 +91,8 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.settings = settings
-    app.include_router(routes.router)
+    app.include_router(health.router)
+    app.include_router(predictions.router, dependencies=[Depends(require_api_key)])
     _add_exception_handlers(app)
     return app
 

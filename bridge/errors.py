@@ -3,9 +3,14 @@
     BridgeError                  (500) base: a 5xx says little, its cause is logged
     ├── BadRequest               (400) the request itself is malformed
     │   └── EmptyBody            (400)
+    ├── Unauthorized             (401) the bridge's API key is missing or wrong
+    ├── NotFound                 (404)
+    ├── Conflict                 (409)
+    ├── Unprocessable            (422)
     ├── PayloadTooLarge          (413)
     ├── UnsupportedMediaType     (415)
-    ├── UpstreamUnavailable      (503) TorchServe refused the connection or is not ready
+    ├── UpstreamUnavailable      (503) TorchServe (or the job queue) refused the connection or is not ready
+    ├── RecordingUnavailable     (503) the result could not be recorded durably, so it is not given out
     └── UpstreamTimeout          (504) TorchServe did not answer in time
 
 Every error body is ``{"code": int, "type": str, "message": str, "request_id": str}`` — the same
@@ -41,6 +46,27 @@ class EmptyBody(BadRequest):
     kind = "EmptyBody"
 
 
+class Unauthorized(BridgeError):
+    status = 401
+    kind = "Unauthorized"
+    headers = {"WWW-Authenticate": 'ApiKey header="X-API-Key"'}
+
+
+class NotFound(BridgeError):
+    status = 404
+    kind = "NotFound"
+
+
+class Conflict(BridgeError):
+    status = 409
+    kind = "Conflict"
+
+
+class Unprocessable(BridgeError):
+    status = 422
+    kind = "Unprocessable"
+
+
 class PayloadTooLarge(BridgeError):
     status = 413
     kind = "PayloadTooLarge"
@@ -54,6 +80,12 @@ class UnsupportedMediaType(BridgeError):
 class UpstreamUnavailable(BridgeError):
     status = 503
     kind = "ServiceUnavailable"
+    headers = {"Retry-After": "1"}
+
+
+class RecordingUnavailable(BridgeError):
+    status = 503
+    kind = "RecordingUnavailable"
     headers = {"Retry-After": "1"}
 
 

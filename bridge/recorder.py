@@ -1,8 +1,13 @@
-"""Records every inference off the request path: batched into PostgreSQL and InfluxDB by two threads.
+"""Records every inference durably, off the model's path: a local journal first, then PostgreSQL.
 
-``submit()`` never blocks and never fails. PostgreSQL outages divert batches to the durable spool,
-which is replayed (idempotently) once PostgreSQL answers again. InfluxDB outages are absorbed by a
-bounded buffer; points beyond the bound, or that InfluxDB rejects, are dropped and counted.
+    submit(record) ──▶ journal thread: batch → spool segment, fsync ──▶ future resolved (durable: ack)
+                                            └──▶ store thread: batch → PostgreSQL (ON CONFLICT DO NOTHING)
+                                                               → segment deleted once committed
+    submit(record) ──▶ metrics thread: bounded buffer → InfluxDB (drops counted, never blocks)
+
+A prediction is answered once its record is fsync'd to the local spool — never later, and never waiting
+for PostgreSQL. While PostgreSQL is down or slow, segments simply stay on disk and are replayed (oldest
+first, idempotently by request id) when it answers again, also after a restart or a crash.
 """
 
 from __future__ import annotations
@@ -12,7 +17,9 @@ import logging
 import queue
 import threading
 import time
+from concurrent.futures import Future
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 import psycopg2
@@ -40,15 +47,20 @@ class MetricsSink(Protocol):
     def close(self) -> None: ...
 
 
+class RecordingFailed(RuntimeError):
+    """A record could be written neither to the local journal nor anywhere else."""
+
+
 @dataclass
 class RecorderStats:
     """Counters shown in ``/ping`` and exported as metrics."""
 
     submitted: int = 0
+    journaled: int = 0
     stored: int = 0
-    spooled: int = 0
     replayed: int = 0
     quarantined: int = 0
+    journal_failures: int = 0
     store_failures: int = 0
     points_written: int = 0
     points_dropped: int = 0
@@ -56,8 +68,14 @@ class RecorderStats:
     metrics_failures: int = 0
 
 
+@dataclass
+class _Pending:
+    record: InferenceRecord
+    durable: Future[None]
+
+
 class Recorder:
-    """Fan-out of inference records to PostgreSQL (durable) and InfluxDB (best effort, bounded)."""
+    """Journal → PostgreSQL (durable, exactly once per request id) and → InfluxDB (bounded, best effort)."""
 
     def __init__(
         self,
@@ -74,45 +92,49 @@ class Recorder:
         self._flush_interval_s = flush_interval_s
         self._retry_interval_s = retry_interval_s
         self._metrics_buffer_max = metrics_buffer
-        self._queue: queue.SimpleQueue[InferenceRecord] = queue.SimpleQueue()
+        self._incoming: queue.SimpleQueue[_Pending] = queue.SimpleQueue()
+        self._journaled: queue.SimpleQueue[tuple[Path, list[InferenceRecord]]] = queue.SimpleQueue()
         self._points: collections.deque[InferenceRecord] = collections.deque()
         self._points_lock = threading.Lock()
         self._stopping = threading.Event()
         self._store_healthy = True
         self._metrics_healthy = True
+        self._busy = {"journal": 0, "store": 0, "points": 0}
         self._threads: list[threading.Thread] = []
-        self._records_in_flight = 0
-        self._points_in_flight = 0
         self.stats = RecorderStats()
 
+    # --- public ---------------------------------------------------------------------------------
+
     def start(self) -> None:
-        """Start the two writer threads."""
+        """Start the writer threads (the store thread first replays what a previous run left)."""
         self._threads = [
+            threading.Thread(target=self._journal_loop, name="recorder-journal", daemon=True),
             threading.Thread(target=self._store_loop, name="recorder-postgres", daemon=True),
             threading.Thread(target=self._metrics_loop, name="recorder-influxdb", daemon=True),
         ]
         for thread in self._threads:
             thread.start()
 
-    def submit(self, record: InferenceRecord) -> None:
-        """Queue one record for both sinks; never blocks."""
+    def submit(self, record: InferenceRecord) -> Future[None]:
+        """Queue one record; the future resolves once it is durable (fsync'd), or fails (RecordingFailed)."""
         self.stats.submitted += 1
-        self._queue.put(record)
+        pending = _Pending(record, Future())
+        self._incoming.put(pending)
         with self._points_lock:
             if len(self._points) >= self._metrics_buffer_max:
                 self._points.popleft()
                 self.stats.points_dropped += 1
             self._points.append(record)
+        return pending.durable
 
     def stop(self, timeout_s: float = 10.0) -> None:
-        """Flush what can be flushed; whatever PostgreSQL cannot take now goes to the spool."""
+        """Journal what is queued, try PostgreSQL once more, flush points; what remains stays on disk."""
         self._stopping.set()
         for thread in self._threads:
             thread.join(timeout_s)
-        leftover = self._drain(10**9, block=False)
-        if leftover:
-            self._spool.append(leftover)
-            self.stats.spooled += len(leftover)
+        self._journal_batch(self._drain_incoming(10**9, block=False))
+        if self._store_healthy:
+            self._replay_spool()
         with self._points_lock:
             points = list(self._points)
             self._points.clear()
@@ -128,9 +150,9 @@ class Recorder:
         """What ``/ping`` shows about recording."""
         segments, spool_bytes = self._spool.backlog()
         return {
-            "postgres": "ok" if self._store_healthy else "unavailable (spooling)",
+            "postgres": "ok" if self._store_healthy else "unavailable (journaling to the spool)",
             "influxdb": "ok" if self._metrics_healthy else "unavailable (buffering)",
-            "queued": self._queue.qsize(),
+            "queued": self._incoming.qsize(),
             "spool_segments": segments,
             "spool_bytes": spool_bytes,
             "points_buffered": len(self._points),
@@ -138,76 +160,117 @@ class Recorder:
         }
 
     def wait_idle(self, timeout_s: float = 10.0) -> bool:
-        """Block until everything submitted reached PostgreSQL and InfluxDB (for tests and shutdown)."""
+        """Block until everything submitted reached PostgreSQL and InfluxDB (tests, shutdown)."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            busy = self._records_in_flight or self._points_in_flight or self._points
-            if self._queue.empty() and not busy and not self._spool.segments():
+            idle = self._incoming.empty() and self._journaled.empty() and not self._points
+            if idle and not any(self._busy.values()) and not self._spool.segments():
                 return True
             time.sleep(0.02)
         return False
 
-    # --- PostgreSQL ----------------------------------------------------------------------------
+    # --- journal --------------------------------------------------------------------------------
 
-    def _drain(self, limit: int, block: bool = True) -> list[InferenceRecord]:
-        batch: list[InferenceRecord] = []
+    def _drain_incoming(self, limit: int, block: bool = True) -> list[_Pending]:
+        batch: list[_Pending] = []
         try:
             if block:
-                batch.append(self._queue.get(timeout=self._flush_interval_s))
+                batch.append(self._incoming.get(timeout=self._flush_interval_s))
             while len(batch) < limit:
-                batch.append(self._queue.get_nowait())
+                batch.append(self._incoming.get_nowait())
         except queue.Empty:
             pass
         return batch
 
-    def _store_loop(self) -> None:
-        last_replay = 0.0
+    def _journal_loop(self) -> None:
         while not self._stopping.is_set():
-            batch = self._drain(self._batch_size)
+            batch = self._drain_incoming(self._batch_size)
             if batch:
-                self._records_in_flight = len(batch)
-                self._store_or_spool(batch)
-                self._records_in_flight = 0
-            if time.monotonic() - last_replay >= (self._retry_interval_s if not self._store_healthy else 0.5):
-                last_replay = time.monotonic()
-                self._replay_spool()
+                self._busy["journal"] = 1
+                self._journal_batch(batch)
+                self._busy["journal"] = 0
 
-    def _store_or_spool(self, batch: list[InferenceRecord]) -> None:
-        if self._store_healthy:
-            try:
-                self._write_store(batch)
-                return
-            except Exception as exc:  # noqa: BLE001 - any failure means: keep the records on disk
-                self._store_failed(exc)
-        self._spool.append(batch)
-        self.stats.spooled += len(batch)
-
-    def _write_store(self, batch: list[InferenceRecord]) -> None:
+    def _journal_batch(self, batch: list[_Pending]) -> None:
+        if not batch:
+            return
+        records = [p.record for p in batch]
         try:
-            self._store.write(batch)
+            segment = self._spool.append(records)
+        except OSError as exc:
+            self.stats.journal_failures += 1
+            logger.error("journaling %d records to %s failed: %s", len(records), self._spool.directory, exc)
+            self._store_directly(batch, exc)
+            return
+        self.stats.journaled += len(records)
+        for pending in batch:
+            pending.durable.set_result(None)
+        self._journaled.put((segment, records))
+
+    def _store_directly(self, batch: list[_Pending], journal_error: OSError) -> None:
+        """The disk failed: the records are durable only if PostgreSQL takes them now."""
+        records = [p.record for p in batch]
+        try:
+            self._write_store(records)
+        except Exception as exc:  # noqa: BLE001
+            failure = RecordingFailed(f"could not record: journal failed ({journal_error}), PostgreSQL failed ({exc})")
+            for pending in batch:
+                pending.durable.set_exception(failure)
+            return
+        for pending in batch:
+            pending.durable.set_result(None)
+
+    # --- PostgreSQL -----------------------------------------------------------------------------
+
+    def _store_loop(self) -> None:
+        self._replay_spool()  # what a previous run (or crash) left behind
+        last_retry = time.monotonic()
+        while not self._stopping.is_set():
+            try:
+                segment, records = self._journaled.get(timeout=self._flush_interval_s)
+            except queue.Empty:
+                segment = None
+            # A segment already gone was replayed from disk meanwhile.
+            if segment is not None and self._store_healthy and segment.exists():
+                self._busy["store"] = 1
+                try:
+                    self._write_store(records)
+                    segment.unlink(missing_ok=True)
+                except Exception as exc:  # noqa: BLE001 - the segment stays on disk for the replay
+                    self._store_failed(exc)
+                self._busy["store"] = 0
+            if not self._store_healthy and time.monotonic() - last_retry >= self._retry_interval_s:
+                last_retry = time.monotonic()
+                self._busy["store"] = 1
+                self._replay_spool()
+                self._busy["store"] = 0
+
+    def _write_store(self, records: list[InferenceRecord]) -> None:
+        try:
+            self._store.write(records)
         except (psycopg2.DataError, psycopg2.IntegrityError):
             # A record PostgreSQL refuses on its merits: write the others, keep the bad one aside.
-            for record in batch:
+            for record in records:
                 try:
                     self._store.write([record])
                 except (psycopg2.DataError, psycopg2.IntegrityError):
                     logger.exception("record %s refused by PostgreSQL; quarantined", record.request_id)
                     self._spool.quarantine([record])
                     self.stats.quarantined += 1
-        self.stats.stored += len(batch)
+        self.stats.stored += len(records)
 
     def _store_failed(self, exc: Exception) -> None:
         self.stats.store_failures += 1
         if self._store_healthy:
-            logger.warning("PostgreSQL unavailable, spooling records to %s: %s", self._spool.directory, exc)
+            logger.warning("PostgreSQL unavailable; records stay in the spool %s: %s", self._spool.directory, exc)
         self._store_healthy = False
 
     def _replay_spool(self) -> None:
+        """Write every segment on disk to PostgreSQL, oldest first; healthy again once all went in."""
         for segment in self._spool.segments():
             try:
                 records = self._spool.read(segment)
             except FileNotFoundError:
-                continue  # replayed by another bridge process sharing the spool
+                continue  # written by the normal path, or by another bridge process sharing the spool
             try:
                 self._write_store(records)
             except Exception as exc:  # noqa: BLE001
@@ -219,18 +282,18 @@ class Recorder:
             logger.info("PostgreSQL is back; spool replayed")
         self._store_healthy = True
 
-    # --- InfluxDB ------------------------------------------------------------------------------
+    # --- InfluxDB -------------------------------------------------------------------------------
 
     def _metrics_loop(self) -> None:
         while not self._stopping.is_set():
             with self._points_lock:
                 batch = [self._points.popleft() for _ in range(min(len(self._points), 5000))]
-                self._points_in_flight = len(batch)
+                self._busy["points"] = len(batch)
             if not batch:
                 time.sleep(self._flush_interval_s)
                 continue
             self._write_points(batch)
-            self._points_in_flight = 0
+            self._busy["points"] = 0
             if not self._metrics_healthy:
                 self._stopping.wait(self._retry_interval_s)
 

@@ -1,64 +1,92 @@
-"""Predictions: forward to TorchServe, time it, hand the record to the recorder, answer."""
+"""Predictions: forward to TorchServe, time it, record it durably, answer.
+
+``run()`` performs one inference and describes it; ``record()`` journals that description under a request
+id and returns once it is durable. The sync route does both for every request; the job runner chooses
+the request id after seeing the outcome (a job's final answer per model is recorded exactly once).
+"""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import time
-import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 
-from bridge.errors import BridgeError
-from bridge.recorder import Recorder
+from bridge.errors import BridgeError, RecordingUnavailable
+from bridge.recorder import Recorder, RecordingFailed
 from bridge.records import InferenceRecord, summarise_output
 from bridge.torchserve import TorchServeClient, UpstreamResponse
 
 
 @dataclass(frozen=True)
 class Prediction:
-    """TorchServe's answer plus what the bridge adds to it."""
+    """One inference: TorchServe's answer (or the bridge's error) and its record-to-be."""
 
-    request_id: str
-    model_version: str | None
-    upstream: UpstreamResponse
+    record: InferenceRecord
+    upstream: UpstreamResponse | None
+    error: BridgeError | None
+
+    @property
+    def final(self) -> bool:
+        """A definitive answer (2xx/4xx) rather than an outage worth retrying (5xx)."""
+        return self.record.status < 500
 
 
 class PredictionService:
-    """The one path every inference takes, so every inference is recorded exactly once."""
+    """The one path every inference takes, so every inference is recorded."""
 
     def __init__(self, client: TorchServeClient, recorder: Recorder) -> None:
         self._client = client
         self._recorder = recorder
 
-    async def predict(
-        self, model: str, version: str | None, body: bytes, content_type: str, request_id: str | None = None, source: str = "sync"
-    ) -> Prediction:
-        """Run one input through ``model`` (default version unless ``version``) and record it."""
-        request_id = request_id or str(uuid.uuid4())
+    async def run(self, model: str, version: str | None, body: bytes, content_type: str, source: str) -> Prediction:
+        """Run ``body`` through ``model`` (default version unless ``version``); never raises for upstream errors."""
+        created_at = datetime.now(timezone.utc)
         started = time.perf_counter()
         common = {
-            "request_id": request_id,
-            "created_at": datetime.now(timezone.utc),
+            "request_id": "",
+            "created_at": created_at,
             "model": model,
             "source": source,
             "input_sha256": hashlib.sha256(body).hexdigest(),
             "input_bytes": len(body),
         }
-
-        def record(**fields: object) -> None:
-            latency_ms = (time.perf_counter() - started) * 1000.0
-            self._recorder.submit(InferenceRecord(latency_ms=latency_ms, **common, **fields))  # type: ignore[arg-type]
-
         try:
             upstream = await self._client.predict(model, version, body, content_type)
         except BridgeError as exc:
-            record(model_version=version, status=exc.status, batch_size=None, top_label=None, top_score=None,
-                   output=None, error=exc.message)
-            raise
+            latency_ms = (time.perf_counter() - started) * 1000.0
+            record = InferenceRecord(
+                **common, model_version=version, status=exc.status, latency_ms=latency_ms, batch_size=None,  # type: ignore[arg-type]
+                top_label=None, top_score=None, output=None, error=exc.message,
+            )
+            return Prediction(record, None, exc)
+        latency_ms = (time.perf_counter() - started) * 1000.0
         output, top_label, top_score, error = summarise_output(upstream.status, upstream.body, upstream.content_type)
         served_version = version
         if isinstance(output, dict) and isinstance(output.get("model"), dict):
             served_version = output["model"].get("version") or version
-        record(model_version=served_version, status=upstream.status, batch_size=upstream.batch_size,
-               top_label=top_label, top_score=top_score, output=output, error=error)
-        return Prediction(request_id, served_version, upstream)
+        record = InferenceRecord(
+            **common, model_version=served_version, status=upstream.status, latency_ms=latency_ms,  # type: ignore[arg-type]
+            batch_size=upstream.batch_size, top_label=top_label, top_score=top_score, output=output, error=error,
+        )
+        return Prediction(record, upstream, None)
+
+    async def record(self, prediction: Prediction, request_id: str) -> InferenceRecord:
+        """Journal the prediction under ``request_id``; returns once it is durable."""
+        record = replace(prediction.record, request_id=request_id)
+        try:
+            await asyncio.wrap_future(self._recorder.submit(record))
+        except RecordingFailed as exc:
+            raise RecordingUnavailable("the result could not be recorded; it was not kept — retry") from exc
+        return record
+
+    async def predict(
+        self, model: str, version: str | None, body: bytes, content_type: str, request_id: str, source: str = "sync"
+    ) -> Prediction:
+        """Run, record durably, then answer: TorchServe's answer, or raise the bridge's own error."""
+        prediction = await self.run(model, version, body, content_type, source)
+        await self.record(prediction, request_id)
+        if prediction.error is not None:
+            raise prediction.error
+        return prediction

@@ -16,6 +16,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="BRIDGE_", frozen=True)
 
     host: str = "127.0.0.1"
+    api_keys: str = ""  # comma-separated; empty = no key required
     port: int = 8000
 
     torchserve_url: str = "http://127.0.0.1:8080"
@@ -37,3 +38,8 @@ class Settings(BaseSettings):
     record_retry_interval_s: float = 2.0
     spool_dir: Path = STATE_DIR / "spool"
     influx_buffer_points: int = 100_000
+
+    @property
+    def api_key_list(self) -> tuple[str, ...]:
+        """The configured API keys (none means the API is open)."""
+        return tuple(k.strip() for k in self.api_keys.split(",") if k.strip())

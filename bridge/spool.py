@@ -1,4 +1,4 @@
-"""A durable local spool: records PostgreSQL could not take, fsync'd to disk until they are replayed."""
+"""The recorder's durable local journal: batches of records fsync'd to disk until PostgreSQL has them."""
 
 from __future__ import annotations
 
@@ -19,10 +19,8 @@ class Spool:
         self._lock = threading.Lock()
         self._sequence = 0
 
-    def append(self, records: list[InferenceRecord]) -> None:
-        """Write ``records`` as a new segment and fsync it (and the directory) before returning."""
-        if not records:
-            return
+    def append(self, records: list[InferenceRecord]) -> Path:
+        """Write ``records`` as a new segment and fsync it (and the directory) before returning its path."""
         with self._lock:
             self._sequence += 1
             name = f"{time.time_ns():020d}-{os.getpid()}-{self._sequence:06d}.jsonl"
@@ -37,6 +35,7 @@ class Spool:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
+        return self.directory / name
 
     def quarantine(self, records: list[InferenceRecord]) -> None:
         """Keep records PostgreSQL refused on their merits in ``rejected/`` for a human to look at."""

@@ -1,16 +1,15 @@
-"""HTTP routes: parse the request, call the prediction service, serialise the answer."""
+"""``/predictions/{model}[/{version}]``: TorchServe's inference API, mirrored."""
 
 from __future__ import annotations
 
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Request, Response
-from fastapi.responses import JSONResponse
 
-from bridge.errors import BridgeError, request_id_of
+from bridge.errors import request_id_of
 from bridge.uploads import read_photo
 
-router = APIRouter()
+router = APIRouter(tags=["predictions"])
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$"
 ModelName = Annotated[str, Path(pattern=NAME_PATTERN, description="Model name, as registered in TorchServe")]
@@ -47,9 +46,9 @@ async def _predict(request: Request, model: str, version: str | None) -> Respons
         model, version, photo, content_type, request_id=request_id_of(request)
     )
     upstream = prediction.upstream
-    headers = {"X-Request-Id": prediction.request_id}
-    if prediction.model_version:
-        headers["X-Model-Version"] = prediction.model_version
+    headers = {"X-Request-Id": request_id_of(request)}
+    if prediction.record.model_version:
+        headers["X-Model-Version"] = prediction.record.model_version
     if upstream.batch_size is not None:
         headers["X-Batch-Size"] = str(upstream.batch_size)
     if upstream.status == 503:
@@ -80,22 +79,3 @@ async def predict(request: Request, model: ModelName) -> Response:
 async def predict_version(request: Request, model: ModelName, version: ModelVersion) -> Response:
     """Send one photo to a specific ``version`` of ``model``."""
     return await _predict(request, model, version)
-
-
-@router.get("/ping", summary="Health of the bridge, TorchServe and the recording path")
-async def ping(request: Request) -> JSONResponse:
-    """``Healthy`` (200) when TorchServe answers its own ping; recording backlog in detail."""
-    try:
-        upstream = await request.app.state.torchserve.ping()
-        torchserve = "Healthy" if upstream.status == 200 else f"Unhealthy ({upstream.status})"
-    except BridgeError as exc:
-        torchserve = f"Unreachable ({exc.message})"
-    healthy = torchserve == "Healthy"
-    return JSONResponse(
-        {
-            "status": "Healthy" if healthy else "Unhealthy",
-            "torchserve": torchserve,
-            "recording": request.app.state.recorder.health(),
-        },
-        status_code=200 if healthy else 503,
-    )

@@ -1,0 +1,26 @@
+"""The bridge's own API keys (not TorchServe's): required on every API route when keys are configured."""
+
+from __future__ import annotations
+
+import hmac
+
+from fastapi import Request
+
+from bridge.errors import Unauthorized
+
+API_KEY_HEADER = "X-API-Key"
+
+
+async def require_api_key(request: Request) -> None:
+    """Accept ``X-API-Key: <key>`` or ``Authorization: Bearer <key>`` when BRIDGE_API_KEYS is set."""
+    keys: tuple[str, ...] = request.app.state.settings.api_key_list
+    if not keys:
+        return
+    offered = request.headers.get(API_KEY_HEADER)
+    if offered is None:
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        offered = token.strip() if scheme.lower() == "bearer" else None
+    if offered is None:
+        raise Unauthorized(f"missing API key: send it in the {API_KEY_HEADER} header")
+    if not any(hmac.compare_digest(offered.encode(), key.encode()) for key in keys):
+        raise Unauthorized("invalid API key")
