@@ -12,9 +12,11 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from bridge.api import health, predictions
+from bridge.api import health, jobs, predictions
 from bridge.auth import require_api_key
 from bridge.errors import BridgeError, envelope, request_id_of
+from bridge.job_runner import JobRunner
+from bridge.jobs import JobStore
 from bridge.metrics_sink import InfluxSink
 from bridge.recorder import Recorder
 from bridge.service import PredictionService
@@ -52,10 +54,12 @@ def create_app(
     settings: Settings | None = None,
     recorder: Recorder | None = None,
     torchserve_transport: httpx.AsyncBaseTransport | None = None,
+    run_jobs: bool = True,
 ) -> FastAPI:
     """Build the application; nothing connects until it starts.
 
-    ``recorder`` and ``torchserve_transport`` replace the real sinks and TorchServe (tests).
+    ``recorder`` and ``torchserve_transport`` replace the real sinks and TorchServe (tests);
+    ``run_jobs=False`` accepts jobs without running them here (another bridge process will).
     """
     settings = settings or Settings()
 
@@ -71,13 +75,24 @@ def create_app(
         )
         rec = recorder or build_recorder(settings)
         rec.start()
+        predictions = PredictionService(client, rec)
+        job_store = JobStore(settings.pg_dsn, settings.pg_connect_timeout_s)
+        job_runner = JobRunner(
+            job_store, predictions, settings.job_concurrency, settings.job_lease_s, settings.job_max_attempts
+        )
         app.state.torchserve = client
         app.state.recorder = rec
-        app.state.predictions = PredictionService(client, rec)
+        app.state.predictions = predictions
+        app.state.job_store = job_store
+        app.state.job_runner = job_runner
+        if run_jobs:
+            job_runner.start()
         try:
             yield
         finally:
+            await job_runner.stop()
             rec.stop()
+            job_store.close()
             await client.close()
 
     app = FastAPI(
@@ -93,6 +108,7 @@ def create_app(
     app.state.settings = settings
     app.include_router(health.router)
     app.include_router(predictions.router, dependencies=[Depends(require_api_key)])
+    app.include_router(jobs.router, dependencies=[Depends(require_api_key)])
     _add_exception_handlers(app)
     return app
 

@@ -33,6 +33,11 @@ class Settings(BaseSettings):
     influx_database: str = "serving"
     influx_timeout_s: float = 3.0
 
+    job_models: str = "classifier,price,similar"  # what POST /v1/jobs runs by default
+    job_concurrency: int = 4
+    job_lease_s: float = 30.0
+    job_max_attempts: int = 5
+
     record_batch_size: int = 500
     record_flush_interval_s: float = 0.05
     record_retry_interval_s: float = 2.0
@@ -43,3 +48,8 @@ class Settings(BaseSettings):
     def api_key_list(self) -> tuple[str, ...]:
         """The configured API keys (none means the API is open)."""
         return tuple(k.strip() for k in self.api_keys.split(",") if k.strip())
+
+    @property
+    def job_model_list(self) -> tuple[str, ...]:
+        """The models a job runs when the submission names none."""
+        return tuple(m.strip() for m in self.job_models.split(",") if m.strip())

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import Request
 from starlette.datastructures import UploadFile
 
-from bridge.errors import BadRequest, EmptyBody, PayloadTooLarge, UnsupportedMediaType
+from bridge.errors import BadRequest, EmptyBody, PayloadTooLarge
 
 RAW_DEFAULT_TYPE = "application/octet-stream"
 
@@ -33,10 +33,8 @@ async def read_photo(request: Request, max_bytes: int) -> tuple[bytes, str]:
     body = await read_limited(request, max_bytes)
     content_type = request.headers.get("content-type", "").strip()
     if content_type.lower().startswith("application/x-www-form-urlencoded"):
-        raise UnsupportedMediaType(
-            "a url-encoded form cannot carry a photo: send the raw bytes (curl -T photo.jpg URL) "
-            "or a multipart form with one file (curl -F file=@photo.jpg URL)"
-        )
+        # curl --data-binary @photo.jpg sends this type by default: the body is the photo itself.
+        content_type = RAW_DEFAULT_TYPE
     if content_type.lower().startswith("multipart/form-data"):
         request._body = body  # let Starlette parse the form from the bytes already read
         try:

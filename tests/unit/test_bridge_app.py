@@ -65,7 +65,7 @@ def env(tmp_path: Path) -> Iterator[tuple[TestClient, FakeTorchServe, FlakyStore
     store = FlakyStore()
     recorder = Recorder(store, FakeInflux(), Spool(tmp_path / "spool"), flush_interval_s=0.01)
     settings = Settings(torchserve_key_file=key_file, spool_dir=tmp_path / "spool", max_body_bytes=1000)
-    app = create_app(settings, recorder=recorder, torchserve_transport=httpx.MockTransport(fake))
+    app = create_app(settings, recorder=recorder, torchserve_transport=httpx.MockTransport(fake), run_jobs=False)
     with TestClient(app) as client:
         yield client, fake, store
     assert recorder.wait_idle(5)
@@ -139,8 +139,15 @@ def test_multipart_needs_exactly_one_file(env: tuple[TestClient, FakeTorchServe,
     assert two.status_code == 400 and "exactly one file" in two.json()["message"]
     none = client.post("/predictions/m", files={"note": (None, "just text")})
     assert none.status_code == 400 and "carried 0" in none.json()["message"]
-    urlencoded = client.post("/predictions/m", data={"field": "value"})
-    assert urlencoded.status_code == 415 and "multipart" in urlencoded.json()["message"]
+
+def test_curl_data_binary_default_content_type_is_taken_as_raw_bytes(
+    env: tuple[TestClient, FakeTorchServe, FlakyStore]
+) -> None:
+    client, fake, _ = env
+    headers = {"Content-Type": "application/x-www-form-urlencoded"}  # what curl --data-binary sends
+    assert client.post("/predictions/m", content=PHOTO, headers=headers).status_code == 200
+    assert fake.requests[-1].content == PHOTO
+    assert fake.requests[-1].headers["content-type"] == "application/octet-stream"
 
 
 def test_invalid_model_name_is_a_400(env: tuple[TestClient, FakeTorchServe, FlakyStore]) -> None:

@@ -1,0 +1,127 @@
+"""``/v1/jobs``: POST a photo → 202 + job id (durable before the answer); GET the job, optionally waiting."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import re
+import time
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Path, Query, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+
+from bridge.api.predictions import NAME_PATTERN, PHOTO_BODY
+from bridge.errors import BadRequest, NotFound
+from bridge.jobs import Job, JobStatus
+from bridge.uploads import read_photo
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+
+MAX_WAIT_S = 30.0
+NAME = re.compile(NAME_PATTERN)
+
+
+class ModelResult(BaseModel):
+    """One model's answer within a job."""
+
+    status: int = Field(description="HTTP status the model's inference got (200, or the per-item 4xx/5xx)")
+    request_id: str = Field(description="The inference's id in the results history")
+    model_version: str | None = None
+    output: Any = Field(None, description="The model's answer (present on success)")
+    error: str | None = Field(None, description="What went wrong (present on failure)")
+
+
+class JobOut(BaseModel):
+    """A job and, once it succeeded or failed, one result per model."""
+
+    id: str
+    status: JobStatus
+    models: list[str]
+    created_at: datetime
+    updated_at: datetime
+    attempts: int
+    results: dict[str, ModelResult] | None = None
+    error: str | None = None
+
+    @classmethod
+    def of(cls, job: Job) -> "JobOut":
+        """From the stored job."""
+        return cls(
+            id=job.id, status=job.status, models=job.models, created_at=job.created_at, updated_at=job.updated_at,
+            attempts=job.attempts, results=job.results, error=job.error,
+        )
+
+
+def parse_models(raw: str | None, default: tuple[str, ...]) -> list[str]:
+    """The comma-separated model list of a submission, validated, without duplicates."""
+    if raw is None or not raw.strip():
+        return list(default)
+    models = list(dict.fromkeys(m.strip() for m in raw.split(",") if m.strip()))
+    bad = [m for m in models if not NAME.match(m)]
+    if bad or not models or len(models) > 16:
+        raise BadRequest(f"models must be 1–16 comma-separated model names; invalid: {bad or raw!r}")
+    return models
+
+
+def _location(job: Job) -> dict[str, str]:
+    return {"Location": f"/v1/jobs/{job.id}"}
+
+
+@router.post(
+    "",
+    status_code=202,
+    response_model=JobOut,
+    summary="Submit a photo to several models; poll the job for the results",
+    openapi_extra=PHOTO_BODY,
+    responses={
+        200: {"model": JobOut, "description": "Idempotency-Key seen before: the original (finished) job"},
+        202: {"model": JobOut, "description": "Accepted: stored durably, Location points at the job"},
+        409: {"description": "Idempotency-Key seen before and that job is still pending"},
+        422: {"description": "Idempotency-Key seen before with a different photo or model list"},
+        503: {"description": "The job queue (PostgreSQL) is unavailable; nothing was stored"},
+    },
+)
+async def submit_job(
+    request: Request,
+    models: Annotated[str | None, Query(description="Comma-separated models; default: all of the product's")] = None,
+    idempotency_key: Annotated[str | None, Header(max_length=200, description="Makes a retried POST safe")] = None,
+) -> JSONResponse:
+    """Store the photo and the job (committed before the 202), wake a worker."""
+    state = request.app.state
+    model_list = parse_models(models, state.settings.job_model_list)
+    photo, content_type = await read_photo(request, state.settings.max_body_bytes)
+    digest = hashlib.sha256(photo).hexdigest()
+    job, created = await asyncio.to_thread(
+        state.job_store.submit, photo, content_type, model_list, digest, idempotency_key
+    )
+    if created:
+        state.job_runner.notify()
+    body = JobOut.of(job).model_dump(mode="json")
+    return JSONResponse(body, status_code=202 if created else 200, headers=_location(job))
+
+
+@router.get(
+    "/{job_id}",
+    response_model=JobOut,
+    summary="A job's status and, when finished, its results per model",
+    responses={404: {"description": "No such job"}},
+)
+async def get_job(
+    request: Request,
+    job_id: Annotated[str, Path(pattern=r"^[0-9a-fA-F-]{36}$", description="The id from the submission")],
+    wait: Annotated[float, Query(ge=0, le=MAX_WAIT_S, description="Seconds to wait for the job to finish")] = 0,
+) -> JSONResponse:
+    """Return the job now, or as soon as it finishes within ``wait`` seconds (long polling)."""
+    store = request.app.state.job_store
+    deadline = time.monotonic() + wait
+    while True:
+        job = await asyncio.to_thread(store.get, job_id)
+        if job is None:
+            raise NotFound(f"no job {job_id}")
+        finished = job.status in (JobStatus.SUCCEEDED, JobStatus.FAILED)
+        if finished or time.monotonic() >= deadline:
+            return JSONResponse(JobOut.of(job).model_dump(mode="json"), headers=_location(job))
+        await asyncio.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
