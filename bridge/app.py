@@ -12,8 +12,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from bridge.api import health, jobs, predictions
+from bridge.api import health, jobs, predictions, results
 from bridge.auth import require_api_key
+from bridge.db import Database
 from bridge.errors import BridgeError, envelope, request_id_of
 from bridge.job_runner import JobRunner
 from bridge.jobs import JobStore
@@ -76,13 +77,15 @@ def create_app(
         rec = recorder or build_recorder(settings)
         rec.start()
         predictions = PredictionService(client, rec)
-        job_store = JobStore(settings.pg_dsn, settings.pg_connect_timeout_s)
+        database = Database(settings.pg_dsn, settings.pg_connect_timeout_s)
+        job_store = JobStore(database)
         job_runner = JobRunner(
             job_store, predictions, settings.job_concurrency, settings.job_lease_s, settings.job_max_attempts
         )
         app.state.torchserve = client
         app.state.recorder = rec
         app.state.predictions = predictions
+        app.state.database = database
         app.state.job_store = job_store
         app.state.job_runner = job_runner
         if run_jobs:
@@ -92,7 +95,7 @@ def create_app(
         finally:
             await job_runner.stop()
             rec.stop()
-            job_store.close()
+            database.close()
             await client.close()
 
     app = FastAPI(
@@ -109,6 +112,7 @@ def create_app(
     app.include_router(health.router)
     app.include_router(predictions.router, dependencies=[Depends(require_api_key)])
     app.include_router(jobs.router, dependencies=[Depends(require_api_key)])
+    app.include_router(results.router, dependencies=[Depends(require_api_key)])
     _add_exception_handlers(app)
     return app
 

@@ -15,10 +15,10 @@ from typing import Any
 
 import psycopg2
 import psycopg2.errors
-import psycopg2.pool
 from psycopg2.extras import Json
 
-from bridge.errors import Conflict, Unprocessable, UpstreamUnavailable
+from bridge.db import Database
+from bridge.errors import Conflict, Unprocessable
 
 
 class JobStatus(str, enum.Enum):
@@ -69,48 +69,17 @@ def _job(row: tuple[Any, ...]) -> Job:
 
 
 class JobStore:
-    """Jobs table access through a small thread-safe connection pool (called via worker threads)."""
+    """The jobs table (called from worker threads)."""
 
-    def __init__(self, dsn: str, connect_timeout_s: int = 3, max_connections: int = 8) -> None:
-        self._dsn = dsn
-        self._connect_timeout_s = connect_timeout_s
-        self._max_connections = max_connections
-        self._pool: psycopg2.pool.ThreadedConnectionPool | None = None
-
-    def _get(self) -> psycopg2.extensions.connection:
-        try:
-            if self._pool is None:
-                self._pool = psycopg2.pool.ThreadedConnectionPool(
-                    0, self._max_connections, self._dsn, connect_timeout=self._connect_timeout_s,
-                    application_name="serving-bridge-jobs", options="-c statement_timeout=5000",
-                )
-            return self._pool.getconn()
-        except psycopg2.Error as exc:
-            raise UpstreamUnavailable("the job queue (PostgreSQL) is unavailable; retry shortly") from exc
+    def __init__(self, db: Database) -> None:
+        self._db = db
 
     def _run(self, sql: str, params: tuple[Any, ...], fetch: str = "one") -> Any:
-        conn = self._get()
-        broken = False
-        try:
-            with conn, conn.cursor() as cur:
-                cur.execute(sql, params)
-                if fetch == "one":
-                    return cur.fetchone()
-                if fetch == "all":
-                    return cur.fetchall()
-                return None
-        except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
-            broken = True
-            raise UpstreamUnavailable("the job queue (PostgreSQL) is unavailable; retry shortly") from exc
-        finally:
-            assert self._pool is not None
-            self._pool.putconn(conn, close=broken or conn.closed != 0)
-
-    def close(self) -> None:
-        """Close every pooled connection."""
-        if self._pool is not None:
-            self._pool.closeall()
-            self._pool = None
+        with self._db.connection() as conn, conn.cursor() as cur:
+            cur.execute(sql, params)
+            if fetch == "one":
+                return cur.fetchone()
+            return None
 
     def submit(
         self, photo: bytes, content_type: str, models: list[str], input_sha256: str, idempotency_key: str | None

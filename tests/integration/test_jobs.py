@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from bridge.db import Database
 from bridge.jobs import JobStatus, JobStore, model_request_id
 from stack.services import REPO_ROOT, TorchServe, http_status
 from tests.integration.conftest import PG_DSN, LiveStack, json_body
@@ -82,7 +83,8 @@ def test_idempotency_key(live_stack: LiveStack, photos: dict[str, bytes]) -> Non
 
 
 def test_same_key_while_the_job_is_pending_is_a_409(live_stack: LiveStack, photos: dict[str, bytes]) -> None:
-    store = JobStore(PG_DSN)
+    database = Database(PG_DSN)
+    store = JobStore(database)
     key = f"pending-{time.time_ns()}"
     photo = photos["flower"]
     job, _ = store.submit(photo, "image/jpeg", ["classifier"], hashlib.sha256(photo).hexdigest(), key)
@@ -100,7 +102,7 @@ def test_same_key_while_the_job_is_pending_is_a_409(live_stack: LiveStack, photo
         assert response.status_code == 409 and job.id in response.json()["message"]
     finally:
         store.finish(job.id, JobStatus.FAILED, {}, "finished by a test")
-        store.close()
+        database.close()
 
 
 def test_bad_submissions_and_unknown_jobs(live_stack: LiveStack, photos: dict[str, bytes]) -> None:

@@ -1,0 +1,114 @@
+"""``/v1/results`` (history, keyset pagination) and ``/v1/reports/...`` (labels, latency, errors)."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime, timedelta, timezone
+from typing import Annotated, Any, Callable
+
+from fastapi import APIRouter, Query, Request
+from pydantic import BaseModel, Field
+
+from bridge.api.predictions import NAME_PATTERN
+from bridge.errors import BadRequest
+from bridge.reports import Bucket, ResultFilter, error_rates, label_counts, latency_percentiles, list_results
+
+router = APIRouter(tags=["history and reports"])
+
+MAX_RANGE = {Bucket.MINUTE: timedelta(days=2), Bucket.HOUR: timedelta(days=93), Bucket.DAY: timedelta(days=1100)}
+
+Model = Annotated[str, Query(pattern=NAME_PATTERN, description="Model name")]
+Since = Annotated[datetime | None, Query(description="Start (inclusive, ISO 8601); default: 24 h before `until`")]
+Until = Annotated[datetime | None, Query(description="End (exclusive, ISO 8601); default: now")]
+BucketQ = Annotated[Bucket, Query(description="Time bucket")]
+
+
+class ResultItem(BaseModel):
+    """One recorded inference."""
+
+    request_id: str
+    created_at: datetime
+    model: str
+    model_version: str | None
+    source: str = Field(description="`sync` (a prediction) or `job`")
+    status: int
+    latency_ms: float
+    batch_size: int | None
+    input_sha256: str
+    input_bytes: int
+    top_label: str | None
+    top_score: float | None
+    output: Any
+    error: str | None
+
+
+class ResultsPage(BaseModel):
+    """A page of results, newest first; pass `next_cursor` as `cursor` for the next page."""
+
+    items: list[ResultItem]
+    next_cursor: str | None
+
+
+class Report(BaseModel):
+    """Rows of a report, one per time bucket and group."""
+
+    model: str
+    since: datetime
+    until: datetime
+    bucket: Bucket
+    rows: list[dict[str, Any]]
+
+
+def _range(since: datetime | None, until: datetime | None, bucket: Bucket = Bucket.DAY) -> tuple[datetime, datetime]:
+    until = _aware(until) if until else datetime.now(timezone.utc)
+    since = _aware(since) if since else until - timedelta(days=1)
+    if since >= until:
+        raise BadRequest("`since` must be before `until`")
+    if until - since > MAX_RANGE[bucket]:
+        raise BadRequest(f"range too long for {bucket.value} buckets: at most {MAX_RANGE[bucket].days} days")
+    return since, until
+
+
+def _aware(value: datetime) -> datetime:
+    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+
+
+async def _query(request: Request, fn: Callable[..., Any], *args: Any) -> Any:
+    def run() -> Any:
+        with request.app.state.database.connection() as conn:
+            return fn(conn, *args)
+
+    return await asyncio.to_thread(run)
+
+
+@router.get("/v1/results", response_model=ResultsPage, summary="Recorded inferences, newest first")
+async def results(
+    request: Request,
+    model: Annotated[str | None, Query(pattern=NAME_PATTERN)] = None,
+    version: Annotated[str | None, Query(pattern=NAME_PATTERN)] = None,
+    status: Annotated[int | None, Query(ge=100, le=599)] = None,
+    since: Since = None,
+    until: Until = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    cursor: Annotated[str | None, Query(max_length=200, description="`next_cursor` of the previous page")] = None,
+) -> ResultsPage:
+    """Filter by model, version, status and time range; keyset pagination (stable under inserts)."""
+    f = ResultFilter(model, version, status, _aware(since) if since else None, _aware(until) if until else None)
+    items, next_cursor = await _query(request, list_results, f, limit, cursor)
+    return ResultsPage(items=[ResultItem(**item) for item in items], next_cursor=next_cursor)
+
+
+def _report(fn: Callable[..., list[dict[str, Any]]], summary: str, path: str) -> None:
+    @router.get(path, response_model=Report, summary=summary, name=fn.__name__)
+    async def report(request: Request, model: Model, since: Since = None, until: Until = None,
+                     bucket: BucketQ = Bucket.HOUR) -> Report:
+        start, end = _range(since, until, bucket)
+        rows = await _query(request, fn, model, start, end, bucket)
+        return Report(model=model, since=start, until=end, bucket=bucket, rows=rows)
+
+    report.__doc__ = fn.__doc__
+
+
+_report(label_counts, "Predictions per top label per time bucket", "/v1/reports/labels")
+_report(latency_percentiles, "Latency p50/p95/p99 per version per time bucket", "/v1/reports/latency")
+_report(error_rates, "Requests, 4xx, 5xx and error rate per version per time bucket", "/v1/reports/errors")

@@ -1,0 +1,148 @@
+"""History and reports over the inference record, computed in PostgreSQL.
+
+Every query is bounded by a time range and (where it aggregates) served by the covering index
+``inferences_model_time_cover`` — see ``benchmarks/reports_at_scale.py`` for timings at millions of rows.
+"""
+
+from __future__ import annotations
+
+import base64
+import enum
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import psycopg2.extensions
+
+from bridge.errors import BadRequest
+
+
+class Bucket(str, enum.Enum):
+    """Time bucket of a report."""
+
+    MINUTE = "minute"
+    HOUR = "hour"
+    DAY = "day"
+
+
+@dataclass(frozen=True)
+class ResultFilter:
+    """Filters of the results history."""
+
+    model: str | None = None
+    version: str | None = None
+    status: int | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+
+
+RESULT_COLUMNS = (
+    "request_id", "created_at", "model", "model_version", "source", "status", "latency_ms", "batch_size",
+    "input_sha256", "input_bytes", "top_label", "top_score", "output", "error",
+)
+
+
+def encode_cursor(created_at: datetime, request_id: str) -> str:
+    """An opaque keyset cursor: the last row's (created_at, request_id)."""
+    return base64.urlsafe_b64encode(f"{created_at.isoformat()}|{request_id}".encode()).decode()
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    """Inverse of encode_cursor; a tampered cursor is a 400."""
+    try:
+        created_at, request_id = base64.urlsafe_b64decode(cursor.encode()).decode().split("|")
+        return datetime.fromisoformat(created_at), request_id
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadRequest("invalid cursor: pass next_cursor from the previous page unchanged") from exc
+
+
+def _where(f: ResultFilter) -> tuple[list[str], list[Any]]:
+    clauses, params = [], []
+    for column, value in (("model", f.model), ("model_version", f.version), ("status", f.status)):
+        if value is not None:
+            clauses.append(f"{column} = %s")
+            params.append(value)
+    if f.since is not None:
+        clauses.append("created_at >= %s")
+        params.append(f.since)
+    if f.until is not None:
+        clauses.append("created_at < %s")
+        params.append(f.until)
+    return clauses, params
+
+
+def list_results(
+    conn: psycopg2.extensions.connection, f: ResultFilter, limit: int, cursor: str | None
+) -> tuple[list[dict[str, Any]], str | None]:
+    """One page of results, newest first, and the cursor of the next page (None at the end)."""
+    clauses, params = _where(f)
+    if cursor:
+        created_at, request_id = decode_cursor(cursor)
+        clauses.append("(created_at, request_id) < (%s, %s)")
+        params += [created_at, request_id]
+    where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+    sql = (
+        f"SELECT {', '.join(RESULT_COLUMNS)} FROM inferences {where}"
+        " ORDER BY created_at DESC, request_id DESC LIMIT %s"
+    )
+    with conn.cursor() as cur:
+        cur.execute(sql, [*params, limit + 1])
+        rows = [dict(zip(RESULT_COLUMNS, row)) for row in cur.fetchall()]
+    next_cursor = None
+    if len(rows) > limit:
+        rows = rows[:limit]
+        next_cursor = encode_cursor(rows[-1]["created_at"], str(rows[-1]["request_id"]))
+    for row in rows:
+        row["request_id"] = str(row["request_id"])
+    return rows, next_cursor
+
+
+def label_counts(
+    conn: psycopg2.extensions.connection, model: str, since: datetime, until: datetime, bucket: Bucket
+) -> list[dict[str, Any]]:
+    """Successful predictions per top label per time bucket for one model."""
+    sql = (
+        "SELECT date_trunc(%s, created_at) AS bucket, top_label, count(*) FROM inferences"
+        " WHERE model = %s AND created_at >= %s AND created_at < %s AND status = 200 AND top_label IS NOT NULL"
+        " GROUP BY 1, 2 ORDER BY 1, 3 DESC"
+    )
+    with conn.cursor() as cur:
+        cur.execute(sql, (bucket.value, model, since, until))
+        return [{"bucket": b, "label": label, "count": n} for b, label, n in cur.fetchall()]
+
+
+def latency_percentiles(
+    conn: psycopg2.extensions.connection, model: str, since: datetime, until: datetime, bucket: Bucket
+) -> list[dict[str, Any]]:
+    """Latency p50/p95/p99 (ms) of successful predictions per version per time bucket."""
+    sql = (
+        "SELECT date_trunc(%s, created_at) AS bucket, model_version, count(*),"
+        " percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (ORDER BY latency_ms)"
+        " FROM inferences WHERE model = %s AND created_at >= %s AND created_at < %s AND status = 200"
+        " GROUP BY 1, 2 ORDER BY 1, 2"
+    )
+    with conn.cursor() as cur:
+        cur.execute(sql, (bucket.value, model, since, until))
+        return [
+            {"bucket": b, "version": v, "count": n, "p50_ms": p[0], "p95_ms": p[1], "p99_ms": p[2]}
+            for b, v, n, p in cur.fetchall()
+        ]
+
+
+def error_rates(
+    conn: psycopg2.extensions.connection, model: str, since: datetime, until: datetime, bucket: Bucket
+) -> list[dict[str, Any]]:
+    """Requests, client errors (4xx), server errors (5xx) and the error rate per version per bucket."""
+    sql = (
+        "SELECT date_trunc(%s, created_at) AS bucket, model_version, count(*),"
+        " count(*) FILTER (WHERE status BETWEEN 400 AND 499), count(*) FILTER (WHERE status >= 500)"
+        " FROM inferences WHERE model = %s AND created_at >= %s AND created_at < %s"
+        " GROUP BY 1, 2 ORDER BY 1, 2"
+    )
+    with conn.cursor() as cur:
+        cur.execute(sql, (bucket.value, model, since, until))
+        return [
+            {"bucket": b, "version": v, "requests": n, "client_errors": c4, "server_errors": c5,
+             "error_rate": round((c4 + c5) / n, 6) if n else 0.0}
+            for b, v, n, c4, c5 in cur.fetchall()
+        ]
