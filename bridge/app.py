@@ -15,7 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from bridge.api import health, jobs, predictions, results
 from bridge.auth import require_api_key
 from bridge.db import Database
-from bridge.errors import BridgeError, envelope, request_id_of
+from bridge.errors import ERROR_RESPONSES, BridgeError, envelope, request_id_of
 from bridge.job_runner import JobRunner
 from bridge.jobs import JobStore
 from bridge.metrics_sink import InfluxSink
@@ -110,9 +110,8 @@ def create_app(
     )
     app.state.settings = settings
     app.include_router(health.router)
-    app.include_router(predictions.router, dependencies=[Depends(require_api_key)])
-    app.include_router(jobs.router, dependencies=[Depends(require_api_key)])
-    app.include_router(results.router, dependencies=[Depends(require_api_key)])
+    for api in (predictions, jobs, results):
+        app.include_router(api.router, dependencies=[Depends(require_api_key)], responses=ERROR_RESPONSES)
     _add_exception_handlers(app)
     return app
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+from pydantic import BaseModel, Field
 from starlette.requests import Request
 
 
@@ -92,6 +93,26 @@ class RecordingUnavailable(BridgeError):
 class UpstreamTimeout(BridgeError):
     status = 504
     kind = "GatewayTimeout"
+
+
+class ErrorBody(BaseModel):
+    """The one error envelope (TorchServe's errors passed through have the same first three fields)."""
+
+    code: int = Field(description="HTTP status", examples=[400])
+    type: str = Field(description="Error kind", examples=["EmptyBody"])
+    message: str = Field(description="What was wrong and what to do", examples=["empty body: send the photo bytes"])
+    request_id: str | None = Field(None, description="Quote it when reporting a problem")
+
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorBody, "description": description}
+    for status, description in (
+        (400, "Malformed request (the message says what)"),
+        (401, "Missing or invalid API key (when BRIDGE_API_KEYS is set)"),
+        (413, "Body larger than the limit"),
+        (503, "A dependency is unavailable; retry after Retry-After seconds"),
+    )
+}
 
 
 def envelope(status: int, kind: str, message: str, request_id: str) -> dict[str, Any]:
