@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from bridge.api.predictions import NAME_PATTERN, PHOTO_BODY
-from bridge.errors import BadRequest, NotFound
+from bridge.errors import BadRequest, ErrorBody, NotFound
 from bridge.jobs import Job, JobStatus
 from bridge.uploads import read_photo
 
@@ -79,9 +79,9 @@ def _location(job: Job) -> dict[str, str]:
     responses={
         200: {"model": JobOut, "description": "Idempotency-Key seen before: the original (finished) job"},
         202: {"model": JobOut, "description": "Accepted: stored durably, Location points at the job"},
-        409: {"description": "Idempotency-Key seen before and that job is still pending"},
-        422: {"description": "Idempotency-Key seen before with a different photo or model list"},
-        503: {"description": "The job queue (PostgreSQL) is unavailable; nothing was stored"},
+        409: {"model": ErrorBody, "description": "Idempotency-Key seen before and that job is still pending"},
+        422: {"model": ErrorBody, "description": "Idempotency-Key seen before with a different photo or model list"},
+        503: {"model": ErrorBody, "description": "The job queue (PostgreSQL) is unavailable; nothing was stored"},
     },
 )
 async def submit_job(
@@ -107,7 +107,7 @@ async def submit_job(
     "/{job_id}",
     response_model=JobOut,
     summary="A job's status and, when finished, its results per model",
-    responses={404: {"description": "No such job"}},
+    responses={404: {"model": ErrorBody, "description": "No such job"}},
 )
 async def get_job(
     request: Request,

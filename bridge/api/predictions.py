@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Request, Response
 
-from bridge.errors import request_id_of
+from bridge.errors import ErrorBody, request_id_of
 from bridge.uploads import read_photo
 
 router = APIRouter(tags=["predictions"])
@@ -17,13 +17,18 @@ ModelVersion = Annotated[str, Path(pattern=NAME_PATTERN, description="Model vers
 
 PREDICTION_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"description": "The model's answer (JSON), e.g. top-5 labels with scores"},
-    400: {"description": "The body is empty, not an image, or malformed"},
-    404: {"description": "No such model or version"},
-    413: {"description": "The body is larger than the limit"},
-    415: {"description": "The content type made the body text or JSON instead of image bytes"},
-    422: {"description": "The image's dimensions are too large"},
-    503: {"description": "TorchServe is unavailable or overloaded; retry"},
-    504: {"description": "TorchServe did not answer in time"},
+    **{
+        status: {"model": ErrorBody, "description": description}
+        for status, description in (
+            (400, "The body is empty, not an image, or malformed"),
+            (404, "No such model or version"),
+            (413, "The body is larger than the limit"),
+            (415, "The content type made the body text or JSON instead of image bytes"),
+            (422, "The image's dimensions are too large"),
+            (503, "TorchServe is unavailable or overloaded; retry"),
+            (504, "TorchServe did not answer in time"),
+        )
+    },
 }
 PHOTO_BODY = {
     "requestBody": {
