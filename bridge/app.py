@@ -14,6 +14,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from bridge.api import health, jobs, predictions, results
 from bridge.auth import require_api_key
+from bridge.cache import ResultCache
 from bridge.db import Database
 from bridge.errors import ERROR_RESPONSES, BridgeError, envelope, request_id_of
 from bridge.job_runner import JobRunner
@@ -76,8 +77,9 @@ def create_app(
         )
         rec = recorder or build_recorder(settings)
         rec.start()
-        predictions = PredictionService(client, rec)
         database = Database(settings.pg_dsn, settings.pg_connect_timeout_s)
+        cache = ResultCache(database, settings.cache_timeout_s) if settings.cache else None
+        predictions = PredictionService(client, rec, cache)
         job_store = JobStore(database)
         job_runner = JobRunner(
             job_store, predictions, settings.job_concurrency, settings.job_lease_s, settings.job_max_attempts
@@ -85,6 +87,7 @@ def create_app(
         app.state.torchserve = client
         app.state.recorder = rec
         app.state.predictions = predictions
+        app.state.cache = cache
         app.state.database = database
         app.state.job_store = job_store
         app.state.job_runner = job_runner
@@ -95,6 +98,8 @@ def create_app(
         finally:
             await job_runner.stop()
             rec.stop()
+            if cache is not None:
+                cache.close()
             database.close()
             await client.close()
 

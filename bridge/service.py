@@ -9,14 +9,18 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import time
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 
+from bridge.cache import ResultCache
 from bridge.errors import BridgeError, RecordingUnavailable
 from bridge.recorder import Recorder, RecordingFailed
 from bridge.records import InferenceRecord, summarise_output
 from bridge.torchserve import TorchServeClient, UpstreamResponse
+
+JSON = "application/json"
 
 
 @dataclass(frozen=True)
@@ -26,6 +30,7 @@ class Prediction:
     record: InferenceRecord
     upstream: UpstreamResponse | None
     error: BridgeError | None
+    cached: bool = False
 
     @property
     def final(self) -> bool:
@@ -36,9 +41,33 @@ class Prediction:
 class PredictionService:
     """The one path every inference takes, so every inference is recorded."""
 
-    def __init__(self, client: TorchServeClient, recorder: Recorder) -> None:
+    def __init__(self, client: TorchServeClient, recorder: Recorder, cache: ResultCache | None = None) -> None:
         self._client = client
         self._recorder = recorder
+        self._cache = cache
+
+    async def cached(self, model: str, version: str | None, body: bytes) -> Prediction | None:
+        """The recorded answer for this photo on this model version (default version unless given)."""
+        if self._cache is None:
+            return None
+        started = time.perf_counter()
+        version = version or await self._client.default_version(model)
+        if version is None:
+            return None
+        digest = hashlib.sha256(body).hexdigest()
+        output = await self._cache.lookup(digest, model, version)
+        if not isinstance(output, dict):
+            return None
+        output = {**output, "cached": True}
+        payload = json.dumps(output).encode()
+        summary = summarise_output(200, payload, JSON)
+        record = InferenceRecord(
+            request_id="", created_at=datetime.now(timezone.utc), model=model, model_version=version,
+            source="cache", status=200, latency_ms=(time.perf_counter() - started) * 1000.0, batch_size=None,
+            input_sha256=digest, input_bytes=len(body), top_label=summary[1], top_score=summary[2],
+            output=output, error=None,
+        )
+        return Prediction(record, UpstreamResponse(200, payload, JSON, None), None, cached=True)
 
     async def run(self, model: str, version: str | None, body: bytes, content_type: str, source: str) -> Prediction:
         """Run ``body`` through ``model`` (default version unless ``version``); never raises for upstream errors."""
@@ -82,10 +111,19 @@ class PredictionService:
         return record
 
     async def predict(
-        self, model: str, version: str | None, body: bytes, content_type: str, request_id: str, source: str = "sync"
+        self,
+        model: str,
+        version: str | None,
+        body: bytes,
+        content_type: str,
+        request_id: str,
+        source: str = "sync",
+        use_cache: bool = True,
     ) -> Prediction:
-        """Run, record durably, then answer: TorchServe's answer, or raise the bridge's own error."""
-        prediction = await self.run(model, version, body, content_type, source)
+        """Answer from the cache, or run; record durably; then answer (or raise the bridge's own error)."""
+        prediction = await self.cached(model, version, body) if use_cache else None
+        if prediction is None:
+            prediction = await self.run(model, version, body, content_type, source)
         await self.record(prediction, request_id)
         if prediction.error is not None:
             raise prediction.error

@@ -33,6 +33,9 @@ class Settings(BaseSettings):
     influx_database: str = "serving"
     influx_timeout_s: float = 3.0
 
+    cache: bool = True  # same photo + same model version → the recorded answer (X-Cache: HIT)
+    cache_timeout_s: float = 0.05  # a slower lookup is a miss
+
     job_models: str = "classifier,price,similar"  # what POST /v1/jobs runs by default
     job_concurrency: int = 4
     job_lease_s: float = 30.0

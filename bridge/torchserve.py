@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -22,6 +23,7 @@ from bridge.errors import UpstreamTimeout, UpstreamUnavailable
 logger = logging.getLogger(__name__)
 
 RENEW_BEFORE = timedelta(minutes=2)
+DEFAULT_VERSION_TTL_S = 5.0
 INVALID_KEY = "InvalidKeyException"
 
 
@@ -64,7 +66,7 @@ class TokenStore:
 
     def __init__(self, key_file: Path, management_url: str, http: httpx.AsyncClient) -> None:
         self._key_file = key_file
-        self._management_url = management_url.rstrip("/")
+        self.management_url = management_url.rstrip("/")
         self._http = http
         self._keys: Keys | None = None
         self._mtime: float | None = None
@@ -105,7 +107,7 @@ class TokenStore:
                 return keys  # renewed by someone else meanwhile
             try:
                 response = await self._http.get(
-                    f"{self._management_url}/token",
+                    f"{self.management_url}/token",
                     params={"type": kind},
                     headers={"Authorization": f"Bearer {keys.api}"},
                 )
@@ -146,6 +148,7 @@ class TorchServeClient:
         )
         self._inference_url = inference_url.rstrip("/")
         self.tokens = TokenStore(key_file, management_url, self._http)
+        self._default_versions: dict[str, tuple[str | None, float]] = {}
 
     async def close(self) -> None:
         """Release connections."""
@@ -155,6 +158,22 @@ class TorchServeClient:
         """POST one input to ``/predictions/{model}[/{version}]``."""
         path = f"/predictions/{model}" + (f"/{version}" if version else "")
         return await self._send("POST", path, body, content_type)
+
+    async def default_version(self, model: str) -> str | None:
+        """The model's default version from the management API (cached a few seconds); None if unknown."""
+        cached = self._default_versions.get(model)
+        if cached is not None and time.monotonic() - cached[1] < DEFAULT_VERSION_TTL_S:
+            return cached[0]
+        try:
+            key = await self.tokens.management_key()
+            response = await self._http.get(
+                f"{self.tokens.management_url}/models/{model}", headers={"Authorization": f"Bearer {key}"}
+            )
+            version = response.json()[0]["modelVersion"] if response.status_code == 200 else None
+        except (httpx.HTTPError, ValueError, KeyError, IndexError, UpstreamUnavailable):
+            return None
+        self._default_versions[model] = (version, time.monotonic())
+        return version
 
     async def ping(self) -> UpstreamResponse:
         """TorchServe's health (needs the inference key too)."""

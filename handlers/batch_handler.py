@@ -8,6 +8,8 @@ Subclasses override only :meth:`BatchImageHandler.postprocess_batch` (and, if ne
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import logging
 import os
@@ -113,9 +115,17 @@ def payload_bytes(row: dict[str, Any], param_names: tuple[str, ...] = ()) -> byt
     value = values[0]
     if isinstance(value, (bytes, bytearray)):
         return bytes(value)
+    # KServe's v1 protocol (and JSON clients) send the image base64-encoded: {"data": "<base64>"}.
+    if isinstance(value, dict) and isinstance(value.get("b64", value.get("data")), str):
+        value = value.get("b64", value.get("data"))
+    if isinstance(value, str) and len(value) >= 16:
+        try:
+            return base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError):
+            pass
     # TorchServe decodes JSON and text bodies before the handler sees them.
     raise UnsupportedContent(
-        "expected raw image bytes; the request's content type made it text or JSON "
+        "expected raw image bytes (or base64 in JSON); the request's content type made it text or JSON "
         "(send it as application/octet-stream or image/*)",
     )
 

@@ -24,6 +24,14 @@ async def ping(request: Request) -> JSONResponse:
             "status": "Healthy" if healthy else "Unhealthy",
             "torchserve": torchserve,
             "recording": request.app.state.recorder.health(),
+            "cache": _cache_stats(request),
         },
         status_code=200 if healthy else 503,
     )
+
+
+def _cache_stats(request: Request) -> dict[str, object]:
+    cache = request.app.state.cache
+    if cache is None:
+        return {"enabled": False}
+    return {"enabled": True, "hits": cache.hits, "misses": cache.misses}

@@ -47,8 +47,9 @@ PHOTO_BODY = {
 async def _predict(request: Request, model: str, version: str | None) -> Response:
     settings = request.app.state.settings
     photo, content_type = await read_photo(request, settings.max_body_bytes)
+    no_cache = "no-cache" in request.headers.get("cache-control", "").lower()
     prediction = await request.app.state.predictions.predict(
-        model, version, photo, content_type, request_id=request_id_of(request)
+        model, version, photo, content_type, request_id=request_id_of(request), use_cache=not no_cache
     )
     upstream = prediction.upstream
     headers = {"X-Request-Id": request_id_of(request)}
@@ -58,6 +59,8 @@ async def _predict(request: Request, model: str, version: str | None) -> Respons
         headers["X-Batch-Size"] = str(upstream.batch_size)
     if upstream.status == 503:
         headers["Retry-After"] = "1"
+    if prediction.cached:
+        headers["X-Cache"] = "HIT"
     return Response(
         content=upstream.body,
         status_code=upstream.status,

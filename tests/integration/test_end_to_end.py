@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -22,13 +23,16 @@ KNOWN_ANSWERS = {
 }
 
 
+NO_CACHE = {"Cache-Control": "no-cache"}
+
+
 def _send_together(url: str, bodies: list[bytes], headers: dict[str, str] | None = None) -> list[requests.Response]:
     """Send every body at once (a barrier releases them together) so TorchServe can batch them."""
     barrier = threading.Barrier(len(bodies))
 
     def send(body: bytes) -> requests.Response:
         barrier.wait()
-        return requests.put(url, data=body, headers=headers or {}, timeout=60)
+        return requests.put(url, data=body, headers={**NO_CACHE, **(headers or {})}, timeout=60)
 
     with ThreadPoolExecutor(len(bodies)) as pool:
         return list(pool.map(send, bodies))
@@ -36,7 +40,7 @@ def _send_together(url: str, bodies: list[bytes], headers: dict[str, str] | None
 
 def test_photo_through_bridge_is_predicted_and_recorded(live_stack: LiveStack, photos: dict[str, bytes]) -> None:
     photo = photos["chelsea"]
-    response = requests.put(f"{live_stack.bridge}/predictions/classifier", data=photo, timeout=30)
+    response = requests.put(f"{live_stack.bridge}/predictions/classifier", data=photo, headers=NO_CACHE, timeout=30)
 
     assert response.status_code == 200, response.text
     assert response.headers["content-type"].startswith("application/json")
@@ -162,3 +166,21 @@ def test_multipart_upload_with_one_file(live_stack: LiveStack, photos: dict[str,
     )
     assert response.status_code == 200, response.text
     assert json_body(response)["predictions"][0]["label"] in CAT_LABELS
+
+
+def test_same_photo_same_version_is_answered_from_the_record(live_stack: LiveStack, photos: dict[str, bytes]) -> None:
+    photo = photos["rocket"] + b"\0" * (time.time_ns() % 997 + 1)  # a photo never seen before (same pixels)
+    url = f"{live_stack.bridge}/predictions/classifier"
+    first = requests.put(url, data=photo, timeout=30)
+    assert first.status_code == 200 and "x-cache" not in first.headers
+    assert live_stack.row(first.headers["x-request-id"]) is not None  # recorded → cacheable
+
+    second = requests.put(url, data=photo, timeout=30)
+    assert second.status_code == 200 and second.headers["x-cache"] == "HIT"
+    assert json_body(second)["cached"] is True
+    assert json_body(second)["predictions"] == json_body(first)["predictions"]
+    row = live_stack.row(second.headers["x-request-id"])
+    assert row["source"] == "cache" and row["model_version"] == "1.0"
+
+    bypass = requests.put(url, data=photo, headers=NO_CACHE, timeout=30)
+    assert "x-cache" not in bypass.headers and "cached" not in json_body(bypass)

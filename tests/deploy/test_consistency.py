@@ -1,0 +1,202 @@
+"""Compose, Kubernetes, KServe, the image and the local stack agree: one image name, the bridge on 8000 with
+its health check at /ping, TorchServe's ports on loopback only, and only environment variables the bridge
+actually reads (bridge.settings.Settings). And hadolint passes on the Dockerfile."""
+
+from __future__ import annotations
+
+import inspect
+import re
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+import yaml
+
+from bridge.settings import Settings
+from tests.deploy.conftest import (
+    COMPOSE_FILE,
+    ENV_EXAMPLE,
+    K8S,
+    OVERLAYS,
+    REPO_ROOT,
+    configmap_by_prefix,
+    container,
+    find,
+    read_properties,
+    run,
+    tool,
+)
+
+DOCKERFILE = (REPO_ROOT / "Dockerfile").read_text()
+ENTRYPOINT = (REPO_ROOT / "docker" / "entrypoint.sh").read_text()
+TS_CONFIG = read_properties(REPO_ROOT / "config.properties")
+BRIDGE_ENV = {f"BRIDGE_{name.upper()}" for name in Settings.model_fields}
+BRIDGE_PORT = 8000
+HEALTH_PATH = "/ping"
+# Non-BRIDGE_ variables the serving container may get from a deployment.
+OTHER_ENV = {"NVIDIA_DRIVER_CAPABILITIES"}
+
+
+def torchserve_ports() -> set[int]:
+    ports = {urlsplit(TS_CONFIG[k]).port for k in ("inference_address", "management_address", "metrics_address")}
+    ports |= {int(TS_CONFIG[k]) for k in ("grpc_inference_port", "grpc_management_port")}
+    return {p for p in ports if p is not None}
+
+
+def image_repository(image: str) -> str:
+    return image.rsplit("/", 1)[-1].split(":")[0]
+
+
+# --- one image ------------------------------------------------------------------------------------------------
+
+
+def test_one_image_name_everywhere(compose_config: dict[str, Any], rendered: dict[str, list[dict[str, Any]]]) -> None:
+    compose_image = compose_config["services"]["serving"]["image"]
+    k8s_images = {o: container(find(rendered[o], "Deployment", "serving"), "serving")["image"] for o in OVERLAYS}
+    assert re.search(r"docker build -t serving \.", DOCKERFILE), "the Dockerfile documents the image as `serving`"
+    assert {image_repository(i) for i in [compose_image, *k8s_images.values()]} == {"serving"}
+    # Compose's default tag, the .env.example tag and the CPU overlay's tag are the same release.
+    default_tag = re.search(r"\$\{SERVING_TAG:-([^}]+)\}", COMPOSE_FILE.read_text())
+    assert default_tag and compose_image == f"serving:{default_tag[1]}" == k8s_images["cpu"]
+    # The GPU tag names the CUDA wheel index the Dockerfile documents for GPU builds.
+    cuda = re.fullmatch(r"serving:.+-(cu\d+)", k8s_images["gpu"])
+    assert cuda and f"/whl/{cuda[1]}" in DOCKERFILE
+
+
+# --- the bridge on 8000, health at /ping ----------------------------------------------------------------------
+
+
+def test_bridge_port_everywhere(compose_config: dict[str, Any], rendered: dict[str, list[dict[str, Any]]]) -> None:
+    import stack.services
+
+    assert Settings.model_fields["port"].default == BRIDGE_PORT
+    assert re.search(rf"^EXPOSE {BRIDGE_PORT}$", DOCKERFILE, re.MULTILINE)
+    assert re.search(rf"BRIDGE_PORT={BRIDGE_PORT}\b", DOCKERFILE)
+    assert f"http://127.0.0.1:{BRIDGE_PORT}{HEALTH_PATH}" in inspect.getsource(stack.services.Bridge)
+    assert [p["target"] for p in compose_config["services"]["serving"]["ports"]] == [BRIDGE_PORT]
+    for overlay in OVERLAYS:
+        serving = container(find(rendered[overlay], "Deployment", "serving"), "serving")
+        assert [(p["name"], p["containerPort"]) for p in serving["ports"]] == [("http", BRIDGE_PORT)]
+        service = find(rendered[overlay], "Service", "serving")
+        assert {p["port"] for p in service["spec"]["ports"] if p["targetPort"] == "http"} == {BRIDGE_PORT}
+
+
+def test_health_check_path_everywhere(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    import stack.services
+
+    healthcheck = re.search(r"^HEALTHCHECK [^\n]*\\\n\s+CMD (.*)$", DOCKERFILE, re.MULTILINE)
+    assert healthcheck and f"http://127.0.0.1:{BRIDGE_PORT}{HEALTH_PATH}" in healthcheck[1]
+    assert f"{HEALTH_PATH}\"" in inspect.getsource(stack.services.Bridge.is_up)
+    routes = [path.read_text() for path in (REPO_ROOT / "bridge").rglob("*.py")]
+    assert any(re.search(rf"\.get\(\s*\"{HEALTH_PATH}\"", source) for source in routes), "the bridge serves /ping"
+    for overlay in OVERLAYS:
+        serving = container(find(rendered[overlay], "Deployment", "serving"), "serving")
+        assert serving["readinessProbe"]["httpGet"]["path"] == HEALTH_PATH
+        assert f"127.0.0.1:{BRIDGE_PORT}{HEALTH_PATH}" in " ".join(serving["livenessProbe"]["exec"]["command"])
+
+
+# --- TorchServe on loopback -----------------------------------------------------------------------------------
+
+
+def test_torchserve_listens_on_loopback_only() -> None:
+    for key in ("inference_address", "management_address", "metrics_address"):
+        assert urlsplit(TS_CONFIG[key]).hostname == "127.0.0.1", key
+    for key in ("grpc_inference_address", "grpc_management_address"):
+        assert TS_CONFIG[key] == "127.0.0.1", key
+    assert torchserve_ports() == {8080, 8081, 8082, 7070, 7071}
+
+
+def test_the_bridge_reaches_torchserve_on_loopback() -> None:
+    for field, key in (("torchserve_url", "inference_address"), ("torchserve_management_url", "management_address")):
+        default = urlsplit(Settings.model_fields[field].default)
+        assert default.hostname == "127.0.0.1"
+        assert default.port == urlsplit(TS_CONFIG[key]).port, field
+
+
+def test_no_torchserve_port_is_exposed(compose_config: dict[str, Any],
+                                      rendered: dict[str, list[dict[str, Any]]]) -> None:
+    ts_ports = torchserve_ports()
+    serving = compose_config["services"]["serving"]
+    assert not {p["target"] for p in serving.get("ports", [])} & ts_ports
+    assert not {int(p) for p in serving.get("expose", [])} & ts_ports
+    for overlay in OVERLAYS:
+        deployment = find(rendered[overlay], "Deployment", "serving")
+        exposed = {p["containerPort"] for c in deployment["spec"]["template"]["spec"]["containers"]
+                   for p in c.get("ports", [])}
+        assert not exposed & ts_ports, overlay
+        service = find(rendered[overlay], "Service", "serving")
+        assert not {p["port"] for p in service["spec"]["ports"]} & ts_ports
+
+
+def test_no_deployment_points_the_bridge_away_from_loopback(compose_config: dict[str, Any],
+                                                            rendered: dict[str, list[dict[str, Any]]],
+                                                            secret_template: dict[str, Any]) -> None:
+    for env in deployment_environments(compose_config, rendered, secret_template).values():
+        for name in ("BRIDGE_TORCHSERVE_URL", "BRIDGE_TORCHSERVE_MANAGEMENT_URL"):
+            if name in env:
+                assert urlsplit(env[name]).hostname == "127.0.0.1", name
+
+
+# --- the bridge's environment ---------------------------------------------------------------------------------
+
+
+def deployment_environments(compose_config: dict[str, Any], rendered: dict[str, list[dict[str, Any]]],
+                            secret_template: dict[str, Any]) -> dict[str, dict[str, str]]:
+    """Every environment the serving container gets, by where it is defined."""
+    envs = {"compose": dict(compose_config["services"]["serving"]["environment"])}
+    for overlay in OVERLAYS:
+        objects = rendered[overlay]
+        serving = container(find(objects, "Deployment", "serving"), "serving")
+        env = dict(configmap_by_prefix(objects, "serving-env")["data"])
+        env |= {e["name"]: e.get("value", "") for e in serving.get("env", [])}
+        envs[f"k8s-{overlay}"] = env
+    envs["k8s-secret"] = dict(secret_template["stringData"])
+    return envs
+
+
+def test_only_settings_the_bridge_reads(compose_config: dict[str, Any], rendered: dict[str, list[dict[str, Any]]],
+                                        secret_template: dict[str, Any]) -> None:
+    for where, env in deployment_environments(compose_config, rendered, secret_template).items():
+        unknown = {name for name in env if name not in BRIDGE_ENV and name not in OTHER_ENV}
+        assert not unknown, f"{where}: not bridge settings (bridge/settings.py): {sorted(unknown)}"
+    exported = set(re.findall(r"\bexport (BRIDGE_[A-Z0-9_]+)=", ENTRYPOINT))
+    assert exported and exported <= BRIDGE_ENV, sorted(exported - BRIDGE_ENV)
+    examples = {line.split("=", 1)[0] for line in ENV_EXAMPLE.read_text().splitlines() if line.startswith("BRIDGE_")}
+    assert examples <= BRIDGE_ENV, sorted(examples - BRIDGE_ENV)
+
+
+def test_databases_are_configured_in_every_deployment(compose_config: dict[str, Any],
+                                                      rendered: dict[str, list[dict[str, Any]]],
+                                                      secret_template: dict[str, Any]) -> None:
+    envs = deployment_environments(compose_config, rendered, secret_template)
+    k8s = {**envs["k8s-cpu"], **envs["k8s-secret"]}
+    for where, env in (("compose", envs["compose"]), ("k8s", k8s)):
+        # The entry point warns when these are unset: the defaults point at the container itself.
+        assert {"BRIDGE_PG_DSN", "BRIDGE_INFLUX_HOST"} <= set(env), where
+        assert env.get("BRIDGE_INFLUX_DATABASE", Settings.model_fields["influx_database"].default) == "serving"
+
+
+def test_secrets_stay_out_of_configmaps(rendered: dict[str, list[dict[str, Any]]],
+                                        secret_template: dict[str, Any]) -> None:
+    for overlay in OVERLAYS:
+        env = configmap_by_prefix(rendered[overlay], "serving-env")["data"]
+        assert not set(env) & set(secret_template["stringData"]), overlay
+    assert "REPLACE_ME" in secret_template["stringData"]["BRIDGE_PG_DSN"]
+
+
+def test_kustomize_sources_parse() -> None:
+    for path in K8S.rglob("*.yaml"):
+        assert list(yaml.safe_load_all(path.read_text())), path
+
+
+# --- the Dockerfile -------------------------------------------------------------------------------------------
+
+
+def test_hadolint_passes_on_the_dockerfile() -> None:
+    result = run([tool("hadolint"), "--no-color", "Dockerfile"], check=False)
+    assert result.returncode == 0, f"hadolint:\n{result.stdout}{result.stderr}"
+
+
+@pytest.mark.parametrize("needle", ["USER 1000:1000", "HEALTHCHECK", "STOPSIGNAL SIGTERM", "/var/lib/serving/spool"])
+def test_the_image_provides_what_the_deployments_assume(needle: str) -> None:
+    assert needle in DOCKERFILE
