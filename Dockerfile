@@ -36,14 +36,14 @@ RUN python -m venv /opt/venv \
  && pip check
 
 # ---- build: dev extras + the model archives, built and gated on golden photos --------------------------------
-# The runtime gets the deps venv, not this one: scikit-image/scikit-learn (+ SciPy) and the test tools are
+# The runtime gets the deps venv, not this one: scikit-image/scikit-learn (+ SciPy) are
 # only needed for the golden gate, and leaving them out keeps the runtime image smaller. The extras are
 # installed under a constraint on everything already in the venv, so the archives are gated against exactly
 # the packages the runtime image serves them with (a conflict fails the build instead of moving a version).
 FROM deps AS build
-COPY requirements-dev.txt ./
+COPY requirements-build.txt ./
 RUN pip freeze > /tmp/runtime-constraints.txt \
- && pip install --no-cache-dir -c /tmp/runtime-constraints.txt -r requirements-dev.txt \
+ && pip install --no-cache-dir -c /tmp/runtime-constraints.txt -r requirements-build.txt \
  && pip check
 
 COPY handlers/ handlers/

@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 
 .PHONY: up down status test unit archives clean
 
-$(STAMP): requirements.txt requirements-dev.txt
+$(STAMP): requirements.txt requirements-dev.txt requirements-build.txt
 	@echo "Creating the Python environment in $(VENV) (torch and torchvision come from local disk) ..."
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@$(PY) -m pip install --quiet --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
