@@ -7,6 +7,7 @@ same inputs give byte-identical ``.mar`` files (torch-model-archiver's timestamp
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -15,7 +16,7 @@ import tempfile
 import zipfile
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import yaml
 from model_archiver.model_archiver_config import ModelArchiverConfig
@@ -102,6 +103,17 @@ def normalise_archive(mar: Path) -> None:
     os.replace(tmp, mar)
 
 
+@contextlib.contextmanager
+def private_tempdir(path: Path) -> Iterator[None]:
+    """torch-model-archiver stages files in ``gettempdir()/<model name>``: give each build its own."""
+    path.mkdir()
+    previous, tempfile.tempdir = tempfile.tempdir, str(path)
+    try:
+        yield
+    finally:
+        tempfile.tempdir = previous
+
+
 def assemble(spec: ArchiveSpec, workdir: Path, inputs: BuildInputs) -> tuple[Path, dict[str, Any]]:
     """Write weights, extra files and config into ``workdir``, run torch-model-archiver, normalise."""
     info = spec.make_weights(workdir / "weights.pt", inputs)
@@ -128,18 +140,19 @@ def assemble(spec: ArchiveSpec, workdir: Path, inputs: BuildInputs) -> tuple[Pat
     config_path.write_text(yaml.safe_dump(config, sort_keys=False))
     out = workdir / "out"
     out.mkdir()
-    generate_model_archive(
-        ModelArchiverConfig(
-            model_name=spec.name,
-            handler=str(HANDLERS_DIR / spec.handler),
-            version=spec.version,
-            serialized_file=str(info.path),
-            extra_files=",".join(str(p) for p in extra_files),
-            export_path=str(out),
-            config_file=str(config_path),
-            force=True,
+    with private_tempdir(workdir / "staging"):
+        generate_model_archive(
+            ModelArchiverConfig(
+                model_name=spec.name,
+                handler=str(HANDLERS_DIR / spec.handler),
+                version=spec.version,
+                serialized_file=str(info.path),
+                extra_files=",".join(str(p) for p in extra_files),
+                export_path=str(out),
+                config_file=str(config_path),
+                force=True,
+            )
         )
-    )
     # torch-model-archiver names the file after the model; we keep one file per version.
     mar = out / spec.archive_name
     os.replace(out / f"{spec.name}.mar", mar)

@@ -13,6 +13,7 @@ from bridge.settings import Settings
 def main() -> None:
     """Run the bridge until interrupted."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per TorchServe call is noise
     settings = Settings()
     uvicorn.run(
         create_app(settings),

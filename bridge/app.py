@@ -25,6 +25,7 @@ from bridge.service import PredictionService
 from bridge.settings import Settings
 from bridge.spool import Spool
 from bridge.storage import PostgresStore
+from bridge.telemetry import Telemetry
 from bridge.torchserve import TorchServeClient
 
 logger = logging.getLogger(__name__)
@@ -93,9 +94,22 @@ def create_app(
         app.state.job_runner = job_runner
         if run_jobs:
             job_runner.start()
+        telemetry = None
+        if settings.telemetry_interval_s > 0 and recorder is None:
+            telemetry_sink = InfluxSink(
+                settings.influx_host, settings.influx_port, settings.influx_database, settings.influx_timeout_s
+            )
+            telemetry = Telemetry(
+                client, settings.torchserve_metrics_url, telemetry_sink.write_points,
+                lambda: bridge_stats(app), settings.telemetry_interval_s,
+            )
+            telemetry.start()
+        app.state.telemetry = telemetry
         try:
             yield
         finally:
+            if telemetry is not None:
+                await telemetry.stop()
             await job_runner.stop()
             rec.stop()
             if cache is not None:
@@ -119,6 +133,19 @@ def create_app(
         app.include_router(api.router, dependencies=[Depends(require_api_key)], responses=ERROR_RESPONSES)
     _add_exception_handlers(app)
     return app
+
+
+def bridge_stats(app: FastAPI) -> dict[str, object]:
+    """The bridge's own gauges and counters: recording backlog, cache, pending jobs."""
+    stats: dict[str, object] = dict(app.state.recorder.health())
+    cache = app.state.cache
+    if cache is not None:
+        stats.update(cache_hits=cache.hits, cache_misses=cache.misses)
+    try:
+        stats["jobs_pending"] = app.state.job_store.pending()
+    except Exception:  # noqa: BLE001 - the job queue being down must not stop the other metrics
+        pass
+    return stats
 
 
 def _error_response(request: Request, status: int, kind: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:

@@ -74,6 +74,13 @@ class InfluxSink:
                 self._created = False
             raise
 
+    def write_points(self, points: list[dict]) -> None:
+        """Write ready-made points (ns timestamps); raise like :meth:`write`."""
+        if not self._created:
+            self._client.create_database(self._database)
+            self._created = True
+        self._client.write_points(points, time_precision="n", batch_size=5000)
+
     def close(self) -> None:
         """Release the HTTP session."""
         self._client.close()

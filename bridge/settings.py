@@ -21,6 +21,8 @@ class Settings(BaseSettings):
 
     torchserve_url: str = "http://127.0.0.1:8080"
     torchserve_management_url: str = "http://127.0.0.1:8081"
+    torchserve_metrics_url: str = "http://127.0.0.1:8082/metrics"
+    telemetry_interval_s: float = 10.0  # scrape TorchServe + write the bridge's own metrics; 0 = off
     torchserve_key_file: Path = STATE_DIR / "torchserve" / "key_file.json"
     torchserve_timeout_s: float = 30.0
     max_connections: int = 256

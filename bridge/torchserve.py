@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -174,6 +175,25 @@ class TorchServeClient:
             return None
         self._default_versions[model] = (version, time.monotonic())
         return version
+
+    async def _management_get(self, path: str, params: dict[str, Any] | None = None) -> Any:
+        key = await self.tokens.management_key()
+        response = await self._http.get(
+            f"{self.tokens.management_url}{path}", params=params, headers={"Authorization": f"Bearer {key}"}
+        )
+        response.raise_for_status()
+        return response.json()
+
+    async def describe_all_models(self) -> list[dict[str, Any]]:
+        """Every registered version of every model (management API), each marked ``isDefault``."""
+        listing = await self._management_get("/models", {"limit": 1000})
+        descriptions = []
+        for entry in listing.get("models", []):
+            name = entry["modelName"]
+            default = (await self._management_get(f"/models/{name}"))[0]["modelVersion"]
+            for version in await self._management_get(f"/models/{name}/all"):
+                descriptions.append({**version, "isDefault": version.get("modelVersion") == default})
+        return descriptions
 
     async def ping(self) -> UpstreamResponse:
         """TorchServe's health (needs the inference key too)."""

@@ -27,6 +27,7 @@ from image_decoding import (
 )
 from model_architectures import load_model
 from torch import nn
+from ts.metrics.dimension import Dimension
 from ts.torch_handler.base_handler import BaseHandler
 
 logger = logging.getLogger(__name__)
@@ -203,7 +204,18 @@ class BatchImageHandler(BaseHandler):
                 responses[idx] = self._reply(context, idx, 200, body)
         for idx in range(len(data)):
             context.set_response_header(idx, BATCH_SIZE_HEADER, str(len(data)))
+        self._emit_batch_metrics(context, len(data), len(data) - len(valid))
         return [r if r is not None else b"" for r in responses]
+
+    def _emit_batch_metrics(self, context: Any, items: int, rejected: int) -> None:
+        """TorchServe handler metrics (Prometheus, per model): batches, items, rejected items."""
+        metrics = getattr(context, "metrics", None)
+        if metrics is None:
+            return
+        version = [Dimension("ModelVersion", self.model_version)]
+        metrics.add_counter("HandlerBatches", 1, dimensions=version)
+        metrics.add_counter("HandlerBatchItems", items, dimensions=version)
+        metrics.add_counter("HandlerRejectedItems", rejected, dimensions=version)
 
     def item_params(self, row: dict[str, Any]) -> Any:
         """Per-item request parameters (validated; raise ItemError for a 4xx on this item only)."""

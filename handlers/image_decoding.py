@@ -122,7 +122,7 @@ def to_rgb(img: Image.Image) -> Image.Image:
         arr = np.asarray(img, dtype=np.float64)
         peak = 65535.0 if img.mode != "F" else max(float(arr.max()), 1.0)
         arr8 = np.clip(np.rint(arr * (255.0 / peak)), 0, 255).astype(np.uint8)
-        return Image.fromarray(arr8, mode="L").convert("RGB")
+        return Image.fromarray(arr8).convert("RGB")
     if (img.mode == "P" and "transparency" in img.info) or img.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
         rgba = img.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
