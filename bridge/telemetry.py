@@ -84,15 +84,17 @@ DERIVED = {
 }
 
 
-def derive(previous: ModelCounters | None, current: ModelCounters) -> dict[str, float]:
-    """Rates and per-request means between two scrapes (empty on the first, or after a restart)."""
+def deltas(previous: ModelCounters | None, current: ModelCounters) -> dict[str, float] | None:
+    """Counter increases between two scrapes (None on the first, or after a restart reset them)."""
     if previous is None or current.at <= previous.at:
-        return {}
+        return None
     delta = {k: current.values.get(k, 0.0) - previous.values.get(k, 0.0) for k in DERIVED}
-    if any(v < 0 for v in delta.values()):
-        return {}  # counters reset: TorchServe restarted
-    seconds = current.at - previous.at
-    fields: dict[str, float] = {"requests_per_s": delta["requests"] / seconds, "batches_per_s": delta["batches"] / seconds}
+    return None if any(v < 0 for v in delta.values()) else delta
+
+
+def derived_fields(delta: dict[str, float], seconds: float) -> dict[str, float]:
+    """Rates and per-request means from counter increases over ``seconds``."""
+    fields = {"requests_per_s": delta["requests"] / seconds, "batches_per_s": delta["batches"] / seconds}
     if delta["requests"] > 0:
         fields["inference_ms_per_request"] = delta["inference_us"] / delta["requests"] / 1000.0
         fields["queue_ms_per_request"] = delta["queue_us"] / delta["requests"] / 1000.0
@@ -118,6 +120,7 @@ class Telemetry:
         self._bridge_stats = bridge_stats
         self._interval_s = interval_s
         self._previous: dict[tuple[str, str], ModelCounters] = {}
+        self._last_scrape_at = 0.0
         self._http = httpx.AsyncClient(timeout=5.0)
         self._task: asyncio.Task[None] | None = None
         self._host = socket.gethostname()
@@ -146,8 +149,10 @@ class Telemetry:
         now = time.time()
         points: list[dict[str, Any]] = []
         try:
-            points += await self._torchserve_points(now)
-            points += await self._worker_points(now)
+            descriptions = await self._client.describe_all_models()
+            points += self._worker_points(descriptions, now)
+            defaults = {d["modelName"]: d["modelVersion"] for d in descriptions if d.get("isDefault")}
+            points += await self._torchserve_points(now, defaults)
             self.scrapes += 1
         except Exception as exc:  # noqa: BLE001 - a failed scrape is counted and logged, never fatal
             self.scrape_failures += 1
@@ -170,7 +175,7 @@ class Telemetry:
     def _point(measurement: str, tags: dict[str, str], fields: dict[str, Any], at: float) -> dict[str, Any]:
         return {"measurement": measurement, "tags": tags, "fields": fields, "time": int(at * 1e9)}
 
-    async def _torchserve_points(self, now: float) -> list[dict[str, Any]]:
+    async def _torchserve_points(self, now: float, defaults: dict[str, str]) -> list[dict[str, Any]]:
         response = await self._http.get(self._metrics_url)
         response.raise_for_status()
         samples = parse_prometheus(response.text)
@@ -182,19 +187,32 @@ class Telemetry:
             if s.name in wanted and "model" in tags:
                 key = (tags["model"], tags.get("version", "default"))
                 counters.setdefault(key, ModelCounters(now)).values[wanted[s.name]] = s.value
+        # TorchServe labels requests sent without a version "default"; the handler knows its real version.
+        # Counters are diffed per label set, then merged under the version that actually served them.
+        merged: dict[tuple[str, str], dict[str, float]] = {}
+        seconds = now - self._last_scrape_at if self._last_scrape_at else self._interval_s
+        self._last_scrape_at = now
         for (model, version), current in counters.items():
-            fields = derive(self._previous.get((model, version)), current)
-            if fields:
-                points.append(self._point("torchserve_model", {"model": model, "version": version}, fields, now))
+            delta = deltas(self._previous.get((model, version)), current)
             self._previous[(model, version)] = current
+            if delta is None:
+                continue
+            resolved = (model, defaults.get(model, version) if version == "default" else version)
+            total = merged.setdefault(resolved, dict.fromkeys(DERIVED, 0.0))
+            for k, v in delta.items():
+                total[k] += v
+        for (model, version), delta in merged.items():
+            fields = derived_fields(delta, seconds)
+            points.append(self._point("torchserve_model", {"model": model, "version": version}, fields, now))
         return points
 
-    async def _worker_points(self, now: float) -> list[dict[str, Any]]:
+    def _worker_points(self, descriptions: list[dict[str, Any]], now: float) -> list[dict[str, Any]]:
         points = []
-        for description in await self._client.describe_all_models():
+        for description in descriptions:
             workers: dict[str, int] = {}
             for worker in description.get("workers", []):
-                workers[worker.get("status", "UNKNOWN")] = workers.get(worker.get("status", "UNKNOWN"), 0) + 1
+                status = worker.get("status", "UNKNOWN")
+                workers[status] = workers.get(status, 0) + 1
             tags = {"model": description["modelName"], "version": description["modelVersion"]}
             fields = {
                 "workers": float(sum(workers.values())),
