@@ -1,0 +1,212 @@
+"""``servingctl`` (also ``python -m ops``): the command line over TorchServe's management API."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TextIO
+
+import requests
+
+from ops import commands
+from ops.commands import Context
+from ops.errors import OpsError, UsageError
+from ops.golden import GoldenLookup, PhotoLoader, sample_photo, spec_golden
+from ops.history import ChangeSink, History, InfluxChanges, PostgresHistory
+from ops.settings import OPTIONS, Settings
+from ops.torchserve import TorchServe
+
+DESCRIPTION = """\
+Operate the models TorchServe serves: list and describe them, deploy a new version from the model store
+(checked on its golden inputs through TorchServe before it may become the default), switch or roll back
+the default version, retire versions, scale workers. Every change is recorded in PostgreSQL
+(model_changes; `history` prints it, `rollback` reads it) and, best effort, in InfluxDB (model_changes).
+"""
+
+EPILOG = """\
+examples:
+  servingctl models
+  servingctl describe resnet18
+  servingctl deploy resnet18_v2.0.mar --set-default
+  servingctl rollback resnet18
+  servingctl scale resnet18 --min 1 --max 1
+  servingctl retire resnet18 2.0
+  servingctl history resnet18
+
+exit status:
+  0 success, 1 other failure (e.g. TorchServe answered an error), 2 bad arguments, 3 TorchServe not
+  reachable, 4 unknown model or version, 5 key rejected, 6 PostgreSQL history unreachable (nothing
+  changed), 7 refused (e.g. retiring the default), 8 golden check failed (the new version was removed)
+
+Global options may also follow the command (servingctl scale resnet18 --min 1 --max 1 --actor alice).
+"""
+
+
+@dataclass
+class Dependencies:
+    """What tests (and other callers) may replace: golden cases, photos, history, InfluxDB, HTTP session."""
+
+    golden: GoldenLookup = spec_golden
+    photo: PhotoLoader = sample_photo
+    history: Callable[[Settings], History] | None = None
+    sink: Callable[[Settings], ChangeSink] | None = None
+    session: requests.Session | None = None
+
+
+def _global_options(parser: argparse.ArgumentParser, environ: Mapping[str, str], hidden: bool) -> None:
+    group = parser.add_argument_group("settings (flag, else environment variable, else default)")
+    for option in OPTIONS:
+        if hidden:
+            # Repeated on every command so they may follow it; SUPPRESS keeps the main parser's value.
+            group.add_argument(option.flag, dest=option.name, type=option.type, default=argparse.SUPPRESS,
+                               help=argparse.SUPPRESS)
+            continue
+        shown = environ.get(option.env) or option.default(environ)
+        group.add_argument(option.flag, dest=option.name, type=option.type, default=None, metavar=option.env.split("_", 1)[1],
+                           help=f"{option.help} [env {option.env}; now: {shown}]")
+
+
+def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentParser:
+    """The argument parser (defaults shown in --help are resolved from ``environ``)."""
+    env = os.environ if environ is None else environ
+    parser = argparse.ArgumentParser(
+        prog="servingctl", description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _global_options(parser, env, hidden=False)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def command(name: str, summary: str, details: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=summary, description=f"{summary}\n\n{details}",
+                           formatter_class=argparse.RawDescriptionHelpFormatter,
+                           epilog="Global settings (servingctl --help) may follow the command too.")
+        _global_options(p, env, hidden=True)
+        return p
+
+    p = command("models", "list every model and version: default, workers ready/total, batch settings",
+                "One row per registered version (GET /models, GET /models/{m}/all). The default version, the one "
+                "/predictions/{model} serves, is marked *.")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    p = command("describe", "one model in detail: versions, default, workers (id, status, memory, pid), batching",
+                "Shows batchSize, maxBatchDelay, minWorkers/maxWorkers and responseTimeout per version, and each "
+                "worker's id, status, memory and pid (GET /models/{m}/all; the default from GET /models/{m}).")
+    p.add_argument("model", metavar="MODEL")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    p = command("deploy", "register an archive of the model store as a new version, gated on its golden inputs",
+                "ARCHIVE is a file name in the model store (e.g. resnet18_v2.0.mar), never a path. The version is\n"
+                "registered (POST /models?url=ARCHIVE&initial_workers=N&synchronous=true), then each golden photo of\n"
+                "the model's archive spec is sent through TorchServe (POST /predictions/{m}/{v}). If any answer is\n"
+                "wrong the version is unregistered again, the default is unchanged, and the exit status is 8.\n"
+                "With --set-default a version that passed becomes the default (PUT /models/{m}/{v}/set-default).\n"
+                "--batch-size / --max-batch-delay / --response-timeout override the archive's model-config.yaml\n"
+                "for this version. Note: in TorchServe 0.12 the archive's minWorkers/maxWorkers override --workers;\n"
+                "use `servingctl scale` afterwards.")
+    p.add_argument("archive", metavar="ARCHIVE", help="file name in the model store, e.g. resnet18_v2.0.mar")
+    p.add_argument("--set-default", action="store_true", help="make the version the default once its golden check passed")
+    p.add_argument("--workers", type=int, default=1, help="initial_workers to ask for (default: 1)")
+    p.add_argument("--batch-size", type=int, metavar="N",
+                   help="batchSize for this version (default: the archive's model-config.yaml)")
+    p.add_argument("--max-batch-delay", type=int, metavar="MS",
+                   help="maxBatchDelay in ms for this version (default: model-config.yaml)")
+    p.add_argument("--response-timeout", type=int, metavar="S",
+                   help="responseTimeout in s for this version (default: model-config.yaml)")
+
+    p = command("set-default", "make a registered version the default (what /predictions/{model} serves)",
+                "Refused when the version has no READY worker. Recorded in the history (rollback undoes it).")
+    p.add_argument("model", metavar="MODEL")
+    p.add_argument("version", metavar="VERSION")
+
+    p = command("rollback", "make the previous default version the default again (from the history)",
+                "Undoes the newest recorded default change not undone yet: rollbacks stack (after 1.0→2.0→3.0, two\n"
+                "rollbacks lead back to 1.0). Refused when the history has no earlier default, when the current\n"
+                "default was set outside servingctl, or when the previous default has been retired.")
+    p.add_argument("model", metavar="MODEL")
+
+    p = command("retire", "unregister a version (DELETE /models/{m}/{v}); refused for the default version", "")
+    p.add_argument("model", metavar="MODEL")
+    p.add_argument("version", metavar="VERSION")
+
+    p = command("scale", "set a version's min/max workers and wait until TorchServe has scaled it",
+                "PUT /models/{m}[/{v}]?min_worker=N&max_worker=M&synchronous=true, then the resulting workers are\n"
+                "shown. Applies to the default version unless --version is given. Keep workers x handler.threads\n"
+                "within the machine's cores.")
+    p.add_argument("model", metavar="MODEL")
+    p.add_argument("--min", dest="min_workers", type=int, required=True, metavar="N", help="minimum workers")
+    p.add_argument("--max", dest="max_workers", type=int, required=True, metavar="M", help="maximum workers")
+    p.add_argument("--version", help="the version to scale (default: the default version)")
+
+    p = command("history", "every recorded change of a model: who, what, when, from → to (newest first)",
+                "Read from PostgreSQL's model_changes table (created by bridge/migrations/0002_model_changes.sql).")
+    p.add_argument("model", metavar="MODEL")
+    p.add_argument("--limit", type=int, help="only the newest N changes")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    return parser
+
+
+def run(args: argparse.Namespace, ctx: Context) -> int:
+    """Dispatch one parsed command."""
+    match args.command:
+        case "models":
+            return commands.models(ctx, args.json)
+        case "describe":
+            return commands.describe(ctx, args.model, args.json)
+        case "deploy":
+            overrides = {"batch_size": args.batch_size, "max_batch_delay": args.max_batch_delay,
+                         "response_timeout": args.response_timeout}
+            return commands.deploy(ctx, args.archive, args.set_default, args.workers, overrides)
+        case "set-default":
+            return commands.set_default(ctx, args.model, args.version)
+        case "rollback":
+            return commands.rollback(ctx, args.model)
+        case "retire":
+            return commands.retire(ctx, args.model, args.version)
+        case "scale":
+            return commands.scale(ctx, args.model, args.min_workers, args.max_workers, args.version)
+        case "history":
+            return commands.history(ctx, args.model, args.limit, args.json)
+    raise UsageError(f"unknown command {args.command!r}")
+
+
+def main(
+    argv: Sequence[str] | None = None,
+    deps: Dependencies | None = None,
+    stdout: TextIO | None = None,
+    stderr: TextIO | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> int:
+    """Parse ``argv``, run the command, print a clear message and return the exit status on failure."""
+    deps = deps or Dependencies()
+    out, err = stdout or sys.stdout, stderr or sys.stderr
+    env = os.environ if environ is None else environ
+    parser = build_parser(env)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    except SystemExit as exc:  # argparse: --help (0) or a usage error (2), already printed
+        return int(exc.code or 0)
+    try:
+        settings = Settings.from_values(vars(args), env)
+    except ValueError as exc:
+        print(f"servingctl: error: bad setting in the environment: {exc}", file=err)
+        return UsageError.exit_code
+    open_history = deps.history or (lambda s: PostgresHistory(s.pg_dsn))
+    sink = (deps.sink or (lambda s: InfluxChanges(s.influx_host, s.influx_port, s.influx_database, s.influx_timeout)))
+    ctx = Context(
+        settings=settings, torchserve=TorchServe(settings, deps.session), open_history=lambda: open_history(settings),
+        sink=sink(settings), golden=deps.golden, photo=deps.photo, out=out, err=err,
+    )
+    try:
+        return run(args, ctx)
+    except OpsError as exc:
+        print(f"servingctl: error: {exc.message}", file=err, flush=True)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("servingctl: interrupted", file=err)
+        return 130
+    finally:
+        ctx.close()

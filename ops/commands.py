@@ -1,0 +1,328 @@
+"""What each servingctl command does, given a :class:`Context` (TorchServe client, history, output)."""
+
+from __future__ import annotations
+
+import json
+import time
+import zipfile
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+from ops.errors import GoldenCheckFailed, NotFound, OpsError, Refused, UsageError
+from ops.golden import GoldenLookup, PhotoLoader, check_through_torchserve
+from ops.history import Change, ChangeSink, History, rollback_target
+from ops.settings import Settings
+from ops.torchserve import ModelInfo, TorchServe, VersionInfo
+
+
+@dataclass
+class Context:
+    """Everything a command needs; the history is opened (and migrated) on first use."""
+
+    settings: Settings
+    torchserve: TorchServe
+    open_history: Callable[[], History]
+    sink: ChangeSink
+    golden: GoldenLookup
+    photo: PhotoLoader
+    out: TextIO
+    err: TextIO
+    _history: History | None = field(default=None, repr=False)
+
+    def history(self) -> History:
+        """The change history (PostgreSQL), reached before anything is changed."""
+        if self._history is None:
+            self._history = self.open_history()
+        return self._history
+
+    def close(self) -> None:
+        """Release the history's and TorchServe's connections."""
+        self.torchserve.close()
+        if self._history is not None:
+            self._history.close()
+
+    def record(self, change: Change) -> Change:
+        """Record a change in the history, then (best effort) in InfluxDB."""
+        stored = self.history().record(change)
+        warning = self.sink.write(stored)
+        if warning:
+            self.warn(warning)
+        return stored
+
+    def change(self, model: str, version: str | None, action: str, before: str | None, after: str | None,
+               **kwargs: Any) -> Change:
+        """A change by this invocation's actor."""
+        return Change(model=model, version=version, action=action, from_value=before, to_value=after,
+                      actor=self.settings.actor, **kwargs)
+
+    def say(self, text: str = "") -> None:
+        """A line on standard output."""
+        print(text, file=self.out, flush=True)
+
+    def warn(self, text: str) -> None:
+        """A warning on standard error (the command still succeeds)."""
+        print(f"servingctl: warning: {text}", file=self.err, flush=True)
+
+
+# --- reading ---------------------------------------------------------------------------------------------
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:.0f} MiB"
+
+
+def _info_json(info: ModelInfo) -> dict[str, Any]:
+    return {"model": info.name, "default": info.default, "versions": [asdict(v) for v in info.versions]}
+
+
+def models(ctx: Context, as_json: bool = False) -> int:
+    """One row per registered version of every model: default, workers, batch settings."""
+    infos = [ctx.torchserve.describe(name) for name in ctx.torchserve.list_models()]
+    if as_json:
+        ctx.say(json.dumps([_info_json(i) for i in infos], indent=2))
+        return 0
+    rows: list[tuple[str, ...]] = [("MODEL", "VERSION", "DEFAULT", "WORKERS ready/total", "MIN-MAX", "BATCH", "DELAY ms", "TIMEOUT s")]
+    for info in infos:
+        for v in info.versions:
+            rows.append((info.name, v.version, "*" if v.version == info.default else "", f"{v.ready}/{len(v.workers)}",
+                         f"{v.min_workers}-{v.max_workers}", str(v.batch_size), str(v.max_batch_delay_ms),
+                         str(v.response_timeout_s)))
+    _table(ctx, rows)
+    if not infos:
+        ctx.say("(no models registered)")
+    return 0
+
+
+def describe(ctx: Context, model: str, as_json: bool = False) -> int:
+    """Every version of one model with its workers (id, status, memory, pid) and batch settings."""
+    info = ctx.torchserve.describe(model)
+    if as_json:
+        ctx.say(json.dumps(_info_json(info), indent=2))
+        return 0
+    ctx.say(f"{info.name}: default version {info.default}; versions {', '.join(v.version for v in info.versions)}")
+    for v in info.versions:
+        ctx.say(f"\n  version {v.version}{' (default)' if v.version == info.default else ''}  [{v.url}]")
+        ctx.say(f"    batchSize {v.batch_size}   maxBatchDelay {v.max_batch_delay_ms} ms   "
+                f"workers min {v.min_workers} / max {v.max_workers}   responseTimeout {v.response_timeout_s} s")
+        if not v.workers:
+            ctx.say("    no workers")
+        for w in v.workers:
+            ctx.say(f"    worker {w.id:<6} {w.status:<10} {_mib(w.memory_bytes):>9}   pid {w.pid if w.pid else '-'}")
+    return 0
+
+
+def history(ctx: Context, model: str, limit: int | None = None, as_json: bool = False) -> int:
+    """The recorded changes of one model, newest first."""
+    changes = ctx.history().changes(model, limit)
+    if as_json:
+        ctx.say(json.dumps([{**asdict(c), "changed_at": c.changed_at.isoformat() if c.changed_at else None}
+                            for c in changes], indent=2))
+        return 0
+    if not changes:
+        ctx.say(f"no changes of {model} recorded")
+        return 0
+    rows: list[tuple[str, ...]] = [("ID", "WHEN", "WHO", "ACTION", "VERSION", "FROM → TO")]
+    for c in changes:
+        when = c.changed_at.strftime("%Y-%m-%d %H:%M:%S %z") if c.changed_at else "?"
+        what = f"{c.from_value or '-'} → {c.to_value or '-'}"
+        if c.reverts:
+            what += f"  (undoes #{c.reverts})"
+        rows.append((str(c.id), when, c.actor, c.action, c.version or "-", what))
+    _table(ctx, rows)
+    return 0
+
+
+def _table(ctx: Context, rows: list[tuple[str, ...]]) -> None:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        ctx.say("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+
+
+# --- changing ------------------------------------------------------------------------------------------
+
+
+def archive_in_store(store: Path, archive: str) -> Path:
+    """The archive file ``archive`` (a bare file name) inside the model store."""
+    if not archive or "/" in archive or "\\" in archive or ".." in archive or archive.startswith("."):
+        raise UsageError(
+            f"ARCHIVE must be a file name in the model store ({store}), e.g. resnet18_v2.0.mar; got {archive!r} "
+            "(paths, '/' and '..' are refused: TorchServe only registers archives from its model store)"
+        )
+    if not archive.endswith(".mar"):
+        raise UsageError(f"ARCHIVE must be a .mar file in the model store, got {archive!r}")
+    path = store / archive
+    if not path.is_file():
+        present = ", ".join(sorted(p.name for p in store.glob("*.mar"))) or "none"
+        raise UsageError(f"no archive {archive} in the model store {store}; archives there: {present} "
+                         "(build one with `python -m archive_scripts MODEL --version V`)")
+    return path
+
+
+def archive_identity(path: Path) -> tuple[str, str]:
+    """Model name and version, from the archive's own MAR-INF/MANIFEST.json."""
+    try:
+        with zipfile.ZipFile(path) as mar:
+            manifest = json.loads(mar.read("MAR-INF/MANIFEST.json"))
+        return str(manifest["model"]["modelName"]), str(manifest["model"]["modelVersion"])
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile) as exc:
+        raise UsageError(f"{path.name} is not a readable model archive (MAR-INF/MANIFEST.json): {exc}") from exc
+
+
+def _describe_or_none(ctx: Context, model: str) -> ModelInfo | None:
+    try:
+        return ctx.torchserve.describe(model)
+    except NotFound:
+        return None
+
+
+def _version_or_404(info: ModelInfo, version: str) -> VersionInfo:
+    found = info.version(version)
+    if found is None:
+        known = ", ".join(v.version for v in info.versions)
+        raise NotFound(f"model {info.name!r} has no version {version!r}; registered versions: {known}")
+    return found
+
+
+def _require_ready(info: ModelInfo, version: VersionInfo) -> None:
+    if version.ready == 0:
+        raise Refused(
+            f"{info.name} {version.version} has no READY worker ({version.workers_text()}); it cannot serve as the "
+            f"default: `servingctl scale {info.name} --version {version.version} --min 1 --max 1` first"
+        )
+
+
+def deploy(ctx: Context, archive: str, set_default: bool = False, workers: int = 1,
+           overrides: dict[str, int] | None = None) -> int:
+    """Register an archive of the model store, check its golden inputs through TorchServe, maybe make it default.
+
+    A version that fails its golden check is unregistered again and the default is left as it was.
+    """
+    started = time.monotonic()
+    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    if any(v < 0 for v in overrides.values()) or workers < 0:
+        raise UsageError(f"--workers and the batch settings must not be negative: {overrides}")
+    path = archive_in_store(ctx.settings.model_store, archive)
+    model, version = archive_identity(path)
+    cases = ctx.golden(model, version)  # before anything changes: no spec, no deploy
+    ctx.history()
+    before = _describe_or_none(ctx, model)
+    if before is not None and before.version(version) is not None:
+        raise Refused(f"{model} {version} is already registered (default {before.default}); use `servingctl "
+                      f"set-default {model} {version}`, or retire it first to deploy it again")
+    shown = "".join(f", {k}={v}" for k, v in overrides.items())
+    ctx.say(f"registering {archive} ({model} {version}{shown}) ...")
+    status = ctx.torchserve.register(archive, workers, overrides)
+    try:
+        registered = _version_or_404(ctx.torchserve.describe(model), version)
+        ctx.say(f"  {status} ({registered.workers_text()}, {time.monotonic() - started:.1f} s)")
+        ctx.say(f"checking {len(cases)} golden input(s) through TorchServe (/predictions/{model}/{version}) ...")
+        failures = check_through_torchserve(ctx.torchserve, model, version, cases, ctx.photo)
+    except BaseException:
+        _unregister_quietly(ctx, model, version)
+        raise
+    if failures:
+        _unregister_quietly(ctx, model, version)
+        ctx.record(ctx.change(model, version, "deploy-rejected", None, None,
+                              detail={"archive": archive, "failures": failures}))
+        kept = (f"the default stays {before.default}" if before is not None
+                else f"{model} is not served (it had no other version)")
+        raise GoldenCheckFailed(
+            f"{model} {version} failed its golden check through TorchServe; it was unregistered and {kept}:\n"
+            + "\n".join(f"  - {f}" for f in failures)
+        )
+    ctx.record(ctx.change(model, version, "deploy", None, version,
+                          detail={"archive": archive, "golden_cases": len(cases), "workers": registered.workers_text(),
+                                  "batch_size": registered.batch_size,
+                                  "max_batch_delay_ms": registered.max_batch_delay_ms, "overrides": overrides}))
+    ctx.say(f"  all {len(cases)} golden input(s) answered correctly")
+    if before is None:
+        ctx.say(f"{model} {version} is the default (the model's first version)")
+    elif set_default:
+        ctx.torchserve.set_default(model, version)
+        ctx.record(ctx.change(model, version, "set-default", before.default, version, detail={"via": "deploy"}))
+        ctx.say(f"{model} default: {before.default} → {version}")
+    else:
+        ctx.say(f"{model} default stays {before.default}; make {version} the default with "
+                f"`servingctl set-default {model} {version}`")
+    ctx.say(f"deployed {model} {version} in {time.monotonic() - started:.1f} s")
+    return 0
+
+
+def _unregister_quietly(ctx: Context, model: str, version: str) -> None:
+    try:
+        ctx.torchserve.unregister(model, version)
+        ctx.say(f"  unregistered {model} {version}")
+    except OpsError as exc:
+        ctx.warn(f"could not unregister {model} {version}: {exc.message}; retire it with "
+                 f"`servingctl retire {model} {version}`")
+
+
+def set_default(ctx: Context, model: str, version: str) -> int:
+    """Make a registered version the one ``/predictions/{model}`` serves."""
+    started = time.monotonic()
+    ctx.history()
+    info = ctx.torchserve.describe(model)
+    target = _version_or_404(info, version)
+    if info.default == version:
+        ctx.say(f"{model} {version} is already the default; nothing changed")
+        return 0
+    _require_ready(info, target)
+    ctx.torchserve.set_default(model, version)
+    ctx.record(ctx.change(model, version, "set-default", info.default, version))
+    ctx.say(f"{model} default: {info.default} → {version} ({time.monotonic() - started:.1f} s)")
+    return 0
+
+
+def rollback(ctx: Context, model: str) -> int:
+    """Go back to the default before the current one, as recorded in the history."""
+    started = time.monotonic()
+    info = ctx.torchserve.describe(model)
+    undo = rollback_target(model, ctx.history().changes(model), info.default)
+    previous = str(undo.from_value)
+    target = info.version(previous)
+    if target is None:
+        raise Refused(f"the previous default of {model}, {previous} (before change #{undo.id}), is no longer "
+                      f"registered; deploy it again or choose with `servingctl set-default`")
+    _require_ready(info, target)
+    ctx.torchserve.set_default(model, previous)
+    ctx.record(ctx.change(model, previous, "rollback", info.default, previous, reverts=undo.id))
+    ctx.say(f"{model} default: {info.default} → {previous} (undoes change #{undo.id} by {undo.actor}; "
+            f"{time.monotonic() - started:.1f} s)")
+    return 0
+
+
+def retire(ctx: Context, model: str, version: str) -> int:
+    """Unregister a version that is not the default."""
+    started = time.monotonic()
+    ctx.history()
+    info = ctx.torchserve.describe(model)
+    target = _version_or_404(info, version)
+    if version == info.default:
+        raise Refused(f"{model} {version} is the default version: make another version the default first "
+                      f"(`servingctl set-default` or `servingctl rollback`), then retire it")
+    ctx.torchserve.unregister(model, version)
+    ctx.record(ctx.change(model, version, "retire", version, None, detail={"workers": target.workers_text()}))
+    ctx.say(f"retired {model} {version} ({time.monotonic() - started:.1f} s); default stays {info.default}")
+    return 0
+
+
+def scale(ctx: Context, model: str, min_workers: int, max_workers: int, version: str | None = None) -> int:
+    """Set a version's worker range (the default version unless --version), wait, report its workers."""
+    if min_workers < 0 or max_workers < 1 or min_workers > max_workers:
+        raise UsageError(f"need 0 <= --min <= --max and --max >= 1; got --min {min_workers} --max {max_workers}")
+    started = time.monotonic()
+    ctx.history()
+    info = ctx.torchserve.describe(model)
+    target = _version_or_404(info, version or info.default)
+    if target.version == info.default and min_workers < 1:
+        raise Refused(f"--min 0 would leave {model}'s default version {target.version} without workers")
+    ctx.torchserve.scale(model, version, min_workers, max_workers)
+    after = _version_or_404(ctx.torchserve.describe(model), target.version)
+    ctx.record(ctx.change(model, target.version, "scale", target.workers_text(), after.workers_text()))
+    ctx.say(f"{model} {target.version}: {target.workers_text()} → {after.workers_text()} "
+            f"({time.monotonic() - started:.1f} s)")
+    for w in after.workers:
+        ctx.say(f"  worker {w.id:<6} {w.status:<10} {_mib(w.memory_bytes):>9}   pid {w.pid if w.pid else '-'}")
+    return 0
