@@ -87,10 +87,14 @@ WORKDIR /app
 COPY bridge/ bridge/
 COPY stack/ stack/
 COPY handlers/ handlers/
+# servingctl (ops/) and the specs it reads golden cases from; `deploy`'s golden photos need the build
+# requirements (scikit-image), so run deploys from a build image or CI, the other commands from here.
+COPY ops/ ops/
+COPY archive_scripts/ archive_scripts/
 COPY config.properties ./
 COPY --from=build /build/model_store/ model_store/
 COPY --chmod=0755 docker/entrypoint.sh /usr/local/bin/entrypoint.sh
-RUN python -m compileall -q bridge stack handlers
+RUN python -m compileall -q bridge stack handlers ops archive_scripts
 
 # `serving`, numerically, so runtimes enforcing runAsNonRoot can verify it.
 USER 1000:1000
