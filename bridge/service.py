@@ -69,7 +69,10 @@ class PredictionService:
         )
         return Prediction(record, UpstreamResponse(200, payload, JSON, None), None, cached=True)
 
-    async def run(self, model: str, version: str | None, body: bytes, content_type: str, source: str) -> Prediction:
+    async def run(
+        self, model: str, version: str | None, body: bytes, content_type: str, source: str,
+        params: dict[str, str] | None = None,
+    ) -> Prediction:
         """Run ``body`` through ``model`` (default version unless ``version``); never raises for upstream errors."""
         created_at = datetime.now(timezone.utc)
         started = time.perf_counter()
@@ -82,7 +85,7 @@ class PredictionService:
             "input_bytes": len(body),
         }
         try:
-            upstream = await self._client.predict(model, version, body, content_type)
+            upstream = await self._client.predict(model, version, body, content_type, params)
         except BridgeError as exc:
             latency_ms = (time.perf_counter() - started) * 1000.0
             record = InferenceRecord(
@@ -118,12 +121,13 @@ class PredictionService:
         content_type: str,
         request_id: str,
         source: str = "sync",
+        params: dict[str, str] | None = None,
         use_cache: bool = True,
     ) -> Prediction:
         """Answer from the cache, or run; record durably; then answer (or raise the bridge's own error)."""
         prediction = await self.cached(model, version, body) if use_cache else None
         if prediction is None:
-            prediction = await self.run(model, version, body, content_type, source)
+            prediction = await self.run(model, version, body, content_type, source, params)
         await self.record(prediction, request_id)
         if prediction.error is not None:
             raise prediction.error

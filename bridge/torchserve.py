@@ -155,9 +155,18 @@ class TorchServeClient:
         """Release connections."""
         await self._http.aclose()
 
-    async def predict(self, model: str, version: str | None, body: bytes, content_type: str) -> UpstreamResponse:
-        """POST one input to ``/predictions/{model}[/{version}]``."""
+    async def predict(
+        self, model: str, version: str | None, body: bytes, content_type: str, params: dict[str, str] | None = None
+    ) -> UpstreamResponse:
+        """POST one input to ``/predictions/{model}[/{version}]``.
+
+        TorchServe drops the query string of /predictions, so parameters travel as multipart form fields
+        beside the photo (field ``data``), which reach the handler as request items.
+        """
         path = f"/predictions/{model}" + (f"/{version}" if version else "")
+        if params:
+            request = httpx.Request("POST", "http://x", files={"data": ("photo", body, content_type)}, data=params)
+            body, content_type = request.read(), request.headers["content-type"]
         return await self._send("POST", path, body, content_type)
 
     async def default_version(self, model: str) -> str | None:

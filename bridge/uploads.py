@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
+
 from fastapi import Request
 from starlette.datastructures import UploadFile
 
 from bridge.errors import BadRequest, EmptyBody, PayloadTooLarge
 
 RAW_DEFAULT_TYPE = "application/octet-stream"
+PARAM_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,31}$")
+MAX_PARAMS = 8
+MAX_PARAM_LENGTH = 200
 
 
 async def read_limited(request: Request, max_bytes: int) -> bytes:
@@ -28,24 +34,47 @@ async def read_limited(request: Request, max_bytes: int) -> bytes:
     return b"".join(chunks)
 
 
-async def read_photo(request: Request, max_bytes: int) -> tuple[bytes, str]:
-    """(photo bytes, content type to forward); a multipart form must carry exactly one file."""
+@dataclass(frozen=True)
+class Upload:
+    """One photo and the model parameters that came with it (query string or form fields)."""
+
+    photo: bytes
+    content_type: str
+    params: dict[str, str]
+
+
+def model_params(pairs: list[tuple[str, str]]) -> dict[str, str]:
+    """Validated model parameters (e.g. ``k=3``, ``embedding=true``) passed through to the handler."""
+    params: dict[str, str] = {}
+    for name, value in pairs:
+        if not PARAM_NAME.match(name) or len(value) > MAX_PARAM_LENGTH:
+            raise BadRequest(f"invalid parameter {name[:40]!r}: names are identifiers, values ≤ {MAX_PARAM_LENGTH} chars")
+        params[name] = value
+    if len(params) > MAX_PARAMS:
+        raise BadRequest(f"at most {MAX_PARAMS} parameters per request")
+    return params
+
+
+async def read_photo(request: Request, max_bytes: int) -> Upload:
+    """The photo (raw body, or the one file of a multipart form), its content type, and its parameters."""
     body = await read_limited(request, max_bytes)
     content_type = request.headers.get("content-type", "").strip()
+    pairs = list(request.query_params.multi_items())
     if content_type.lower().startswith("application/x-www-form-urlencoded"):
         # curl --data-binary @photo.jpg sends this type by default: the body is the photo itself.
         content_type = RAW_DEFAULT_TYPE
     if content_type.lower().startswith("multipart/form-data"):
         request._body = body  # let Starlette parse the form from the bytes already read
         try:
-            form = await request.form(max_files=2, max_fields=20)
+            form = await request.form(max_files=2, max_fields=MAX_PARAMS + 1)
         except Exception as exc:  # noqa: BLE001 - malformed multipart of any kind is the client's error
             raise BadRequest(f"malformed multipart form: {exc}") from exc
         files = [v for _, v in form.multi_items() if isinstance(v, UploadFile)]
         if len(files) != 1:
             raise BadRequest(f"a multipart form must carry exactly one file; it carried {len(files)}")
+        pairs += [(k, v) for k, v in form.multi_items() if isinstance(v, str)]
         body = await files[0].read()
         content_type = files[0].content_type or RAW_DEFAULT_TYPE
     if not body:
         raise EmptyBody("empty body: send the photo bytes (e.g. curl -T photo.jpg URL)")
-    return body, content_type or RAW_DEFAULT_TYPE
+    return Upload(body, content_type or RAW_DEFAULT_TYPE, model_params(pairs))

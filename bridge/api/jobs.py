@@ -92,10 +92,10 @@ async def submit_job(
     """Store the photo and the job (committed before the 202), wake a worker."""
     state = request.app.state
     model_list = parse_models(models, state.settings.job_model_list)
-    photo, content_type = await read_photo(request, state.settings.max_body_bytes)
-    digest = hashlib.sha256(photo).hexdigest()
+    upload = await read_photo(request, state.settings.max_body_bytes)
+    digest = hashlib.sha256(upload.photo).hexdigest()
     job, created = await asyncio.to_thread(
-        state.job_store.submit, photo, content_type, model_list, digest, idempotency_key
+        state.job_store.submit, upload.photo, upload.content_type, model_list, digest, idempotency_key
     )
     if created:
         state.job_runner.notify()

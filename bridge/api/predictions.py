@@ -46,10 +46,11 @@ PHOTO_BODY = {
 
 async def _predict(request: Request, model: str, version: str | None) -> Response:
     settings = request.app.state.settings
-    photo, content_type = await read_photo(request, settings.max_body_bytes)
+    upload = await read_photo(request, settings.max_body_bytes)
     no_cache = "no-cache" in request.headers.get("cache-control", "").lower()
     prediction = await request.app.state.predictions.predict(
-        model, version, photo, content_type, request_id=request_id_of(request), use_cache=not no_cache
+        model, version, upload.photo, upload.content_type, request_id=request_id_of(request),
+        params=upload.params, use_cache=not no_cache and not upload.params,
     )
     upstream = prediction.upstream
     headers = {"X-Request-Id": request_id_of(request)}

@@ -213,3 +213,21 @@ def test_openapi_documents_the_prediction_routes(env: tuple[TestClient, FakeTorc
     spec = client.get("/openapi.json").json()
     assert {"put", "post"} <= set(spec["paths"]["/predictions/{model}"])
     assert "/predictions/{model}/{version}" in spec["paths"]
+
+
+def test_model_parameters_travel_as_form_fields_and_skip_the_cache(
+    env: tuple[TestClient, FakeTorchServe, FlakyStore]
+) -> None:
+    client, fake, _ = env
+    assert client.put("/predictions/similar?k=3&embedding=true", content=PHOTO).status_code == 200
+    sent = fake.requests[-1]
+    assert sent.headers["content-type"].startswith("multipart/form-data")
+    body = sent.content
+    assert b'name="k"\r\n\r\n3' in body and b'name="embedding"\r\n\r\ntrue' in body
+    assert b'name="data"; filename="photo"' in body and PHOTO in body
+
+    form = client.post("/predictions/similar", files={"file": ("a.jpg", PHOTO, "image/jpeg"), "k": (None, "2")})
+    assert form.status_code == 200 and b'name="k"\r\n\r\n2' in fake.requests[-1].content
+
+    bad = client.put("/predictions/similar?bad-name=1", content=PHOTO)
+    assert bad.status_code == 400 and "invalid parameter" in bad.json()["message"]
