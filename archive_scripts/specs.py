@@ -6,8 +6,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
-from archive_scripts import weights
-from archive_scripts.golden import GoldenCase, TopLabelIn
+from archive_scripts import catalogue, price_model, weights
+from archive_scripts.golden import GoldenCase, NearestItemIs, PriceWithin, TopLabelIn
 from archive_scripts.weights import WeightsInfo
 
 # Handler modules every image archive carries (imported by bare name inside the worker).
@@ -72,6 +72,26 @@ def _weights_or(
     return make
 
 
+def _catalogue_index(workdir: Path, inputs: BuildInputs) -> Extras:
+    """The similarity index of the catalogue (ours: a labelled demo; or the user's), embedded by this model."""
+    info = catalogue.archive_index(workdir, inputs.catalogue)  # embeds with workdir/weights.pt
+    return Extras(files=(info.path,), metadata=info.summary())
+
+
+def _price_head(workdir: Path, inputs: BuildInputs) -> Extras:
+    """The price head: the user's (``--weights price=PATH``), validated, or the demo head trained here."""
+    info = price_model.build_price_head(workdir / "price_head.pt", inputs.weights, currency=price_model.CURRENCY)
+    return Extras(
+        files=(info.path,),
+        metadata={
+            "price_head": info.source,
+            "price_head_trained_on": info.trained_on,
+            "price_head_heldout_mae_log": info.heldout_mae_log,
+            "price_head_interval_coverage": info.coverage,
+        },
+    )
+
+
 def _pretrained_backbone(dest: Path, inputs: BuildInputs) -> WeightsInfo:
     """The pretrained EfficientNet-Lite0 backbone, whatever the user gives (their file is for the head)."""
     return weights.efficientnet_lite0_imagenet(dest)
@@ -103,6 +123,54 @@ SPECS: tuple[ArchiveSpec, ...] = (
         handler_config={"threads": 1, "topk": 5, "resize": 256, "crop": 224, **IMAGENET_NORMALISATION},
         golden=(GoldenCase("chelsea"), GoldenCase("rocket")),
         description="torchvision ResNet-18 at 224x224, the throughput model (untrained unless weights are given)",
+    ),
+    ArchiveSpec(
+        name="similar",
+        version="1.0",
+        handler="similar_handler.py",
+        architecture="efficientnet_lite0",
+        make_weights=_weights_or("efficientnet_lite0", weights.efficientnet_lite0_imagenet),
+        model_config={"minWorkers": 1, "maxWorkers": 1, "batchSize": 8, "maxBatchDelay": 10, "responseTimeout": 30},
+        # topk is the default k; a request may ask for up to max_k (parameter k), and for its embedding.
+        handler_config={
+            "threads": 1, "topk": 5, "resize": 256, "crop": 224, **MINUS_ONE_TO_ONE,
+            "index_file": catalogue.INDEX_FILE, "max_k": 50,
+        },
+        golden=(
+            GoldenCase("coffee", NearestItemIs("coffee-01", max_distance=0.01)),
+            GoldenCase("chelsea", NearestItemIs("chelsea-01", max_distance=0.01), params=(("k", "3"),)),
+            GoldenCase("flower", NearestItemIs("flower-01", max_distance=0.01), params=(("embedding", "true"),)),
+        ),
+        modules=(*SHARED_MODULES, "similarity_index.py"),
+        labels=None,
+        description="EfficientNet-Lite0 ImageNet features (1280-d, L2-normalised): the k nearest catalogue items",
+        make_extras=_catalogue_index,
+    ),
+    ArchiveSpec(
+        name="price",
+        version="1.0",
+        handler="price_handler.py",
+        architecture="efficientnet_lite0",
+        make_weights=_pretrained_backbone,
+        model_config={"minWorkers": 1, "maxWorkers": 1, "batchSize": 8, "maxBatchDelay": 10, "responseTimeout": 30},
+        handler_config={
+            "threads": 1, "resize": 256, "crop": 224, **MINUS_ONE_TO_ONE,  # = price_model.TENSOR (a test checks)
+            "price_head_file": "price_head.pt", "currency": price_model.CURRENCY, "interval": price_model.COVERAGE,
+        },
+        # A correct build answers coffee ~11.9, chelsea ~86, flower ~8.2 EUR; ImageNet normalisation, an
+        # untrained backbone or an empty head all fall outside these ranges.
+        golden=(
+            GoldenCase("coffee", PriceWithin(8.0, 18.0)),
+            GoldenCase("chelsea", PriceWithin(45.0, 180.0)),
+            GoldenCase("flower", PriceWithin(5.0, 13.5)),
+        ),
+        modules=(*SHARED_MODULES, "price_head.py"),
+        labels=None,
+        description=(
+            "EfficientNet-Lite0 embedding + price head: price, currency, 80% interval "
+            "(the default head is a DEMO trained on reference prices, not market data)"
+        ),
+        make_extras=_price_head,
     ),
 )
 

@@ -30,8 +30,10 @@ def up() -> int:
         print(f"{service.name}: {state} ({time.monotonic() - step:.1f} s)", flush=True)
     print(
         f"\nStack is up ({time.monotonic() - started_at:.1f} s). Send a photo:\n"
-        "  curl -T photo.jpg http://127.0.0.1:8000/predictions/classifier\n"
-        "  curl -T photo.jpg http://127.0.0.1:8000/predictions/resnet18\n"
+        "  curl -T photo.jpg http://127.0.0.1:8000/predictions/classifier       # category (top-5 labels)\n"
+        "  curl -T photo.jpg http://127.0.0.1:8000/predictions/price            # price + 80% interval\n"
+        "  curl -T photo.jpg 'http://127.0.0.1:8000/predictions/similar?k=3'    # nearest catalogue items\n"
+        "  curl --data-binary @photo.jpg http://127.0.0.1:8000/v1/jobs          # all three, async (202 + job id)\n"
         "Health: curl http://127.0.0.1:8000/ping   API docs: http://127.0.0.1:8000/docs\n"
         f"Logs: {STATE_DIR / 'logs'}   Stop: make down"
     )

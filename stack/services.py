@@ -16,6 +16,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -126,17 +127,21 @@ def apt_install(package: str) -> None:
 
 @dataclass
 class Service:
-    """Common shape: ``up()`` returns True when it started the service, False when it was running."""
+    """Common shape: ``up()`` returns True when it started the service, False when it was running.
+
+    ``state_dir`` holds its pid file and log (the stack's ``.state/``; a benchmark passes its own).
+    """
 
     name: str
+    state_dir: Path = STATE_DIR
 
     @property
     def pid_file(self) -> Path:
-        return STATE_DIR / f"{self.name}.pid"
+        return self.state_dir / f"{self.name}.pid"
 
     @property
     def log_file(self) -> Path:
-        return STATE_DIR / "logs" / f"{self.name}.log"
+        return self.state_dir / "logs" / f"{self.name}.log"
 
     def is_up(self) -> bool:
         raise NotImplementedError
@@ -249,13 +254,37 @@ class PostgreSQL(Service):
         return False  # the machine's PostgreSQL is shared; never stopped by the stack
 
 
+@dataclass(frozen=True)
+class TorchServePorts:
+    """TorchServe's listeners, all on 127.0.0.1 (the defaults are config.properties' own)."""
+
+    inference: int = 8080
+    management: int = 8081
+    metrics: int = 8082
+    grpc_inference: int = 7070
+    grpc_management: int = 7071
+
+
 class TorchServe(Service):
-    """TorchServe with config.properties, the model store and its key file under .state/torchserve."""
+    """TorchServe with config.properties, the model store and its key file under .state/torchserve.
 
-    home = STATE_DIR / "torchserve"
+    The defaults are the stack's instance; a benchmark starts another one beside it with its own
+    ``state_dir``, ``model_store``, ``ports`` and ``models`` (which replace config.properties' load_models).
+    """
 
-    def __init__(self) -> None:
-        super().__init__("torchserve")
+    def __init__(
+        self,
+        name: str = "torchserve",
+        state_dir: Path = STATE_DIR,
+        model_store: Path = REPO_ROOT / "model_store",
+        ports: TorchServePorts = TorchServePorts(),
+        models: list[str] | None = None,
+    ) -> None:
+        super().__init__(name, state_dir)
+        self.home = state_dir / name
+        self.model_store = model_store
+        self.ports = ports
+        self.models = models
 
     @property
     def key_file(self) -> Path:
@@ -271,21 +300,32 @@ class TorchServe(Service):
         key = self.inference_key()
         if key is None:
             return False
-        return http_status("http://127.0.0.1:8080/ping", {"Authorization": f"Bearer {key}"}) == 200
+        return http_status(f"{self.inference_url}/ping", {"Authorization": f"Bearer {key}"}) == 200
+
+    @property
+    def inference_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports.inference}"
+
+    @property
+    def management_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports.management}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports.metrics}/metrics"
 
     def models_ready(self) -> bool:
         """Every model in load_models has a READY worker (TorchServe's ping says Healthy before that)."""
         key = self.inference_key()
         if key is None:
             return False
-        manifest = json.loads((REPO_ROOT / "model_store" / "manifest.json").read_text())
         for archive in self.load_models():
-            name = manifest[archive]["model"]
+            name = self.model_name(archive)
             # A prediction-free readiness probe: the model's describe via the inference API is not
             # available, so ask the management API with the management key.
             try:
                 mgmt = json.loads(self.key_file.read_text())["management"]["key"]
-                req = urllib.request.Request(f"http://127.0.0.1:8081/models/{name}", headers={"Authorization": f"Bearer {mgmt}"})
+                req = urllib.request.Request(f"{self.management_url}/models/{name}", headers={"Authorization": f"Bearer {mgmt}"})
                 with urllib.request.urlopen(req, timeout=2) as r:
                     described = json.loads(r.read())
             except (OSError, ValueError, KeyError):
@@ -295,22 +335,48 @@ class TorchServe(Service):
                 return False
         return True
 
-    @staticmethod
-    def load_models() -> list[str]:
+    def load_models(self) -> list[str]:
+        """The archives loaded at start: ``models`` when given, config.properties' load_models otherwise."""
+        if self.models is not None:
+            return list(self.models)
         for line in (REPO_ROOT / "config.properties").read_text().splitlines():
             if line.strip().startswith("load_models="):
                 return [m.strip() for m in line.split("=", 1)[1].split(",") if m.strip()]
         return []
 
+    def model_name(self, archive: str) -> str:
+        """The model name an archive registers (the store's manifest, else the archive's own MANIFEST)."""
+        manifest = self.model_store / "manifest.json"
+        if manifest.exists():
+            entry = json.loads(manifest.read_text()).get(archive)
+            if entry:
+                return entry["model"]
+        with zipfile.ZipFile(self.model_store / archive) as mar:
+            return json.loads(mar.read("MAR-INF/MANIFEST.json"))["model"]["modelName"]
+
     def effective_config(self) -> Path:
-        """config.properties plus this checkout's paths (model store, allowed URLs)."""
-        store = REPO_ROOT / "model_store"
+        """config.properties plus this checkout's paths (model store, allowed URLs) and any overrides."""
+        store = self.model_store
         config = self.home / "config.properties"
+        overrides = ""
+        if self.ports != TorchServePorts() or self.models is not None:
+            # Java's Properties keep the last value of a repeated key: these lines win.
+            p = self.ports
+            overrides = (
+                "# --- instance overrides (ports, models)\n"
+                f"inference_address=http://127.0.0.1:{p.inference}\n"
+                f"management_address=http://127.0.0.1:{p.management}\n"
+                f"metrics_address=http://127.0.0.1:{p.metrics}\n"
+                f"grpc_inference_port={p.grpc_inference}\n"
+                f"grpc_management_port={p.grpc_management}\n"
+                f"load_models={','.join(self.load_models())}\n"
+            )
         config.write_text(
             (REPO_ROOT / "config.properties").read_text()
             + "\n# --- added by the stack for this checkout\n"
             + f"model_store={store}\n"
             + f"allowed_urls=file://{store}/[A-Za-z0-9_.-]+\\\\.mar\n"
+            + overrides
         )
         return config
 
@@ -318,16 +384,17 @@ class TorchServe(Service):
         tmp = self.home / "tmp"
         tmp.mkdir(parents=True, exist_ok=True)
         # TEMP → the JVM's java.io.tmpdir (unpacked models); TMPDIR → TorchServe's pid file and sockets.
-        return {"TEMP": str(tmp), "TMPDIR": str(tmp), "LOG_LOCATION": str(STATE_DIR / "logs" / "torchserve"),
-                "METRICS_LOCATION": str(STATE_DIR / "logs" / "torchserve"), "OMP_NUM_THREADS": "1"}
+        logs = str(self.state_dir / "logs" / self.name)
+        return {"TEMP": str(tmp), "TMPDIR": str(tmp), "LOG_LOCATION": logs, "METRICS_LOCATION": logs,
+                "OMP_NUM_THREADS": "1"}
 
     def up(self) -> bool:
         if self.is_up() and self.models_ready():
             return False
         self.home.mkdir(parents=True, exist_ok=True)
-        missing = [m for m in self.load_models() if not (REPO_ROOT / "model_store" / m).exists()]
+        missing = [m for m in self.load_models() if not (self.model_store / m).exists()]
         if missing:
-            raise StackError(f"archives missing from model_store/: {missing}; run `python -m archive_scripts`")
+            raise StackError(f"archives missing from {self.model_store}: {missing}; run `python -m archive_scripts`")
         config = self.effective_config()
         cmd = [str(VENV_BIN / "torchserve"), "--start", "--foreground", "--ncs", "--ts-config", str(config)]
         pid = spawn(cmd, self.log_file, self.home, self._env())
@@ -349,20 +416,45 @@ class TorchServe(Service):
 
 
 class Bridge(Service):
-    """The bridge (``python -m bridge``) on 127.0.0.1:8000."""
+    """The bridge (``python -m bridge``), by default on 127.0.0.1:8000 (health: http://127.0.0.1:8000/ping).
 
-    def __init__(self) -> None:
-        super().__init__("bridge")
+    A benchmark starts another one with its own ``port``, ``state_dir`` (spool, log, pid file), the
+    TorchServe it talks to and extra ``BRIDGE_*`` settings in ``env``.
+    """
+
+    def __init__(
+        self,
+        name: str = "bridge",
+        state_dir: Path = STATE_DIR,
+        port: int = 8000,
+        torchserve: TorchServe | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(name, state_dir)
+        self.port = port
+        self.torchserve = torchserve or TorchServe()
+        self.env = env or {}
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
 
     def is_up(self) -> bool:
-        return http_status("http://127.0.0.1:8000/ping", timeout_s=3) == 200
+        return http_status(f"http://127.0.0.1:{self.port}/ping", timeout_s=3) == 200
 
     def up(self) -> bool:
         if self.is_up():
             return False
-        if http_status("http://127.0.0.1:8000/openapi.json") is not None:
-            raise StackError("something else answers on 127.0.0.1:8000 but is not healthy; stop it and retry")
-        env = {"BRIDGE_TORCHSERVE_KEY_FILE": str(TorchServe().key_file), "BRIDGE_SPOOL_DIR": str(STATE_DIR / "spool")}
+        if http_status(f"{self.url}/openapi.json") is not None:
+            raise StackError(f"something else answers on 127.0.0.1:{self.port} but is not healthy; stop it and retry")
+        env = {"BRIDGE_TORCHSERVE_KEY_FILE": str(self.torchserve.key_file),
+               "BRIDGE_SPOOL_DIR": str(self.state_dir / "spool"), **self.env}
+        if self.port != 8000:
+            env["BRIDGE_PORT"] = str(self.port)
+        if self.torchserve.ports != TorchServePorts():
+            ts = self.torchserve
+            env.update(BRIDGE_TORCHSERVE_URL=ts.inference_url, BRIDGE_TORCHSERVE_MANAGEMENT_URL=ts.management_url,
+                       BRIDGE_TORCHSERVE_METRICS_URL=ts.metrics_url)
         pid = spawn([sys.executable, "-m", "bridge"], self.log_file, REPO_ROOT, env)
         self.pid_file.write_text(str(pid))
         wait_for(self.is_up, 60, "the bridge", self.log_file)

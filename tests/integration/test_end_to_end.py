@@ -184,3 +184,23 @@ def test_same_photo_same_version_is_answered_from_the_record(live_stack: LiveSta
 
     bypass = requests.put(url, data=photo, headers=NO_CACHE, timeout=30)
     assert "x-cache" not in bypass.headers and "cached" not in json_body(bypass)
+
+
+def test_price_and_similar_items_with_parameters(live_stack: LiveStack, photos: dict[str, bytes]) -> None:
+    price = requests.put(f"{live_stack.bridge}/predictions/price", data=photos["chelsea"], headers=NO_CACHE, timeout=30)
+    assert price.status_code == 200
+    body = json_body(price)
+    assert body["currency"] == "EUR" and 45 <= body["price"] <= 180
+    assert body["interval"]["low"] < body["price"] < body["interval"]["high"] and body["interval"]["coverage"] == 0.8
+
+    url = f"{live_stack.bridge}/predictions/similar"
+    three = requests.put(url, params={"k": "3", "embedding": "true"}, data=photos["chelsea"], timeout=30)
+    assert three.status_code == 200, three.text
+    body = json_body(three)
+    assert [item["id"] for item in body["items"]][0] == "chelsea-01" and len(body["items"]) == 3
+    assert len(body["embedding"]) == 1280
+    assert requests.put(url, params={"k": "0"}, data=photos["chelsea"], timeout=30).status_code == 400
+    batched = _send_together(url, [photos["coffee"], photos["flower"], b"broken", photos["rocket"]])
+    assert [r.status_code for r in batched] == [200, 200, 400, 200]
+    assert [json_body(r)["items"][0]["id"].split("-")[0] for r in (batched[0], batched[1], batched[3])] == [
+        "coffee", "flower", "rocket"]

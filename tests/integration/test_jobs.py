@@ -157,3 +157,17 @@ def test_jobs_survive_a_bridge_killed_with_sigkill(live_stack: LiveStack, photos
     while live_stack.rows_count(expected) < len(expected) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert live_stack.rows_count(expected) == len(expected)
+
+
+def test_one_photo_gets_a_category_a_price_and_similar_items(live_stack: LiveStack, photos: dict[str, bytes]) -> None:
+    """The product's promise: the default job runs the three product models on one upload."""
+    response = requests.post(f"{live_stack.bridge}/v1/jobs", data=photos["coffee"], timeout=30)
+    assert response.status_code == 202
+    done = wait_for_job(live_stack.bridge, response.json()["id"])
+    assert done["status"] == "succeeded" and set(done["models"]) == {"classifier", "price", "similar"}
+    results = done["results"]
+    assert results["classifier"]["output"]["predictions"][0]["label"] in {"espresso", "cup", "coffee mug"}
+    price = results["price"]["output"]
+    assert price["currency"] == "EUR" and price["interval"]["low"] <= price["price"] <= price["interval"]["high"]
+    items = results["similar"]["output"]["items"]
+    assert items[0]["id"].startswith("coffee-") and items[0]["distance"] < 0.05

@@ -87,3 +87,20 @@ def test_user_weights_that_do_not_fit_the_architecture_are_refused(tmp_path: Pat
     with pytest.raises(RuntimeError, match="state_dict"):
         build(RESNET, tmp_path / "store", BuildInputs(weights=wrong))
     assert not (tmp_path / "store" / RESNET.archive_name).exists()
+
+
+def test_price_spec_preprocesses_as_its_head_was_trained() -> None:
+    from archive_scripts import price_model
+
+    config = find_spec("price").handler_config
+    tensor = price_model.TENSOR
+    assert (config["resize"], config["crop"]) == (tensor.resize, tensor.crop)
+    assert tuple(config["mean"]) == tensor.mean and tuple(config["std"]) == tensor.std
+
+
+def test_every_spec_has_golden_cases_and_a_unique_archive_name() -> None:
+    from archive_scripts.specs import SPECS
+
+    assert {s.name for s in SPECS} == {"classifier", "resnet18", "similar", "price"}
+    assert all(spec.golden for spec in SPECS)
+    assert len({s.archive_name for s in SPECS}) == len(SPECS)
