@@ -8,7 +8,10 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
+
+import psycopg2
 
 import pytest
 import requests
@@ -83,25 +86,24 @@ def test_idempotency_key(live_stack: LiveStack, photos: dict[str, bytes]) -> Non
 
 
 def test_same_key_while_the_job_is_pending_is_a_409(live_stack: LiveStack, photos: dict[str, bytes]) -> None:
-    database = Database(PG_DSN)
-    store = JobStore(database)
     key = f"pending-{time.time_ns()}"
     photo = photos["flower"]
-    job, _ = store.submit(photo, "image/jpeg", ["classifier"], hashlib.sha256(photo).hexdigest(), key)
-    claimed = None
+    job_id = str(uuid.uuid4())
+    # A job held by a worker (running, leased for a minute), inserted as one statement so no live
+    # worker can take it first.
+    with psycopg2.connect(PG_DSN) as conn, conn.cursor() as cur:
+        cur.execute(
+            "INSERT INTO jobs (id, status, models, input_sha256, input_bytes, content_type, photo, idempotency_key,"
+            " attempts, lease_until) VALUES (%s, 'running', %s, %s, %s, 'image/jpeg', %s, %s, 1,"
+            " now() + interval '60 seconds')",
+            (job_id, ["classifier"], hashlib.sha256(photo).hexdigest(), len(photo), psycopg2.Binary(photo), key),
+        )
+    database = Database(PG_DSN)
     try:
-        # This test holds the job as a worker would, so it stays pending while we resubmit.
-        for _ in range(50):
-            claimed = store.claim(lease_s=60)
-            if claimed is not None and claimed.id == job.id:
-                break
-            if claimed is not None:  # someone else's job: give it back untouched
-                store.release(claimed.id, "released by a test")
-        assert claimed is not None and claimed.id == job.id
         response = submit(live_stack, photo, "classifier", key)
-        assert response.status_code == 409 and job.id in response.json()["message"]
+        assert response.status_code == 409 and job_id in response.json()["message"]
     finally:
-        store.finish(job.id, JobStatus.FAILED, {}, "finished by a test")
+        JobStore(database).finish(job_id, JobStatus.FAILED, {}, "finished by a test")
         database.close()
 
 
