@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import AsyncIterator
 
 import httpx
@@ -78,12 +79,12 @@ def create_app(
         )
         rec = recorder or build_recorder(settings)
         rec.start()
-        database = Database(settings.pg_dsn, settings.pg_connect_timeout_s)
+        database = Database(settings.pg_dsn, settings.pg_connect_timeout_s, call_timeout_s=settings.db_timeout_s)
         cache = ResultCache(database, settings.cache_timeout_s) if settings.cache else None
         predictions = PredictionService(client, rec, cache)
         job_store = JobStore(database)
         job_runner = JobRunner(
-            job_store, predictions, settings.job_concurrency, settings.job_lease_s, settings.job_max_attempts
+            database, job_store, predictions, settings.job_concurrency, settings.job_lease_s, settings.job_max_attempts
         )
         app.state.torchserve = client
         app.state.recorder = rec
@@ -101,7 +102,7 @@ def create_app(
             )
             telemetry = Telemetry(
                 client, settings.torchserve_metrics_url, telemetry_sink.write_points,
-                lambda: bridge_stats(app), settings.telemetry_interval_s,
+                partial(bridge_stats, app), settings.telemetry_interval_s,
             )
             telemetry.start()
         app.state.telemetry = telemetry
@@ -135,16 +136,16 @@ def create_app(
     return app
 
 
-def bridge_stats(app: FastAPI) -> dict[str, object]:
+async def bridge_stats(app: FastAPI) -> dict[str, object]:
     """The bridge's own gauges and counters: recording backlog, cache, pending jobs."""
     stats: dict[str, object] = dict(app.state.recorder.health())
     cache = app.state.cache
     if cache is not None:
         stats.update(cache_hits=cache.hits, cache_misses=cache.misses)
     try:
-        stats["jobs_pending"] = app.state.job_store.pending()
-    except Exception:  # noqa: BLE001 - the job queue being down must not stop the other metrics
-        pass
+        stats["jobs_pending"] = await app.state.database.call(app.state.job_store.pending)
+    except BridgeError:
+        pass  # the job queue being unavailable must not stop the other metrics
     return stats
 
 

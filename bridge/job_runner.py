@@ -14,6 +14,7 @@ import logging
 import uuid
 from typing import Any
 
+from bridge.db import Database
 from bridge.errors import BridgeError
 from bridge.jobs import ClaimedJob, JobStatus, JobStore, model_request_id
 from bridge.service import Prediction, PredictionService
@@ -40,6 +41,7 @@ class JobRunner:
 
     def __init__(
         self,
+        db: Database,
         store: JobStore,
         predictions: PredictionService,
         concurrency: int = 4,
@@ -47,6 +49,7 @@ class JobRunner:
         max_attempts: int = 5,
         idle_poll_s: float = 0.2,
     ) -> None:
+        self._db = db
         self._store = store
         self._predictions = predictions
         self._concurrency = concurrency
@@ -73,7 +76,7 @@ class JobRunner:
     async def _work(self) -> None:
         while True:
             try:
-                job = await asyncio.to_thread(self._store.claim, self._lease_s)
+                job = await self._db.call(self._store.claim, self._lease_s)
             except BridgeError as exc:
                 logger.warning("job queue unavailable: %s", exc.message)
                 await asyncio.sleep(1.0)
@@ -102,12 +105,12 @@ class JobRunner:
         results = {model: result for model, (result, _) in zip(job.models, outcomes)}
         outages = [model for model, (_, final) in zip(job.models, outcomes) if not final]
         if not outages:
-            await asyncio.to_thread(self._store.finish, job.id, JobStatus.SUCCEEDED, results)
+            await self._db.call(self._store.finish, job.id, JobStatus.SUCCEEDED, results)
         elif job.attempts >= self._max_attempts:
             error = f"gave up after {job.attempts} attempts; unavailable: {', '.join(outages)}"
-            await asyncio.to_thread(self._store.finish, job.id, JobStatus.FAILED, results, error)
+            await self._db.call(self._store.finish, job.id, JobStatus.FAILED, results, error)
         else:
-            await asyncio.to_thread(self._store.release, job.id, f"retrying: unavailable: {', '.join(outages)}")
+            await self._db.call(self._store.release, job.id, f"retrying: unavailable: {', '.join(outages)}")
 
     async def _run_model(self, job: ClaimedJob, model: str) -> tuple[dict[str, Any], bool]:
         prediction = await self._predictions.run(model, None, job.photo, job.content_type, source="job")
@@ -122,6 +125,6 @@ class JobRunner:
         while True:
             await asyncio.sleep(self._lease_s / 3)
             try:
-                await asyncio.to_thread(self._store.extend_lease, job_id, self._lease_s)
+                await self._db.call(self._store.extend_lease, job_id, self._lease_s)
             except BridgeError as exc:
                 logger.warning("could not extend the lease of job %s: %s", job_id, exc.message)

@@ -30,6 +30,7 @@ class Settings(BaseSettings):
 
     pg_dsn: str = "postgresql://postgres@127.0.0.1:5432/serving"
     pg_connect_timeout_s: int = 3
+    db_timeout_s: float = 10.0  # longest a request-time query may take before a 503
     influx_host: str = "127.0.0.1"
     influx_port: int = 8086
     influx_database: str = "serving"

@@ -22,7 +22,7 @@ import re
 import socket
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
 import httpx
 
@@ -111,7 +111,7 @@ class Telemetry:
         client: TorchServeClient,
         metrics_url: str,
         write_points: Callable[[list[dict[str, Any]]], None],
-        bridge_stats: Callable[[], dict[str, Any]],
+        bridge_stats: Callable[[], Awaitable[dict[str, Any]]],
         interval_s: float = 10.0,
     ) -> None:
         self._client = client
@@ -157,7 +157,7 @@ class Telemetry:
         except Exception as exc:  # noqa: BLE001 - a failed scrape is counted and logged, never fatal
             self.scrape_failures += 1
             logger.warning("scraping TorchServe failed (%d so far): %s", self.scrape_failures, exc)
-        points.append(self._point("bridge", {"host": self._host}, self._bridge_fields(), now))
+        points.append(self._point("bridge", {"host": self._host}, await self._bridge_fields(), now))
         try:
             await asyncio.to_thread(self._write_points, points)
         except Exception as exc:  # noqa: BLE001
@@ -166,8 +166,8 @@ class Telemetry:
             return 0
         return len(points)
 
-    def _bridge_fields(self) -> dict[str, Any]:
-        fields = {k: v for k, v in self._bridge_stats().items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    async def _bridge_fields(self) -> dict[str, Any]:
+        fields = {k: v for k, v in (await self._bridge_stats()).items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
         fields.update(scrapes=self.scrapes, scrape_failures=self.scrape_failures, write_failures=self.write_failures)
         return {k: float(v) for k, v in fields.items()}
 

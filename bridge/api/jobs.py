@@ -94,7 +94,7 @@ async def submit_job(
     model_list = parse_models(models, state.settings.job_model_list)
     upload = await read_photo(request, state.settings.max_body_bytes)
     digest = hashlib.sha256(upload.photo).hexdigest()
-    job, created = await asyncio.to_thread(
+    job, created = await state.database.call(
         state.job_store.submit, upload.photo, upload.content_type, model_list, digest, idempotency_key
     )
     if created:
@@ -118,7 +118,7 @@ async def get_job(
     store = request.app.state.job_store
     deadline = time.monotonic() + wait
     while True:
-        job = await asyncio.to_thread(store.get, job_id)
+        job = await request.app.state.database.call(store.get, job_id)
         if job is None:
             raise NotFound(f"no job {job_id}")
         finished = job.status in (JobStatus.SUCCEEDED, JobStatus.FAILED)

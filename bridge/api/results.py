@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from datetime import datetime, timedelta, timezone
 from typing import Annotated, Any, Callable
 
@@ -78,7 +77,7 @@ async def _query(request: Request, fn: Callable[..., Any], *args: Any) -> Any:
         with request.app.state.database.connection() as conn:
             return fn(conn, *args)
 
-    return await asyncio.to_thread(run)
+    return await request.app.state.database.call(run)
 
 
 @router.get("/v1/results", response_model=ResultsPage, summary="Recorded inferences, newest first")
