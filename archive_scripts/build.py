@@ -14,9 +14,10 @@ import os
 import shutil
 import tempfile
 import zipfile
+from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import yaml
 from model_archiver.model_archiver_config import ModelArchiverConfig

@@ -15,7 +15,7 @@ class Expectation(Protocol):
 
     def failure(self, body: dict[str, Any]) -> str | None: ...
 
-    def relaxed(self) -> "Expectation":
+    def relaxed(self) -> Expectation:
         """The same check on the answer's form only: used when a user's weights or catalogue replace ours."""
         ...
 
@@ -38,7 +38,7 @@ class TopLabelIn:
             return f"top-1 {top1!r}, expected one of {list(self.labels)}"
         return None
 
-    def relaxed(self) -> "TopLabelIn":
+    def relaxed(self) -> TopLabelIn:
         return TopLabelIn()
 
 
@@ -63,7 +63,7 @@ class NearestItemIs:
             return f"distances not sorted within [0, 2] (unit vectors): {distances}"
         return None
 
-    def relaxed(self) -> "NearestItemIs":
+    def relaxed(self) -> NearestItemIs:
         return NearestItemIs(None)
 
 
@@ -85,7 +85,7 @@ class PriceWithin:
             return f"price {price} outside its own interval {interval}"
         return None
 
-    def relaxed(self) -> "PriceWithin":
+    def relaxed(self) -> PriceWithin:
         return PriceWithin(0.0, float("inf"))
 
 
@@ -97,6 +97,6 @@ class GoldenCase:
     expect: Expectation = field(default_factory=TopLabelIn)
     params: tuple[tuple[str, str], ...] = ()
 
-    def relaxed(self) -> "GoldenCase":
+    def relaxed(self) -> GoldenCase:
         """This case checking only the answer's form."""
         return GoldenCase(self.photo, self.expect.relaxed(), self.params)

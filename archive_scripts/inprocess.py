@@ -35,7 +35,7 @@ class LocalWorker:
         self.context = context
 
     @classmethod
-    def from_model_dir(cls, model_dir: Path, gpu_id: int | None = None) -> "LocalWorker":
+    def from_model_dir(cls, model_dir: Path, gpu_id: int | None = None) -> LocalWorker:
         """Load the handler of an unpacked archive (``MAR-INF/MANIFEST.json`` inside ``model_dir``)."""
         manifest = json.loads((model_dir / "MAR-INF" / "MANIFEST.json").read_text())
         model = manifest["model"]
@@ -63,7 +63,7 @@ class LocalWorker:
         return cls(handler, context)
 
     @classmethod
-    def from_archive(cls, mar_path: Path, unpack_to: Path) -> "LocalWorker":
+    def from_archive(cls, mar_path: Path, unpack_to: Path) -> LocalWorker:
         """Unpack ``mar_path`` into ``unpack_to`` and load its handler."""
         with zipfile.ZipFile(mar_path) as archive:
             archive.extractall(unpack_to)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from archive_scripts import catalogue, price_model, weights
 from archive_scripts.golden import GoldenCase, NearestItemIs, PriceWithin, TopLabelIn

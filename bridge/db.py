@@ -7,10 +7,10 @@ still accepts TCP, so no socket timeout fires) turns into a 503 instead of a hun
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 import psycopg2
 import psycopg2.extensions
@@ -71,7 +71,7 @@ class Database:
         future = asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
         try:
             return await asyncio.wait_for(asyncio.shield(future), self._call_timeout_s)
-        except asyncio.TimeoutError as exc:
+        except TimeoutError as exc:
             raise UpstreamUnavailable(
                 "the database (PostgreSQL) did not answer in time; retry (with the same Idempotency-Key for jobs)"
             ) from exc

@@ -85,14 +85,14 @@ class JobRunner:
                 self._wakeup.clear()
                 try:
                     await asyncio.wait_for(self._wakeup.wait(), self._idle_poll_s)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     pass
                 continue
             try:
                 await self.run(job)
             except asyncio.CancelledError:
                 raise
-            except Exception:  # noqa: BLE001 - one broken job must not stop the worker
+            except Exception:
                 logger.exception("job %s failed unexpectedly; it will be retried when its lease expires", job.id)
 
     async def run(self, job: ClaimedJob) -> None:

@@ -34,7 +34,7 @@ class InferenceRecord:
         return json.dumps(data, separators=(",", ":"))
 
     @classmethod
-    def from_json(cls, line: str) -> "InferenceRecord":
+    def from_json(cls, line: str) -> InferenceRecord:
         """Inverse of :meth:`to_json`."""
         data = json.loads(line)
         data["created_at"] = datetime.fromisoformat(data["created_at"])

@@ -12,7 +12,7 @@ import hashlib
 import json
 import time
 from dataclasses import dataclass, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from bridge.cache import ResultCache
 from bridge.errors import BridgeError, RecordingUnavailable
@@ -62,7 +62,7 @@ class PredictionService:
         payload = json.dumps(output).encode()
         summary = summarise_output(200, payload, JSON)
         record = InferenceRecord(
-            request_id="", created_at=datetime.now(timezone.utc), model=model, model_version=version,
+            request_id="", created_at=datetime.now(UTC), model=model, model_version=version,
             source="cache", status=200, latency_ms=(time.perf_counter() - started) * 1000.0, batch_size=None,
             input_sha256=digest, input_bytes=len(body), top_label=summary[1], top_score=summary[2],
             output=output, error=None,
@@ -74,7 +74,7 @@ class PredictionService:
         params: dict[str, str] | None = None,
     ) -> Prediction:
         """Run ``body`` through ``model`` (default version unless ``version``); never raises for upstream errors."""
-        created_at = datetime.now(timezone.utc)
+        created_at = datetime.now(UTC)
         started = time.perf_counter()
         common = {
             "request_id": "",

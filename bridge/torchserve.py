@@ -13,7 +13,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +44,7 @@ def _parse_time(value: str | None) -> datetime | None:
         return None
     # Java prints nanoseconds; Python parses microseconds.
     head, _, frac = value.rstrip("Z").partition(".")
-    return datetime.fromisoformat(f"{head}.{(frac + '000000')[:6]}").replace(tzinfo=timezone.utc)
+    return datetime.fromisoformat(f"{head}.{(frac + '000000')[:6]}").replace(tzinfo=UTC)
 
 
 def read_keys(path: Path) -> Keys:
@@ -88,7 +88,7 @@ class TokenStore:
             self._keys = None
         keys = self._reload_if_changed()
         expires = keys.inference_expires
-        if expires is not None and expires - datetime.now(timezone.utc) < RENEW_BEFORE:
+        if expires is not None and expires - datetime.now(UTC) < RENEW_BEFORE:
             keys = await self._renew("inference")
         return keys.inference
 
@@ -96,7 +96,7 @@ class TokenStore:
         """A valid management key, renewed likewise."""
         keys = self._reload_if_changed()
         expires = keys.management_expires
-        if expires is not None and expires - datetime.now(timezone.utc) < RENEW_BEFORE:
+        if expires is not None and expires - datetime.now(UTC) < RENEW_BEFORE:
             keys = await self._renew("management")
         return keys.management
 
@@ -104,7 +104,7 @@ class TokenStore:
         async with self._lock:
             keys = self._reload_if_changed()
             expires = keys.inference_expires if kind == "inference" else keys.management_expires
-            if expires is not None and expires - datetime.now(timezone.utc) >= RENEW_BEFORE:
+            if expires is not None and expires - datetime.now(UTC) >= RENEW_BEFORE:
                 return keys  # renewed by someone else meanwhile
             try:
                 response = await self._http.get(

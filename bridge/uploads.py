@@ -67,7 +67,7 @@ async def read_photo(request: Request, max_bytes: int) -> Upload:
         request._body = body  # let Starlette parse the form from the bytes already read
         try:
             form = await request.form(max_files=2, max_fields=MAX_PARAMS + 1)
-        except Exception as exc:  # noqa: BLE001 - malformed multipart of any kind is the client's error
+        except Exception as exc:
             raise BadRequest(f"malformed multipart form: {exc}") from exc
         files = [v for _, v in form.multi_items() if isinstance(v, UploadFile)]
         if len(files) != 1:

@@ -50,7 +50,7 @@ class HandlerConfig:
     extra: dict[str, Any] = field(default_factory=dict)  # keys a subclass declared in its config_keys
 
     @classmethod
-    def from_yaml(cls, section: dict[str, Any], extra_keys: tuple[str, ...] = ()) -> "HandlerConfig":
+    def from_yaml(cls, section: dict[str, Any], extra_keys: tuple[str, ...] = ()) -> HandlerConfig:
         """Build from the yaml section; unknown keys are an error, not silently ignored."""
         section = dict(section)
         tensor_keys = {"resize", "crop", "mean", "std"}

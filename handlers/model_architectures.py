@@ -7,7 +7,7 @@ by path as long as their keys match the architecture.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F

@@ -75,7 +75,7 @@ def load_head(path: Path, in_features: int = EMBEDDING_DIM) -> tuple[PriceHead, 
     """Read a head file (ours, or a bare ``state_dict``), checking keys, shapes and finiteness strictly."""
     try:
         saved = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unreadable file is the same error to the caller
+    except Exception as exc:
         raise HeadFileError(f"{Path(path).name} is not a readable torch state_dict file: {exc}") from exc
     if not isinstance(saved, dict):
         raise HeadFileError(f"{Path(path).name} holds a {type(saved).__name__}, expected a state_dict")

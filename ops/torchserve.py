@@ -9,7 +9,7 @@ bridge) may have renewed it. Transport failures and TorchServe's error answers b
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -162,7 +162,7 @@ class TorchServe:
             self._keys = self._read_keys()
         keys = self._keys
         expires = keys.management_expires if kind == "management" else keys.inference_expires
-        if expires is not None and expires - datetime.now(timezone.utc) < RENEW_BEFORE:
+        if expires is not None and expires - datetime.now(UTC) < RENEW_BEFORE:
             keys = self._renew(kind, keys)
         return keys.management if kind == "management" else keys.inference
 

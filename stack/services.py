@@ -17,9 +17,9 @@ import time
 import urllib.error
 import urllib.request
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 STATE_DIR = Path(os.environ.get("SERVING_STATE_DIR", REPO_ROOT / ".state"))
@@ -63,11 +63,18 @@ def pid_alive(pid: int) -> bool:
     """True when a process with this pid exists."""
     try:
         os.kill(pid, 0)
-        return True
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
+    # A child of this process that exited stays a zombie until reaped (the spawner may be the one
+    # stopping it, e.g. the tests or the benchmark): reap it and call it gone.
+    try:
+        if os.waitpid(pid, os.WNOHANG) != (0, 0):
+            return False
+    except ChildProcessError:
+        pass  # not our child: os.kill already said it exists
+    return True
 
 
 def read_pid(path: Path) -> int | None:

@@ -47,7 +47,7 @@ class JobOut(BaseModel):
     error: str | None = None
 
     @classmethod
-    def of(cls, job: Job) -> "JobOut":
+    def of(cls, job: Job) -> JobOut:
         """From the stored job."""
         return cls(
             id=job.id, status=job.status, models=job.models, created_at=job.created_at, updated_at=job.updated_at,

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
-from typing import Annotated, Any, Callable
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, Field
@@ -59,7 +60,7 @@ class Report(BaseModel):
 
 
 def _range(since: datetime | None, until: datetime | None, bucket: Bucket = Bucket.DAY) -> tuple[datetime, datetime]:
-    until = _aware(until) if until else datetime.now(timezone.utc)
+    until = _aware(until) if until else datetime.now(UTC)
     since = _aware(since) if since else until - timedelta(days=1)
     if since >= until:
         raise BadRequest("`since` must be before `until`")
@@ -69,7 +70,7 @@ def _range(since: datetime | None, until: datetime | None, bucket: Bucket = Buck
 
 
 def _aware(value: datetime) -> datetime:
-    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 async def _query(request: Request, fn: Callable[..., Any], *args: Any) -> Any:
