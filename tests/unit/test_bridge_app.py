@@ -64,7 +64,10 @@ def env(tmp_path: Path) -> Iterator[tuple[TestClient, FakeTorchServe, FlakyStore
     fake = FakeTorchServe(key_file)
     store = FlakyStore()
     recorder = Recorder(store, FakeInflux(), Spool(tmp_path / "spool"), flush_interval_s=0.01)
-    settings = Settings(torchserve_key_file=key_file, spool_dir=tmp_path / "spool", max_body_bytes=1000)
+    settings = Settings(
+        torchserve_key_file=key_file, spool_dir=tmp_path / "spool", max_body_bytes=1000, cache=False,
+        telemetry_interval_s=0,
+    )
     app = create_app(settings, recorder=recorder, torchserve_transport=httpx.MockTransport(fake), run_jobs=False)
     with TestClient(app) as client:
         yield client, fake, store
