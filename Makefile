@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: up down status test unit archives clean
+.PHONY: up down status test unit archives clean bench bench-quick reliability
 
 $(STAMP): requirements.txt requirements-dev.txt requirements-build.txt
 	@echo "Creating the Python environment in $(VENV) (torch and torchvision come from local disk) ..."
@@ -34,6 +34,25 @@ test: $(STAMP)
 
 unit: $(STAMP)
 	@$(PY) -m pytest tests/unit
+
+# Throughput and latency, side by side in one run: the in-process limit, the seed prototype's design,
+# TorchServe (stock handler and ours) and the full stack through the bridge; then the recording path.
+# Starts its own servers on ports 18000-18090 and stops them; writes benchmarks/results/latest.{json,png,md}.
+bench: $(STAMP)
+	@$(PY) -m benchmarks.throughput
+
+# The same, short (1 and 8 in flight, fewer layouts of the limit): every row still runs. For CI.
+bench-quick: $(STAMP)
+	@$(PY) -m benchmarks.throughput --quick
+
+# Reliability (../shared/RELIABILITY.md): faults under load, bad inputs, fuzz, security — everything in
+# tests/reliability — then a one-page report of each check with its figures. The fault tests start their own
+# PostgreSQL, InfluxDB, TorchServe and bridges on free ports and never touch the shared stack.
+# Results: .state/reliability/ (junit.xml, figures.jsonl, report.txt, the private services' logs).
+reliability: $(STAMP)
+	@rm -rf .state/reliability && mkdir -p .state/reliability
+	@$(PY) -m pytest tests/reliability --junitxml=.state/reliability/junit.xml; status=$$?; \
+	  $(PY) -m tests.reliability.report .state/reliability | tee .state/reliability/report.txt; exit $$status
 
 clean: down
 	rm -rf .state model_store/*.mar model_store/manifest.json

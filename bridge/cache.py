@@ -48,6 +48,7 @@ class ResultCache:
             self.misses += 1
             return None  # lookups are stuck (database frozen?): do not queue behind them
         future = asyncio.wrap_future(self._executor.submit(self._query, sha256, model, version))
+        future.add_done_callback(lambda f: f.cancelled() or f.exception())  # read late failures: no log noise
         try:
             output = await asyncio.wait_for(asyncio.shield(future), self._timeout_s)
         except Exception as exc:  # noqa: BLE001 - timeouts and database errors are misses

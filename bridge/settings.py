@@ -24,7 +24,7 @@ class Settings(BaseSettings):
     torchserve_metrics_url: str = "http://127.0.0.1:8082/metrics"
     telemetry_interval_s: float = 10.0  # scrape TorchServe + write the bridge's own metrics; 0 = off
     torchserve_key_file: Path = STATE_DIR / "torchserve" / "key_file.json"
-    torchserve_timeout_s: float = 30.0
+    torchserve_timeout_s: float = 25.0  # below the archives' responseTimeout (30 s): the bridge answers 504 first
     max_connections: int = 256
     max_body_bytes: int = 6_000_000
 

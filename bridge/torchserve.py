@@ -25,6 +25,9 @@ logger = logging.getLogger(__name__)
 
 RENEW_BEFORE = timedelta(minutes=2)
 DEFAULT_VERSION_TTL_S = 5.0
+DEFAULT_VERSION_TIMEOUT_S = 0.5
+# TorchServe's own failures that say "try again" rather than "your input was wrong".
+WORKER_FAILURES = (b"Worker died", b"Out of resources", b"Prediction failed")
 INVALID_KEY = "InvalidKeyException"
 
 
@@ -177,11 +180,13 @@ class TorchServeClient:
         try:
             key = await self.tokens.management_key()
             response = await self._http.get(
-                f"{self.tokens.management_url}/models/{model}", headers={"Authorization": f"Bearer {key}"}
+                f"{self.tokens.management_url}/models/{model}",
+                headers={"Authorization": f"Bearer {key}"},
+                timeout=DEFAULT_VERSION_TIMEOUT_S,  # a hung TorchServe must not cost a second full timeout
             )
             version = response.json()[0]["modelVersion"] if response.status_code == 200 else None
         except (httpx.HTTPError, ValueError, KeyError, IndexError, UpstreamUnavailable):
-            return None
+            version = None  # unknown for this TTL: no cache lookups, no repeated slow calls
         self._default_versions[model] = (version, time.monotonic())
         return version
 
@@ -224,6 +229,10 @@ class TorchServeClient:
                 if attempt == 1:
                     continue  # keys were renewed elsewhere: re-read the key file and retry once
                 raise UpstreamUnavailable("TorchServe refused the bridge's token; check its key file")
+            if response.status_code in (500, 503, 507) and any(m in response.content[:500] for m in WORKER_FAILURES):
+                # A worker crashed, ran out of memory or raised mid-batch: a retryable outage (503 + Retry-After).
+                message = json.loads(response.content).get("message", "") if response.content[:1] == b"{" else ""
+                raise UpstreamUnavailable(f"the model's worker failed ({message or response.status_code}); retry shortly")
             batch = response.headers.get("x-batch-size")
             return UpstreamResponse(
                 status=response.status_code,

@@ -234,3 +234,13 @@ def test_model_parameters_travel_as_form_fields_and_skip_the_cache(
 
     bad = client.put("/predictions/similar?bad-name=1", content=PHOTO)
     assert bad.status_code == 400 and "invalid parameter" in bad.json()["message"]
+
+
+@pytest.mark.parametrize("status", [500, 507])
+def test_a_dead_worker_is_a_retryable_503(env: tuple[TestClient, FakeTorchServe, FlakyStore], status: int) -> None:
+    client, fake, store = env
+    fake.handler = lambda r: httpx.Response(status, json={"code": status, "type": "InternalServerException", "message": "Worker died."})
+    response = client.put("/predictions/m", content=PHOTO)
+    assert response.status_code == 503 and response.headers["retry-after"] == "1"
+    assert "Worker died." in response.json()["message"]
+    assert recorded(client, store, response.headers["x-request-id"]).status == 503

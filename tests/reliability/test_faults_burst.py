@@ -1,0 +1,104 @@
+"""Fault: a burst beyond the queue (RELIABILITY.md) — the overflow gets a quick 503, everyone else is served.
+
+Model ``burst`` (slow_handler.py, 0.25 s per request, batch 1, one worker) has ``jobQueueSize: 4`` in its
+model-config.yaml, so TorchServe holds at most 4 waiting requests for it. 40 clients released together
+through the bridge: about 1 + 4 (+1 for each slot freed while the burst arrives) are served, the rest must
+be refused at once with 503 + Retry-After — not queued behind the others, not timed out.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from tests.reliability.load import Ledger, Outcome, assert_nothing_lost, ledger, tally, unique_photo
+from tests.reliability.services import FaultStack, predict_once
+
+pytestmark = pytest.mark.reliability
+
+CHECK = "burst beyond the queue"
+CLIENTS = 40
+QUEUE = 4
+QUICK_S = 1.5
+
+
+@dataclass
+class Run:
+    outcomes: list[Outcome]
+    book: Ledger
+    after_status: int
+
+
+@pytest.fixture(scope="module")
+def run(fault_stack: FaultStack, base_photo: bytes, reliability_report: Any) -> Run:
+    fault_stack.ensure_healthy()
+    bridge = fault_stack.bridge("burst")
+    bridge.start()
+    outcomes: list[Outcome] = []
+    lock = threading.Lock()
+    gate = threading.Barrier(CLIENTS)
+    t0 = time.monotonic()
+
+    def client(i: int) -> None:
+        photo = unique_photo(base_photo, i, "burst")
+        gate.wait()
+        began = time.monotonic()
+        response = predict_once(bridge.url, "burst", photo)
+        outcome = Outcome(
+            "predict", began - t0, time.monotonic() - began, response.status_code, None,
+            response.headers.get("X-Request-Id"), response.headers.get("Retry-After"),
+            hashlib.sha256(photo).hexdigest(), body=response.text[:200] if response.status_code >= 300 else "",
+        )
+        with lock:
+            outcomes.append(outcome)
+
+    try:
+        threads = [threading.Thread(target=client, args=(i,)) for i in range(CLIENTS)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        time.sleep(0.5)  # the queue has drained: the next request is served
+        after_status = predict_once(bridge.url, "burst", unique_photo(base_photo, 999, "burst-after")).status_code
+        bridge.wait_recorded()
+        book = ledger(fault_stack.postgres.query, outcomes)
+    finally:
+        bridge.stop()
+    refused = [o for o in outcomes if o.status in (429, 503)]
+    reliability_report.record(
+        __name__, CHECK, inputs=f"{CLIENTS} at once, queue {QUEUE}, 0.25 s each", **tally(outcomes),
+        **book.figures(), refused_max_s=round(max((o.latency_s for o in refused), default=0), 2),
+        retry_after_on_refused=sum(o.retry_after is not None for o in refused),
+    )
+    return Run(outcomes, book, after_status)
+
+
+def test_every_client_gets_an_answer_served_or_refused(run: Run) -> None:
+    assert len(run.outcomes) == CLIENTS
+    assert {o.status for o in run.outcomes} <= {200, 429, 503}, [(o.status, o.body[:80]) for o in run.outcomes]
+
+
+def test_the_queue_is_served(run: Run) -> None:
+    served = [o for o in run.outcomes if o.acknowledged]
+    assert QUEUE + 1 <= len(served) < CLIENTS, len(served)
+
+
+def test_the_overflow_is_refused_quickly_with_retry_after(run: Run) -> None:
+    refused = [o for o in run.outcomes if o.status in (429, 503)]
+    assert refused, "the burst never exceeded the queue"
+    assert max(o.latency_s for o in refused) < QUICK_S, sorted(o.latency_s for o in refused)[-3:]
+    assert all(o.retry_after for o in refused)
+
+
+def test_the_next_request_after_the_burst_is_served(run: Run) -> None:
+    assert run.after_status == 200
+
+
+def test_nothing_acknowledged_lost_and_refusals_recorded(run: Run) -> None:
+    assert_nothing_lost(run.book)
+    assert run.book.recorded_unacknowledged == sum(not o.acknowledged for o in run.outcomes)
