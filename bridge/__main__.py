@@ -7,6 +7,7 @@ import logging
 import uvicorn
 
 from bridge.app import create_app
+from bridge.http_protocol import head_deadline_protocol
 from bridge.settings import Settings
 
 
@@ -20,6 +21,7 @@ def main() -> None:
         host=settings.host,
         port=settings.port,
         access_log=False,
+        http=head_deadline_protocol(settings.request_head_timeout_s),
         timeout_keep_alive=5,
         timeout_graceful_shutdown=10,
     )

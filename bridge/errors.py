@@ -5,6 +5,7 @@
     │   └── EmptyBody            (400)
     ├── Unauthorized             (401) the bridge's API key is missing or wrong
     ├── NotFound                 (404)
+    ├── RequestTimeout           (408) the body did not arrive in time
     ├── Conflict                 (409)
     ├── Unprocessable            (422)
     ├── PayloadTooLarge          (413)
@@ -56,6 +57,11 @@ class Unauthorized(BridgeError):
 class NotFound(BridgeError):
     status = 404
     kind = "NotFound"
+
+
+class RequestTimeout(BridgeError):
+    status = 408
+    kind = "RequestTimeout"
 
 
 class Conflict(BridgeError):

@@ -27,6 +27,8 @@ class Settings(BaseSettings):
     torchserve_timeout_s: float = 25.0  # below the archives' responseTimeout (30 s): the bridge answers 504 first
     max_connections: int = 256
     max_body_bytes: int = 6_000_000
+    request_head_timeout_s: float = 10.0  # a connection whose request head is not complete by then is closed
+    request_body_timeout_s: float = 10.0  # a body not complete by then is a 408
 
     pg_dsn: str = "postgresql://postgres@127.0.0.1:5432/serving"
     pg_connect_timeout_s: int = 3

@@ -24,6 +24,9 @@ from bridge.errors import UpstreamTimeout, UpstreamUnavailable
 logger = logging.getLogger(__name__)
 
 RENEW_BEFORE = timedelta(minutes=2)
+MIN_RENEW_BEFORE = timedelta(seconds=5)
+KEY_FILE_READ_ATTEMPTS = 5
+KEY_ATTEMPTS = 3  # a refused key: re-read the file and retry (another process may just have renewed it)
 DEFAULT_VERSION_TTL_S = 5.0
 DEFAULT_VERSION_TIMEOUT_S = 0.5
 # TorchServe's own failures that say "try again" rather than "your input was wrong".
@@ -77,37 +80,55 @@ class TokenStore:
         self._lock = asyncio.Lock()
 
     def _reload_if_changed(self) -> Keys:
-        try:
-            mtime = self._key_file.stat().st_mtime
-        except OSError as exc:
-            raise UpstreamUnavailable(f"TorchServe's key file {self._key_file} does not exist; is TorchServe running?") from exc
-        if self._keys is None or mtime != self._mtime:
-            self._keys, self._mtime = read_keys(self._key_file), mtime
-        return self._keys
+        for attempt in range(KEY_FILE_READ_ATTEMPTS):
+            try:
+                mtime = self._key_file.stat().st_mtime
+            except OSError as exc:
+                raise UpstreamUnavailable(
+                    f"TorchServe's key file {self._key_file} does not exist; is TorchServe running?"
+                ) from exc
+            if self._keys is not None and mtime == self._mtime:
+                return self._keys
+            try:
+                self._keys, self._mtime = read_keys(self._key_file), mtime
+                return self._keys
+            except UpstreamUnavailable:
+                if attempt + 1 == KEY_FILE_READ_ATTEMPTS:
+                    if self._keys is not None:
+                        return self._keys  # keep the last good keys; a refusal makes us read again
+                    raise
+                time.sleep(0.02)  # read while TorchServe rewrites it: read again in a moment
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+    def _due(self, expires: datetime | None) -> bool:
+        """Renew at a quarter of the key's lifetime before expiry (at most 2 min, at least 5 s), so short-lived
+        keys are not renewed on every request (each renewal invalidates the key in-flight requests hold)."""
+        if expires is None or self._mtime is None:
+            return False
+        issued = datetime.fromtimestamp(self._mtime, UTC)
+        before = min(RENEW_BEFORE, max(MIN_RENEW_BEFORE, (expires - issued) / 4))
+        return expires - datetime.now(UTC) < before
 
     async def inference_key(self, force_reload: bool = False) -> str:
         """A valid inference key, renewing it first when it is about to expire."""
         if force_reload:
-            self._keys = None
+            self._mtime = None  # re-read the file (keeping the last keys if it cannot be read)
         keys = self._reload_if_changed()
-        expires = keys.inference_expires
-        if expires is not None and expires - datetime.now(UTC) < RENEW_BEFORE:
+        if self._due(keys.inference_expires):
             keys = await self._renew("inference")
         return keys.inference
 
     async def management_key(self) -> str:
         """A valid management key, renewed likewise."""
         keys = self._reload_if_changed()
-        expires = keys.management_expires
-        if expires is not None and expires - datetime.now(UTC) < RENEW_BEFORE:
+        if self._due(keys.management_expires):
             keys = await self._renew("management")
         return keys.management
 
     async def _renew(self, kind: str) -> Keys:
         async with self._lock:
             keys = self._reload_if_changed()
-            expires = keys.inference_expires if kind == "inference" else keys.management_expires
-            if expires is not None and expires - datetime.now(UTC) >= RENEW_BEFORE:
+            if not self._due(keys.inference_expires if kind == "inference" else keys.management_expires):
                 return keys  # renewed by someone else meanwhile
             try:
                 response = await self._http.get(
@@ -120,7 +141,7 @@ class TokenStore:
                 logger.warning("renewing TorchServe's %s key failed: %s", kind, exc)
                 return keys
             logger.info("renewed TorchServe's %s key", kind)
-            self._keys = None
+            self._mtime = None
             return self._reload_if_changed()
 
 
@@ -214,8 +235,8 @@ class TorchServeClient:
         return await self._send("GET", "/ping", b"", None)
 
     async def _send(self, method: str, path: str, body: bytes, content_type: str | None) -> UpstreamResponse:
-        for attempt in (1, 2):
-            key = await self.tokens.inference_key(force_reload=attempt == 2)
+        for attempt in range(1, KEY_ATTEMPTS + 1):
+            key = await self.tokens.inference_key(force_reload=attempt > 1)
             headers = {"Authorization": f"Bearer {key}"}
             if content_type:
                 headers["Content-Type"] = content_type
@@ -226,8 +247,9 @@ class TorchServeClient:
             except httpx.TransportError as exc:
                 raise UpstreamUnavailable("TorchServe is not reachable; retry shortly") from exc
             if response.status_code == 400 and INVALID_KEY.encode() in response.content[:300]:
-                if attempt == 1:
-                    continue  # keys were renewed elsewhere: re-read the key file and retry once
+                if attempt < KEY_ATTEMPTS:
+                    await asyncio.sleep(0.05 * attempt)  # keys renewed elsewhere: re-read the file, retry
+                    continue
                 raise UpstreamUnavailable("TorchServe refused the bridge's token; check its key file")
             if response.status_code in (500, 503, 507) and any(m in response.content[:500] for m in WORKER_FAILURES):
                 # A worker crashed, ran out of memory or raised mid-batch: a retryable outage (503 + Retry-After).
@@ -240,4 +262,4 @@ class TorchServeClient:
                 content_type=response.headers.get("content-type"),
                 batch_size=int(batch) if batch and batch.isdigit() else None,
             )
-        raise AssertionError("unreachable: the second attempt returns or raises")
+        raise AssertionError("unreachable: the last attempt returns or raises")

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 from dataclasses import dataclass
 
 from fastapi import Request
+from starlette.requests import ClientDisconnect
 from starlette.datastructures import UploadFile
 
-from bridge.errors import BadRequest, EmptyBody, PayloadTooLarge
+from bridge.errors import BadRequest, EmptyBody, PayloadTooLarge, RequestTimeout
 
 RAW_DEFAULT_TYPE = "application/octet-stream"
 PARAM_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,31}$")
@@ -16,8 +18,8 @@ MAX_PARAMS = 8
 MAX_PARAM_LENGTH = 200
 
 
-async def read_limited(request: Request, max_bytes: int) -> bytes:
-    """The whole body, refusing more than ``max_bytes`` (by Content-Length, or while streaming)."""
+async def read_limited(request: Request, max_bytes: int, timeout_s: float) -> bytes:
+    """The whole body within ``timeout_s``, refusing more than ``max_bytes`` (by Content-Length, or while streaming)."""
     declared = request.headers.get("content-length")
     if declared is not None:
         if not declared.isdigit():
@@ -26,11 +28,17 @@ async def read_limited(request: Request, max_bytes: int) -> bytes:
             raise PayloadTooLarge(f"body is {declared} bytes; the limit is {max_bytes} bytes")
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > max_bytes:
-            raise PayloadTooLarge(f"body exceeds the limit of {max_bytes} bytes")
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(timeout_s):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > max_bytes:
+                    raise PayloadTooLarge(f"body exceeds the limit of {max_bytes} bytes")
+                chunks.append(chunk)
+    except TimeoutError as exc:
+        raise RequestTimeout(f"the body did not arrive within {timeout_s:g} s") from exc
+    except ClientDisconnect as exc:
+        raise BadRequest("the client closed the connection before the body was complete") from exc
     return b"".join(chunks)
 
 
@@ -55,9 +63,9 @@ def model_params(pairs: list[tuple[str, str]]) -> dict[str, str]:
     return params
 
 
-async def read_photo(request: Request, max_bytes: int) -> Upload:
+async def read_photo(request: Request, max_bytes: int, timeout_s: float = 10.0) -> Upload:
     """The photo (raw body, or the one file of a multipart form), its content type, and its parameters."""
-    body = await read_limited(request, max_bytes)
+    body = await read_limited(request, max_bytes, timeout_s)
     content_type = request.headers.get("content-type", "").strip()
     pairs = list(request.query_params.multi_items())
     if content_type.lower().startswith("application/x-www-form-urlencoded"):
@@ -77,4 +85,6 @@ async def read_photo(request: Request, max_bytes: int) -> Upload:
         content_type = files[0].content_type or RAW_DEFAULT_TYPE
     if not body:
         raise EmptyBody("empty body: send the photo bytes (e.g. curl -T photo.jpg URL)")
+    if not content_type.isascii() or not content_type.isprintable():
+        raise BadRequest("Content-Type must be printable ASCII")
     return Upload(body, content_type or RAW_DEFAULT_TYPE, model_params(pairs))

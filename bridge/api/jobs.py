@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import re
 import time
+import uuid
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -92,7 +93,7 @@ async def submit_job(
     """Store the photo and the job (committed before the 202), wake a worker."""
     state = request.app.state
     model_list = parse_models(models, state.settings.job_model_list)
-    upload = await read_photo(request, state.settings.max_body_bytes)
+    upload = await read_photo(request, state.settings.max_body_bytes, state.settings.request_body_timeout_s)
     digest = hashlib.sha256(upload.photo).hexdigest()
     job, created = await state.database.call(
         state.job_store.submit, upload.photo, upload.content_type, model_list, digest, idempotency_key
@@ -111,14 +112,14 @@ async def submit_job(
 )
 async def get_job(
     request: Request,
-    job_id: Annotated[str, Path(pattern=r"^[0-9a-fA-F-]{36}$", description="The id from the submission")],
+    job_id: Annotated[uuid.UUID, Path(description="The id from the submission")],
     wait: Annotated[float, Query(ge=0, le=MAX_WAIT_S, description="Seconds to wait for the job to finish")] = 0,
 ) -> JSONResponse:
     """Return the job now, or as soon as it finishes within ``wait`` seconds (long polling)."""
     store = request.app.state.job_store
     deadline = time.monotonic() + wait
     while True:
-        job = await request.app.state.database.call(store.get, job_id)
+        job = await request.app.state.database.call(store.get, str(job_id))
         if job is None:
             raise NotFound(f"no job {job_id}")
         finished = job.status in (JobStatus.SUCCEEDED, JobStatus.FAILED)

@@ -46,7 +46,7 @@ PHOTO_BODY = {
 
 async def _predict(request: Request, model: str, version: str | None) -> Response:
     settings = request.app.state.settings
-    upload = await read_photo(request, settings.max_body_bytes)
+    upload = await read_photo(request, settings.max_body_bytes, settings.request_body_timeout_s)
     no_cache = "no-cache" in request.headers.get("cache-control", "").lower()
     prediction = await request.app.state.predictions.predict(
         model, version, upload.photo, upload.content_type, request_id=request_id_of(request),

@@ -15,6 +15,7 @@ from bridge.reports import Bucket, ResultFilter, error_rates, label_counts, late
 
 router = APIRouter(tags=["history and reports"])
 
+MAX_UTC_OFFSET = timedelta(hours=16)  # PostgreSQL's limit (±15:59)
 MAX_RANGE = {Bucket.MINUTE: timedelta(days=2), Bucket.HOUR: timedelta(days=93), Bucket.DAY: timedelta(days=1100)}
 
 Model = Annotated[str, Query(pattern=NAME_PATTERN, description="Model name")]
@@ -61,7 +62,10 @@ class Report(BaseModel):
 
 def _range(since: datetime | None, until: datetime | None, bucket: Bucket = Bucket.DAY) -> tuple[datetime, datetime]:
     until = _aware(until) if until else datetime.now(UTC)
-    since = _aware(since) if since else until - timedelta(days=1)
+    try:
+        since = _aware(since) if since else until - timedelta(days=1)
+    except OverflowError as exc:
+        raise BadRequest("`until` is too early to take a default one-day range before it") from exc
     if since >= until:
         raise BadRequest("`since` must be before `until`")
     if until - since > MAX_RANGE[bucket]:
@@ -70,7 +74,14 @@ def _range(since: datetime | None, until: datetime | None, bucket: Bucket = Buck
 
 
 def _aware(value: datetime) -> datetime:
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
+    """In UTC (a naive time is taken as UTC); a time or offset out of range is a 400."""
+    offset = value.utcoffset()
+    if offset is not None and abs(offset) >= MAX_UTC_OFFSET:
+        raise BadRequest(f"time {value.isoformat()} has a UTC offset beyond ±15:59")
+    try:
+        return value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
+    except (OverflowError, ValueError) as exc:
+        raise BadRequest(f"time {value.isoformat()} is out of range") from exc
 
 
 async def _query(request: Request, fn: Callable[..., Any], *args: Any) -> Any:

@@ -365,13 +365,6 @@ def post_raw(port: int, path: str, body: bytes, headers: dict[str, str]) -> tupl
         conn.close()
 
 
-@pytest.mark.xfail(
-    raises=AssertionError,
-    strict=True,
-    reason="a Content-Type with a non-ASCII character (raw body, or a multipart part's own type) makes httpx "
-    "raise UnicodeEncodeError when the bridge forwards it to TorchServe (bridge/torchserve.py _send): 500 "
-    "'internal error' instead of a 4xx; TorchServe itself serves the same request (see the report).",
-)
 @pytest.mark.parametrize("where", ["header", "multipart-part"])
 def test_non_ascii_content_type_is_a_client_error(live_stack: LiveStack, where: str) -> None:
     if where == "header":
@@ -483,14 +476,6 @@ def test_idle_keep_alive_connection_is_closed_after_the_keep_alive_timeout(live_
         sock.close()
 
 
-@pytest.mark.xfail(
-    raises=AssertionError,
-    strict=True,
-    reason="uvicorn has no deadline for a request's head or body: a connection that sends nothing, half a "
-    "request head, or headers and half a body is held forever (timeout_keep_alive only applies after a "
-    "response). Needs a head deadline in the bridge's HTTP protocol and a body-read timeout in "
-    "bridge/uploads.py (see the report).",
-)
 def test_idle_and_stalled_connections_are_closed_after_a_deadline(live_stack: LiveStack) -> None:
     port = int(live_stack.bridge.rsplit(":", 1)[1])
     sockets = open_idle_connections(port, IDLE_CONNECTIONS)
@@ -536,13 +521,6 @@ def bare_bridge(tmp_path_factory: pytest.TempPathFactory, live_stack: LiveStack)
             bridge.stop()
 
 
-@pytest.mark.xfail(
-    raises=AssertionError,
-    strict=True,
-    reason="a client that disconnects before its body is complete raises starlette's ClientDisconnect in "
-    "bridge/uploads.py read_limited, which reaches the catch-all handler: logged as 'unhandled error' with a "
-    "traceback and answered 500 (see the report).",
-)
 def test_client_gone_mid_body_is_not_a_server_error(bare_bridge: PrivateBridge) -> None:
     log_before = len(bare_bridge.log_text())
     for _ in range(3):
@@ -558,13 +536,6 @@ def test_client_gone_mid_body_is_not_a_server_error(bare_bridge: PrivateBridge) 
     assert "ClientDisconnect" not in log and "unhandled error" not in log, log[-2000:]
 
 
-@pytest.mark.xfail(
-    raises=AssertionError,
-    strict=True,
-    reason="POST /v1/jobs accepts a photo whose Content-Type is not ASCII (202) and stores it; the job runner "
-    "then fails on every attempt with UnicodeEncodeError while forwarding it, and the job stays 'running' "
-    "(a poison job). It should be refused at submission like the synchronous route (see the report).",
-)
 def test_job_with_non_ascii_content_type_is_refused_at_submission(bare_bridge: PrivateBridge) -> None:
     status, text = post_raw(
         bare_bridge.port, "/v1/jobs?models=classifier", p.photo(), {"Content-Type": "image/jpeg; name=caf\xe9"}

@@ -322,13 +322,6 @@ def test_workers_cannot_see_database_credentials(private_stack: PrivateStack) ->
     assert set(SECRETS) <= set(launcher), sorted(set(SECRETS) - set(launcher))
 
 
-@pytest.mark.xfail(
-    raises=AssertionError,
-    strict=True,
-    reason="config.properties blacklist_env_vars does not cover the project's own DSN variables "
-    "SERVINGCTL_PG_DSN (servingctl) and SERVING_PG_ADMIN_DSN (stack/services.py): a worker started from a "
-    "shell that exports them sees their passwords (see the report for the proposed pattern).",
-)
 def test_workers_cannot_see_the_projects_own_dsn_variables(private_stack: PrivateStack) -> None:
     for pid in private_stack.torchserve.worker_pids():
         visible = sorted(set(PROJECT_DSNS) & set(environ_of(pid)))
@@ -532,15 +525,9 @@ TIME_OUT_OF_RANGE = (
     "InvalidTimeZoneDisplacementValue → 500; and until=0001-01-01T00:00:00Z makes the default since "
     "(until − 1 day) overflow: OverflowError → 500"
 )
-KNOWN_SERVER_ERRORS = {
-    ("GET", "/v1/jobs/{job_id}"): JOB_ID_NOT_A_UUID,
-    ("GET", "/v1/reports/latency"): TIME_OUT_OF_RANGE,
-}
+KNOWN_SERVER_ERRORS: dict[tuple[str, str], str] = {}  # none left: add (method, path) → reason to pin a new one
 
 
-@pytest.mark.xfail(
-    strict=True, raises=AssertionError, reason="server errors schemathesis found, reproduced exactly (see the report)"
-)
 @pytest.mark.parametrize(
     "path",
     [
@@ -651,14 +638,6 @@ LOAD_CLIENTS = 3
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    raises=AssertionError,
-    strict=True,
-    reason="with token_expiration_min=1 about 3% of requests through the bridge get 503: RENEW_BEFORE (2 min) "
-    "exceeds the key lifetime, so every request renews the inference key and invalidates the key other "
-    "in-flight requests hold (one retry is not enough: 'TorchServe refused the bridge's token'), and a key "
-    "file read while TorchServe rewrites it fails to parse ('key file ... is not readable yet') — see the report",
-)
 def test_bridge_sees_no_auth_failure_under_load_across_key_expiries(private_stack: PrivateStack) -> None:
     bridge = private_stack.bridge
     photo = p.fuzz_seeds()["JPEG"]

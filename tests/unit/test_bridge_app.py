@@ -195,7 +195,7 @@ def test_renewed_key_elsewhere_is_picked_up_with_one_retry(env: tuple[TestClient
 
 def test_key_about_to_expire_is_renewed_first(env: tuple[TestClient, FakeTorchServe, FlakyStore]) -> None:
     client, fake, _ = env
-    write_keys(fake.key_file, expires_in=timedelta(seconds=30))
+    write_keys(fake.key_file, expires_in=timedelta(seconds=3))
     assert client.put("/predictions/m", content=PHOTO).status_code == 200
     token_calls = [r for r in fake.requests if r.url.path == "/token"]
     assert token_calls and token_calls[0].headers["authorization"] == "Bearer api-1"
@@ -244,3 +244,27 @@ def test_a_dead_worker_is_a_retryable_503(env: tuple[TestClient, FakeTorchServe,
     assert response.status_code == 503 and response.headers["retry-after"] == "1"
     assert "Worker died." in response.json()["message"]
     assert recorded(client, store, response.headers["x-request-id"]).status == 503
+
+
+def test_long_lived_keys_are_not_renewed_on_every_request(env: tuple[TestClient, FakeTorchServe, FlakyStore]) -> None:
+    client, fake, _ = env
+    write_keys(fake.key_file, expires_in=timedelta(seconds=60))  # renewal due only in the last 15 s
+    for _ in range(3):
+        assert client.put("/predictions/m", content=PHOTO).status_code == 200
+    assert not [r for r in fake.requests if r.url.path == "/token"]
+
+
+def test_a_key_file_caught_mid_rewrite_keeps_the_last_good_keys(env: tuple[TestClient, FakeTorchServe, FlakyStore]) -> None:
+    client, fake, _ = env
+    assert client.put("/predictions/m", content=PHOTO).status_code == 200
+    fake.key_file.write_text('{"management": {"key"')  # TorchServe is rewriting it
+    fake.valid_key = lambda request: request.headers.get("authorization") == "Bearer inf-1"  # type: ignore[method-assign]
+    response = client.put("/predictions/m", content=PHOTO)
+    assert response.status_code == 200
+    assert fake.requests[-1].headers["authorization"] == "Bearer inf-1"
+
+
+def test_non_ascii_content_type_is_a_400(env: tuple[TestClient, FakeTorchServe, FlakyStore]) -> None:
+    client, _, _ = env
+    response = client.put("/predictions/m", content=PHOTO, headers={"Content-Type": b"image/jp\xe9g"})
+    assert response.status_code == 400 and "ASCII" in response.json()["message"]
