@@ -37,7 +37,8 @@ unit: $(STAMP)
 
 # Throughput and latency, side by side in one run: the in-process limit, the seed prototype's design,
 # TorchServe (stock handler and ours) and the full stack through the bridge; then the recording path.
-# Starts its own servers on ports 18000-18090 and stops them; writes benchmarks/results/latest.{json,png,md}.
+# Starts its own servers on ports 17070-18090 and stops them; writes benchmarks/results/latest.{json,png,md}
+# (bench-quick: latest-quick.*). About 13 minutes; bench-quick about 3.
 bench: $(STAMP)
 	@$(PY) -m benchmarks.throughput
 

@@ -1,0 +1,57 @@
+"""The PNG the README shows: images/s and latency against requests in flight, the limit as a line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from benchmarks.throughput.report import ROWS, SERVED_ROWS
+
+COLOURS = {"prototype": "#9e9e9e", "torchserve_stock": "#ff9800", "torchserve_ours": "#1e88e5", "full_stack": "#43a047"}
+
+
+def draw(document: dict[str, Any], path: Path) -> None:
+    """Two panels from the results document: throughput (with the limit) and p50/p99 latency."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    runs = document["runs"]
+    limit = document["limit"]["images_per_s"]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.8))
+    for row in SERVED_ROWS:
+        mine = sorted((r for r in runs if r["row"] == row), key=lambda r: r["concurrency"])
+        if not mine:
+            continue
+        xs = [r["concurrency"] for r in mine]
+        left.plot(xs, [r["images_per_s"] for r in mine], marker="o", color=COLOURS[row], label=ROWS[row])
+        right.plot(xs, [r["p50_ms"] for r in mine], marker="o", color=COLOURS[row], label=f"{ROWS[row]} p50")
+        right.plot(xs, [r["p99_ms"] for r in mine], marker="x", linestyle="--", color=COLOURS[row], alpha=0.7)
+    if limit:
+        left.axhline(limit, color="black", linestyle=":", label=f"limit ({document['limit']['best']['config']})")
+    for ax in (left, right):
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(sorted({r["concurrency"] for r in runs}))
+        ax.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        ax.set_xlabel("requests in flight")
+        ax.grid(True, alpha=0.3)
+    left.set_ylabel("images/s")
+    left.set_ylim(bottom=0)
+    left.set_title("throughput (resnet18, 224×224)")
+    left.legend(fontsize=8, loc="lower right")
+    right.set_yscale("log")
+    right.set_ylabel("latency, ms (o p50, x p99)")
+    right.set_title("latency")
+    machine = document.get("machine", {})
+    others = [r["others_cores"] for r in runs if r.get("others_cores") is not None]
+    noise = f"; other users' processes kept {sum(others) / len(others):.1f} cores busy on average" if others else ""
+    fig.suptitle(
+        f"{machine.get('cpu', '?')}, {machine.get('cores', '?')} cores, {machine.get('date', '')} "
+        f"(load average at start {machine.get('load_average_start', '?')}{noise})",
+        fontsize=9,
+    )
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,185 @@
+"""The throughput benchmark's arithmetic and output: percentiles, the limit, ratios, goals, table, JSON (no timing)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from benchmarks.throughput import report
+from benchmarks.throughput.report import Limit, Measurement
+
+
+def m(row: str, concurrency: int | None, images_per_s: float, p50: float = 50.0, cpu_s: float = 20.0,
+      window_s: float = 10.0, others: float = 0.0, config: str = "") -> Measurement:
+    """A measurement with round numbers."""
+    return Measurement(row=row, concurrency=concurrency, images_per_s=images_per_s, p50_ms=p50, p95_ms=p50 * 1.5,
+                       p99_ms=p50 * 2, cpu_s=cpu_s, window_s=window_s, ok=int(images_per_s * window_s),
+                       config=config, others_cores=others)
+
+
+@pytest.fixture
+def limit() -> Limit:
+    """Best candidate 100 img/s (20 ms CPU per image), repeated at 80 img/s: the limit is their mean, 90."""
+    return Limit(
+        candidates=[m("limit", None, 60.0, config="2 proc × 1 thread, batch 1"),
+                    m("limit", None, 100.0, config="2 proc × 1 thread, batch 8")],
+        repeats=[m("limit", None, 80.0, config="2 proc × 1 thread, batch 8 (round 1 in flight)")],
+    )
+
+
+def served(full_32: float = 81.0, ours_32: float = 86.0, proto_32: float = 40.0) -> list[Measurement]:
+    """Two loads of every served row; the full stack 1 ms slower than TorchServe direct at 1 in flight."""
+    return [
+        m("prototype", 1, 20.0, p50=50.0), m("prototype", 32, proto_32, p50=800.0),
+        m("torchserve_stock", 1, 20.0, p50=50.0), m("torchserve_stock", 32, 60.0, p50=500.0),
+        m("torchserve_ours", 1, 21.0, p50=47.0), m("torchserve_ours", 32, ours_32, p50=370.0),
+        m("full_stack", 1, 20.5, p50=48.0), m("full_stack", 32, full_32, p50=390.0),
+    ]
+
+
+def test_percentile_interpolates_and_handles_edges() -> None:
+    assert report.percentile([], 50) != report.percentile([], 50)  # NaN
+    assert report.percentile([7.0], 99) == 7.0
+    assert report.percentile([1.0, 2.0, 3.0, 4.0], 50) == pytest.approx(2.5)
+    assert report.percentile(list(range(101)), 99) == pytest.approx(99.0)
+    assert report.percentile([5.0, 1.0, 3.0], 0) == 1.0  # unsorted input
+
+
+def test_measurement_cpu_figures() -> None:
+    run = m("full_stack", 8, 50.0, cpu_s=15.0, window_s=10.0)
+    assert run.cpu_cores == pytest.approx(1.5)
+    assert run.cpu_ms_per_image == pytest.approx(30.0)  # 15 s over 500 images
+    empty = m("full_stack", 8, 0.0)
+    assert math.isnan(empty.cpu_ms_per_image)
+    assert empty.to_json()["cpu_ms_per_image"] is None  # JSON has no NaN
+    assert Measurement.from_json(run.to_json()) == run
+
+
+def test_limit_is_the_best_layout_averaged_with_its_repeats(limit: Limit) -> None:
+    assert limit.best.config == "2 proc × 1 thread, batch 8"
+    assert limit.images_per_s == pytest.approx(90.0)
+    # CPU per image: the least any in-process run needed (100 img/s for 10 s on 20 CPU-seconds: 20 ms)
+    assert limit.cpu_ms_per_image == pytest.approx(20.0)
+    assert Limit(candidates=[m("limit", None, 70.0)]).images_per_s == 70.0
+    with pytest.raises(ValueError):
+        _ = Limit(candidates=[]).best
+
+
+def test_ratios_and_peaks(limit: Limit) -> None:
+    runs = served()
+    top, one = report.peak(runs, "full_stack"), report.at(runs, "torchserve_ours", 1)
+    assert top is not None and top.concurrency == 32
+    assert one is not None and one.images_per_s == 21.0
+    assert report.at(runs, "torchserve_ours", 8) is None
+    assert report.ratio(81.0, limit.images_per_s) == pytest.approx(0.9)
+    assert math.isnan(report.ratio(1.0, 0.0))
+
+
+def test_serving_goals_met(limit: Limit) -> None:
+    goals = {g.name: g for g in report.serving_goals(served(), limit)}
+    assert goals["full stack vs limit"].met is True  # 81 / 90 = 0.90 ≥ 0.85
+    assert "0.90×" in goals["full stack vs limit"].measured
+    assert goals["our TorchServe handler vs limit"].met is True  # 86 / 90 = 0.956 ≥ 0.95
+    assert goals["full stack vs seed prototype design"].met is True  # 81 / 40 ≥ 1.5
+    assert goals["bridge throughput vs TorchServe direct"].met is False  # 81 / 86 = 0.94 < 0.97
+    latency = goals["bridge latency added at p50"]
+    assert latency.met is True and "+1.0 ms at 1 in flight" in latency.measured
+    assert all(g.note == "" for g in goals.values())
+
+
+def test_serving_goals_unmet_missing_and_noisy(limit: Limit) -> None:
+    goals = {g.name: g for g in report.serving_goals(served(full_32=70.0, ours_32=84.0, proto_32=50.0), limit)}
+    assert goals["full stack vs limit"].met is False  # 0.78
+    assert goals["our TorchServe handler vs limit"].met is False  # 0.93
+    assert goals["full stack vs seed prototype design"].met is False  # 1.4
+
+    only_proto = {g.name: g for g in report.serving_goals([m("prototype", 1, 10.0)], limit)}
+    assert only_proto["full stack vs limit"].met is None
+    assert only_proto["bridge latency added at p50"].measured == "n/a"
+
+    noisy = [*served()[:-1], m("full_stack", 32, 81.0, others=1.2)]
+    goal = {g.name: g for g in report.serving_goals(noisy, limit)}["full stack vs limit"]
+    assert goal.note.startswith("noisy")
+    assert report.goal_lines([goal])[0][3] == "yes?"  # the verdict is flagged, not hidden
+
+
+def test_recording_goals() -> None:
+    recording = {
+        "postgres": {"bridge_batch": {"batch": 500, "per_s": 25_000.0}},
+        "influxdb": {"bridge_batch": {"batch": 5000, "per_s": 40_000.0}},
+        "slow_database": {
+            "fast": {"p50_ms": 1.0, "max_ms": 12.0, "store_delay_s": 0.0, "sink_delay_s": 0.0},
+            "slow_postgres_and_influxdb": {"p50_ms": 1.4, "max_ms": 30.0, "store_delay_s": 1.0, "sink_delay_s": 1.0},
+        },
+    }
+    goals = report.recording_goals(recording)
+    assert [g.met for g in goals] == [True, False, True]
+    assert "25,000 results/s" in goals[0].measured
+    recording["slow_database"]["slow_postgres_and_influxdb"]["max_ms"] = 1004.0  # one answer waited for a write
+    assert report.recording_goals(recording)[2].met is False
+    assert [g.met for g in report.recording_goals({})] == [None, None]
+
+
+def test_table_has_the_limit_first_then_every_run(limit: Limit) -> None:
+    lines = report.table_rows(limit, served())
+    assert len(lines) == 1 + 8
+    assert all(len(line) == len(report.TABLE_HEADER) for line in lines)
+    assert lines[0][0].startswith(report.ROWS["limit"]) and lines[0][2] == "90.0" and lines[0][9] == "1.00"
+    assert lines[0][6] == "8"  # the best layout's batch
+    rows_in_order = [line[0] for line in lines[1:]]
+    assert rows_in_order == [report.ROWS[r] for r in report.SERVED_ROWS for _ in range(2)]
+    full_32 = next(line for line in lines if line[0] == report.ROWS["full_stack"] and line[1] == "32")
+    assert full_32[2] == "81.0" and full_32[9] == "0.90"
+    text = report.render_text(report.TABLE_HEADER, lines)
+    widths = {len(line) for line in text.splitlines()}
+    assert len(widths) == 1  # every line padded to the same width
+    markdown = report.render_markdown(report.TABLE_HEADER, lines)
+    assert markdown.splitlines()[1].startswith("|---|---:")
+    assert len(markdown.splitlines()) == 2 + len(lines)
+
+
+def test_side_tables() -> None:
+    memory = {"torchserve_ours": [
+        {"role": "TorchServe worker", "pid": 1, "rss_mb": 1000.0, "pss_mb": 550.0},
+        {"role": "TorchServe worker", "pid": 2, "rss_mb": 1010.0, "pss_mb": 560.0},
+        {"role": "TorchServe frontend (Java)", "pid": 3, "rss_mb": 240.0, "pss_mb": 220.0},
+    ]}
+    lines = report.memory_lines(memory)
+    assert lines[0][1:] == ("TorchServe worker", "2", "1005", "555", "1110")
+    cold = report.cold_start_lines({"torchserve_ours": {"ready_s": 4.1, "first_prediction_s": 4.25}})
+    assert cold == [(report.ROWS["torchserve_ours"], "4.1", "4.2")]
+
+
+def test_results_document_is_json_without_nan(limit: Limit, tmp_path: Path) -> None:
+    runs = served()
+    runs.append(m("prototype", 8, 0.0))  # NaN CPU per image
+    document = report.results_document({"cpu": "test"}, {"quick": True}, limit, runs, {"cold_start": {}}, None)
+    path = tmp_path / "results" / "latest.json"
+    report.write_json(document, path)
+    loaded = json.loads(path.read_text(), parse_constant=lambda c: pytest.fail(f"{c} in JSON"))
+    assert loaded["limit"]["images_per_s"] == pytest.approx(90.0)
+    assert [r["row"] for r in loaded["runs"]][:2] == ["prototype", "prototype"]
+    full_32 = next(r for r in loaded["runs"] if r["row"] == "full_stack" and r["concurrency"] == 32)
+    assert full_32["ratio_to_limit"] == pytest.approx(0.9)
+    assert loaded["runs"][-1]["cpu_ms_per_image"] is None
+    assert {g["name"] for g in loaded["goals"]} >= {"full stack vs limit", "bridge latency added at p50"}
+    assert not list(path.parent.glob("*.partial"))
+
+
+def test_merge_adds_passes_up() -> None:
+    a = m("full_stack", 8, 20.0, cpu_s=10.0, window_s=10.0, others=1.0)
+    b = m("full_stack", 8, 40.0, cpu_s=30.0, window_s=10.0, others=0.0)
+    a.cpu_breakdown, b.cpu_breakdown = {"bridge": 1.0}, {"bridge": 2.0, "TorchServe worker": 20.0}
+    merged = report.merge([a, b], [10.0, 20.0, 30.0])
+    assert merged.images_per_s == pytest.approx(30.0)  # 600 images in 20 s
+    assert merged.window_s == 20.0 and merged.ok == 600
+    assert merged.cpu_ms_per_image == pytest.approx(40_000 / 600)
+    assert merged.others_cores == pytest.approx(0.5)
+    assert merged.p50_ms == 20.0
+    assert merged.cpu_breakdown == {"bridge": 3.0, "TorchServe worker": 20.0}
+    assert merged.passes == [20.0, 40.0]
+    with pytest.raises(ValueError):
+        report.merge([], [])
