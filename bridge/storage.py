@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 from pathlib import Path
 
 import psycopg2
 import psycopg2.extensions
-from psycopg2.extras import Json, execute_values
 
 from bridge.records import InferenceRecord
 
@@ -78,32 +78,53 @@ class PostgresStore:
         return applied
 
     def write(self, records: list[InferenceRecord]) -> int:
-        """Insert ``records`` in one transaction; duplicates (replays) are ignored. Returns rows inserted."""
-        rows = [
-            (
-                r.request_id, r.created_at, r.model, r.model_version, r.source, r.status, r.latency_ms,
-                r.batch_size, r.input_sha256, r.input_bytes, r.top_label, r.top_score,
-                Json(r.output, dumps=_dumps) if r.output is not None else None, r.error,
-            )
-            for r in records
-        ]
+        """Insert ``records`` in one transaction; duplicates (replays) are ignored. Returns rows inserted.
+
+        The batch is COPY'd into a per-session staging table, then moved with one INSERT ... SELECT ...
+        ON CONFLICT DO NOTHING: ~2x the rows/s of a multi-row INSERT (measured, benchmarks/throughput).
+        """
         if not self._migrated:
             self.migrate()  # the bridge may have started while PostgreSQL was down
         conn = self._connection()
+        columns = ", ".join(COLUMNS)
         try:
             with conn, conn.cursor() as cur:
-                inserted = execute_values(
-                    cur,
-                    f"INSERT INTO inferences ({', '.join(COLUMNS)}) VALUES %s ON CONFLICT (request_id) DO NOTHING"
-                    " RETURNING 1",
-                    rows,
-                    page_size=len(rows) or 1,
-                    fetch=True,
+                cur.execute(
+                    "CREATE TEMP TABLE IF NOT EXISTS inferences_staging"
+                    " (LIKE inferences INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
                 )
-            return len(inserted)
+                cur.copy_expert(
+                    f"COPY inferences_staging ({columns}) FROM STDIN WITH (FORMAT csv)", _csv(records)
+                )
+                cur.execute(
+                    f"INSERT INTO inferences ({columns}) SELECT {columns} FROM inferences_staging"
+                    " ON CONFLICT (request_id) DO NOTHING"
+                )
+                return cur.rowcount
         except psycopg2.Error:
             self.close()
             raise
+
+
+def _csv(records: list[InferenceRecord]) -> io.StringIO:
+    """The records as CSV for COPY: NULL is an unquoted empty field, every text value is quoted."""
+    lines = []
+    for r in records:
+        values = (
+            r.request_id, r.created_at.isoformat(), r.model, r.model_version, r.source, r.status, r.latency_ms,
+            r.batch_size, r.input_sha256, r.input_bytes, r.top_label, r.top_score,
+            _dumps(r.output) if r.output is not None else None, r.error,
+        )
+        lines.append(",".join(_csv_field(v) for v in values))
+    return io.StringIO("\n".join(lines) + "\n")
+
+
+def _csv_field(value: object) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return repr(value)
+    return '"' + str(value).replace("\x00", "").replace('"', '""') + '"'
 
 
 def _dumps(value: object) -> str:

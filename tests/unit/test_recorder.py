@@ -167,3 +167,17 @@ def test_journal_failure_falls_back_to_postgres_or_fails_the_ack(tmp_path: Path)
     finally:
         store.down.clear()
         recorder.stop()
+
+
+def test_line_protocol_escapes_and_keeps_field_types() -> None:
+    from bridge.metrics_sink import to_line
+
+    point = {
+        "measurement": "inference",
+        "tags": {"model": "my model,v=1", "version": "", "status": "200"},
+        "fields": {"latency_ms": 1.5, "count": 1, "request_id": 'a"b\\c', "ok": True},
+        "time": 123,
+    }
+    assert to_line(point) == (
+        'inference,model=my\\ model\\,v\\=1,status=200 latency_ms=1.5,count=1i,request_id="a\\"b\\\\c",ok=true 123'
+    )
