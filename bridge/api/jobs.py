@@ -12,7 +12,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Path, Query, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from bridge.api.predictions import NAME_PATTERN, PHOTO_BODY
 from bridge.errors import BadRequest, ErrorBody, NotFound
@@ -37,6 +37,18 @@ class ModelResult(BaseModel):
 
 class JobOut(BaseModel):
     """A job and, once it succeeded or failed, one result per model."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "id": "794c0663-aa31-4a9b-bb39-82a5aa7772ab", "status": "succeeded", "models": ["classifier", "price"],
+        "created_at": "2026-11-25T09:24:11.441Z", "updated_at": "2026-11-25T09:24:11.602Z", "attempts": 1,
+        "results": {
+            "classifier": {"status": 200, "request_id": "a83e7051-9b19-515d-a7fd-0a96108844f9", "model_version": "1.0",
+                           "output": {"predictions": [{"label": "Egyptian cat", "index": 285, "score": 0.37}]}},
+            "price": {"status": 400, "request_id": "69c3b648-5f15-53dd-bf84-c316d6f5eddf", "model_version": "1.0",
+                      "error": "image is truncated or corrupt"},
+        },
+        "error": None,
+    }]})
 
     id: str
     status: JobStatus

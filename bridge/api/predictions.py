@@ -16,7 +16,18 @@ ModelName = Annotated[str, Path(pattern=NAME_PATTERN, description="Model name, a
 ModelVersion = Annotated[str, Path(pattern=NAME_PATTERN, description="Model version, e.g. 1.0")]
 
 PREDICTION_RESPONSES: dict[int | str, dict[str, Any]] = {
-    200: {"description": "The model's answer (JSON), e.g. top-5 labels with scores"},
+    200: {
+        "description": "The model's answer (JSON): top-5 labels, a price, or the nearest items",
+        "content": {"application/json": {"examples": {
+            "classifier": {"value": {"predictions": [{"label": "Egyptian cat", "index": 285, "score": 0.3737}],
+                                     "model": {"name": "classifier", "version": "1.0"}, "batch_size": 1}},
+            "price": {"value": {"price": 86.01, "currency": "EUR",
+                                "interval": {"low": 47.63, "high": 155.33, "coverage": 0.8},
+                                "model": {"name": "price", "version": "1.0"}, "batch_size": 1}},
+            "similar": {"value": {"items": [{"id": "chelsea-01", "distance": 0.0}], "k": 1,
+                                  "model": {"name": "similar", "version": "1.0"}, "batch_size": 1}},
+        }}},
+    },
     **{
         status: {"model": ErrorBody, "description": description}
         for status, description in (

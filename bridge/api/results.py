@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from bridge.api.predictions import NAME_PATTERN
 from bridge.errors import BadRequest
@@ -46,12 +46,28 @@ class ResultItem(BaseModel):
 class ResultsPage(BaseModel):
     """A page of results, newest first; pass `next_cursor` as `cursor` for the next page."""
 
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "items": [{
+            "request_id": "75e583f0-df26-4ec6-bef2-16278b74fe5b", "created_at": "2026-11-25T09:08:06.294Z",
+            "model": "classifier", "model_version": "1.0", "source": "sync", "status": 200, "latency_ms": 81.2,
+            "batch_size": 1, "input_sha256": "f87db21040548f49ccb05635778bb59f9fb89e505a67b39809e0ca2e57b53882",
+            "input_bytes": 35042, "top_label": "Egyptian cat", "top_score": 0.3737,
+            "output": {"predictions": [{"label": "Egyptian cat", "index": 285, "score": 0.3737}]}, "error": None,
+        }],
+        "next_cursor": "MjAyNi0xMS0yNVQwOTowODowNi4yOTQyMjcrMDA6MDB8NzVlNTgzZjA",
+    }]})
+
     items: list[ResultItem]
     next_cursor: str | None
 
 
 class Report(BaseModel):
     """Rows of a report, one per time bucket and group."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "model": "classifier", "since": "2026-11-24T09:31:17Z", "until": "2026-11-25T09:31:17Z", "bucket": "hour",
+        "rows": [{"bucket": "2026-11-25T09:00:00Z", "label": "Egyptian cat", "count": 42}],
+    }]})
 
     model: str
     since: datetime

@@ -5,7 +5,7 @@ waiting for PostgreSQL. After the restart (or SIGCONT) the spool drains to zero 
 the rows equal the acknowledged requests, none twice.
 
 Both run with telemetry on, its interval cut from 10 s to 2 s so that its database query (jobs pending)
-surely runs inside the 8 s outage: before commit d0a1061 that query ran on the event loop, and a frozen
+surely runs inside the outage: before commit d0a1061 that query ran on the event loop, and a frozen
 PostgreSQL stalled every prediction until SIGCONT (measured here: 7.3 s); this test keeps it fixed.
 """
 
@@ -35,7 +35,7 @@ from tests.reliability.services import FaultStack
 pytestmark = pytest.mark.reliability
 
 CHECK = "PostgreSQL stopped / frozen mid-load"
-DOWN_S = 8.0
+DOWN_S = 30.0  # the issue's bar: PostgreSQL away for 30 s under load
 SERVING_S = 2.0  # a prediction during the outage must not take longer than this
 
 
