@@ -42,19 +42,30 @@ def has_values(series: list[dict]) -> bool:
 
 @pytest.fixture(scope="module")
 def traffic(live_stack: LiveStack, photos: dict[str, bytes]) -> None:
-    """Good and bad predictions on both models, a job, and two telemetry rounds around them."""
-    deadline = time.monotonic() + 60
-    rounds_before = _scrapes()
-    for _ in range(3):
+    """Good and bad predictions on both models and a job, in two rounds with a telemetry round between.
+
+    TorchServe's counters for a model appear with its first request, and per-request figures are derived
+    between two scrapes: so a scrape must see the counters once, then again after more traffic.
+    """
+
+    def send_round() -> None:
         for model in ("classifier", "resnet18"):
             for body in (photos["chelsea"], photos["coffee"], b"not a photo"):
                 requests.put(f"{live_stack.bridge}/predictions/{model}", data=body, headers=NO_CACHE, timeout=30)
         requests.put(f"{live_stack.bridge}/predictions/classifier", data=photos["flower"], timeout=30)  # cache
+
+    def wait_for_scrapes(count: int) -> None:
+        target = _scrapes() + count
+        deadline = time.monotonic() + 60
+        while _scrapes() < target and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert _scrapes() >= target, f"the bridge's telemetry loop did not run {count} more time(s) within 60 s"
+
+    send_round()
+    wait_for_scrapes(1)  # counters seen once
+    send_round()
     requests.post(f"{live_stack.bridge}/v1/jobs", params={"models": "classifier"}, data=photos["rocket"], timeout=30)
-    # Derived TorchServe metrics need traffic between two scrapes: wait for two more rounds.
-    while _scrapes() < rounds_before + 2 and time.monotonic() < deadline:
-        time.sleep(1)
-    assert _scrapes() >= rounds_before + 2, "the bridge's telemetry loop did not run twice within 60 s"
+    wait_for_scrapes(2)  # and again after more traffic: per-request figures derived
 
 
 def _scrapes() -> int:
