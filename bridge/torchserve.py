@@ -20,6 +20,8 @@ from typing import Any
 import httpx
 
 from bridge.errors import UpstreamTimeout, UpstreamUnavailable
+from stack.torchserve import KeyFileUnreadable, Keys
+from stack.torchserve import read_keys as stack_read_keys
 
 logger = logging.getLogger(__name__)
 
@@ -34,38 +36,12 @@ WORKER_FAILURES = (b"Worker died", b"Out of resources", b"Prediction failed")
 INVALID_KEY = "InvalidKeyException"
 
 
-@dataclass(frozen=True)
-class Keys:
-    """One reading of key_file.json."""
-
-    inference: str
-    management: str
-    api: str
-    inference_expires: datetime | None
-    management_expires: datetime | None
-
-
-def _parse_time(value: str | None) -> datetime | None:
-    if not value:
-        return None
-    # Java prints nanoseconds; Python parses microseconds.
-    head, _, frac = value.rstrip("Z").partition(".")
-    return datetime.fromisoformat(f"{head}.{(frac + '000000')[:6]}").replace(tzinfo=UTC)
-
-
 def read_keys(path: Path) -> Keys:
     """Parse TorchServe's key file; raise UpstreamUnavailable when it is missing or unreadable."""
     try:
-        raw = json.loads(path.read_text())
-        return Keys(
-            inference=raw["inference"]["key"],
-            management=raw["management"]["key"],
-            api=raw["API"]["key"],
-            inference_expires=_parse_time(raw["inference"].get("expiration time")),
-            management_expires=_parse_time(raw["management"].get("expiration time")),
-        )
-    except (OSError, ValueError, KeyError) as exc:
-        raise UpstreamUnavailable(f"TorchServe's key file {path} is not readable yet; is TorchServe running?") from exc
+        return stack_read_keys(path)
+    except KeyFileUnreadable as exc:
+        raise UpstreamUnavailable(str(exc)) from exc
 
 
 class TokenStore:
