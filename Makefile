@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: up down status test unit archives clean bench bench-quick reliability
+.PHONY: up down status test unit lint archives clean bench bench-quick reliability
 
 $(STAMP): requirements.txt requirements-dev.txt requirements-build.txt
 	@echo "Creating the Python environment in $(VENV) (torch and torchvision come from local disk) ..."
@@ -27,10 +27,18 @@ status: $(STAMP)
 archives: $(STAMP)
 	@$(PY) -m archive_scripts
 
-# The whole suite: unit tests, then integration tests against the real stack (started by the tests
+# The whole suite: lint, unit tests, then integration tests against the real stack (started by the tests
 # when it is not running, and stopped again afterwards).
-test: $(STAMP)
+test: lint
 	@$(PY) -m pytest
+
+# ruff on everything; mypy on the packages. handlers/ is checked on its own: TorchServe imports the
+# archive's files by bare name (`import image_decoding`), while archive_scripts imports them as
+# `handlers.image_decoding`, and one mypy run cannot hold a file under two module names.
+lint: $(STAMP)
+	@echo "ruff ..." && $(VENV)/bin/ruff check .
+	@echo "mypy handlers/ ..." && cd handlers && ../$(VENV)/bin/mypy --config-file ../pyproject.toml *.py
+	@echo "mypy bridge archive_scripts ops stack sdk ..." && $(VENV)/bin/mypy
 
 unit: $(STAMP)
 	@$(PY) -m pytest tests/unit
