@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, TypedDict
 
 from fastapi import APIRouter, Path, Request, Response
 
@@ -81,10 +81,16 @@ async def _predict(request: Request, model: str, version: str | None) -> Respons
     )
 
 
-DEFAULT_VERSION = {"responses": PREDICTION_RESPONSES, "openapi_extra": PHOTO_BODY,
-                   "summary": "Predict with the model's default version"}
-GIVEN_VERSION = {"responses": PREDICTION_RESPONSES, "openapi_extra": PHOTO_BODY,
-                 "summary": "Predict with a specific model version"}
+class _RouteDoc(TypedDict):
+    responses: dict[int | str, dict[str, Any]]
+    openapi_extra: dict[str, Any]
+    summary: str
+
+
+DEFAULT_VERSION = _RouteDoc(responses=PREDICTION_RESPONSES, openapi_extra=PHOTO_BODY,
+                            summary="Predict with the model's default version")
+GIVEN_VERSION = _RouteDoc(responses=PREDICTION_RESPONSES, openapi_extra=PHOTO_BODY,
+                          summary="Predict with a specific model version")
 
 
 @router.post("/predictions/{model}", operation_id="predict", **DEFAULT_VERSION)
