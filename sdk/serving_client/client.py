@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import random
+import time
+import uuid
 from collections.abc import Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
@@ -34,6 +37,9 @@ class Client:
 
     ``api_key`` is sent as ``X-API-Key`` when given; ``timeout`` (seconds, None for none) bounds each request
     (a long poll gets its wait on top); ``transport`` replaces the network, e.g. ``httpx.MockTransport``.
+    ``submit_attempts`` and ``retry_backoff_s``: how often and how patiently a job submission is retried when
+    the bridge is unreachable, overloaded (503) or still storing the same submission (409) — safe, because
+    every submission carries an Idempotency-Key.
     """
 
     def __init__(
@@ -42,12 +48,16 @@ class Client:
         api_key: str | None = None,
         timeout: float | None = 30.0,
         transport: httpx.BaseTransport | None = None,
+        submit_attempts: int = 5,
+        retry_backoff_s: float = 0.5,
     ) -> None:
         headers = {"User-Agent": USER_AGENT}
         if api_key:
             headers["X-API-Key"] = api_key
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
+        self.submit_attempts = max(1, submit_attempts)
+        self.retry_backoff_s = retry_backoff_s
         self._http = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout, transport=transport)
 
     def __enter__(self) -> Client:
@@ -79,16 +89,25 @@ class Client:
     ) -> Job:
         """Submit a photo to several models (default: the bridge's job models); returns a handle to poll.
 
-        With ``idempotency_key``, a retried submission returns the original job instead of a new one.
+        Every submission carries an Idempotency-Key (``idempotency_key``, or one made here), so a submission
+        whose answer was lost is retried safely: the bridge gives back the job it already stored. Retried on
+        no answer, 503 and 409 (the same submission still being stored), with exponential backoff and jitter.
         """
         params = {}
         if models:
             params["models"] = models if isinstance(models, str) else ",".join(models)
-        headers = {"Content-Type": "application/octet-stream"}
-        if idempotency_key:
-            headers["Idempotency-Key"] = idempotency_key
-        response = self._request("POST", "/v1/jobs", params=params, content=read_photo(photo), headers=headers)
-        return Job(self, JobState.from_json(response.json()), created=response.status_code == 202)
+        headers = {"Content-Type": "application/octet-stream", "Idempotency-Key": idempotency_key or f"sdk-{uuid.uuid4()}"}
+        body = read_photo(photo)
+        for attempt in range(1, self.submit_attempts + 1):
+            try:
+                response = self._request("POST", "/v1/jobs", params=params, content=body, headers=headers)
+            except (errors.ServiceUnavailable, errors.Conflict) as exc:
+                if attempt == self.submit_attempts:
+                    raise
+                time.sleep(_backoff(self.retry_backoff_s, attempt, exc))
+                continue
+            return Job(self, JobState.from_json(response.json()), created=response.status_code == 202)
+        raise AssertionError("unreachable: the last attempt returns or raises")
 
     def job(self, job_id: str) -> Job:
         """A handle to an existing job (fetched now, so an unknown id raises ``NotFound``)."""
@@ -186,6 +205,16 @@ def read_photo(photo: Photo) -> bytes:
             raise TypeError("the photo's file object is in text mode: open it with 'rb'")
         return bytes(data)
     raise TypeError(f"a photo is bytes, a path or a binary file object, not {type(photo).__name__}")
+
+
+def _backoff(base_s: float, attempt: int, error: errors.ServingError) -> float:
+    """Seconds before retry ``attempt + 1``: the server's Retry-After when it gave one (capped), otherwise
+    exponential from ``base_s`` with full jitter (so many clients do not retry in step)."""
+    retry_after = getattr(error, "retry_after", None)
+    ceiling = base_s * 2 ** (attempt - 1)
+    if retry_after is not None and retry_after > 0:
+        return min(retry_after, 30.0)
+    return random.uniform(ceiling / 2, ceiling)
 
 
 def _segment(value: str) -> str:

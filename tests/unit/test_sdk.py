@@ -6,6 +6,8 @@ import builtins
 import io
 import json
 import re
+import time
+import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -312,18 +314,60 @@ def test_submit_defaults_and_an_idempotent_replay(client: Client, bridge: Record
     assert not job.created, "200 means the Idempotency-Key named an earlier job"
 
     client.submit(PHOTO)
-    assert "models" not in bridge.last.url.params and "Idempotency-Key" not in bridge.last.headers
+    assert "models" not in bridge.last.url.params
+    own_key = bridge.last.headers["Idempotency-Key"]
+    assert own_key.startswith("sdk-") and uuid.UUID(own_key[4:]), "the SDK sends a key of its own"
+    client.submit(PHOTO)
+    assert bridge.last.headers["Idempotency-Key"] != own_key, "each submission gets a new key"
 
 
-def test_submit_conflict_and_mismatch(client: Client, bridge: Recorder) -> None:
+def test_submit_conflict_and_mismatch(client: Client, bridge: Recorder, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(time, "sleep", lambda s: None)
     bridge.handler = lambda r: httpx.Response(
         409, json={"code": 409, "type": "Conflict", "message": "job pending", "request_id": "x"})
     with pytest.raises(Conflict, match="job pending"):
         client.submit(PHOTO, idempotency_key="k")
+    assert len(bridge.requests) == client.submit_attempts, "409 (still being stored) is retried, then raised"
+    bridge.requests.clear()
     bridge.handler = lambda r: httpx.Response(
         422, json={"code": 422, "type": "Unprocessable", "message": "different photo", "request_id": "y"})
     with pytest.raises(Unprocessable, match="different photo"):
         client.submit(PHOTO, idempotency_key="k")
+
+
+def test_submit_retries_lost_answers_with_the_same_key(
+    client: Client, bridge: Recorder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sleeps: list[float] = []
+    monkeypatch.setattr(time, "sleep", sleeps.append)
+    answers = iter(["timeout", "refused", "503", "200"])
+
+    def flaky(request: httpx.Request) -> httpx.Response:
+        answer = next(answers)
+        if answer == "timeout":
+            raise httpx.ReadTimeout("answer lost", request=request)
+        if answer == "refused":
+            raise httpx.ConnectError("refused", request=request)
+        if answer == "503":
+            return httpx.Response(503, headers={"Retry-After": "2"},
+                                  json={"code": 503, "type": "UpstreamUnavailable", "message": "busy", "request_id": "z"})
+        return httpx.Response(200, json=job_json(), headers={"Location": f"/v1/jobs/{JOB_ID}"})
+
+    bridge.handler = flaky
+    job = client.submit(PHOTO)
+    keys = {r.headers["Idempotency-Key"] for r in bridge.requests}
+    assert len(bridge.requests) == 4 and len(keys) == 1, "every retry carries the first attempt's key"
+    assert job.id == JOB_ID
+    assert sleeps[2] == 2.0, "the server's Retry-After is honoured"
+    assert 0.25 <= sleeps[0] <= 0.5 and 0.5 <= sleeps[1] <= 1.0, "exponential backoff with jitter"
+
+
+def test_submit_does_not_retry_a_bad_request(client: Client, bridge: Recorder) -> None:
+    bridge.handler = lambda r: httpx.Response(
+        400, json={"code": 400, "type": "BadRequest", "message": "not an image", "request_id": "b"})
+    with pytest.raises(BadRequest):
+        client.submit(PHOTO)
+    assert len(bridge.requests) == 1
 
 
 def test_status_is_a_fresh_get(client: Client, bridge: Recorder) -> None:
