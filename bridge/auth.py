@@ -13,7 +13,7 @@ API_KEY_HEADER = "X-API-Key"
 
 async def require_api_key(request: Request) -> None:
     """Accept ``X-API-Key: <key>`` or ``Authorization: Bearer <key>`` when BRIDGE_API_KEYS is set."""
-    keys: tuple[str, ...] = request.app.state.settings.api_key_list
+    keys: tuple[str, ...] = request.app.state.settings.api_keys
     if not keys:
         return
     offered = request.headers.get(API_KEY_HEADER)

@@ -2,62 +2,89 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Annotated, Any
 
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import AliasChoices, Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-STATE_DIR = REPO_ROOT / ".state"
+from stack.configuration import STATE_DIR_DEFAULT_TEXT, default_state_dir
+
+# A list from the environment: a JSON list, or comma-separated as before lists were lists (BRIDGE_API_KEYS=a,b).
+Names = Annotated[tuple[str, ...], NoDecode]
 
 
 class Settings(BaseSettings):
-    """Every knob of the bridge; see the README's "Configuration" table."""
+    """Every knob of the bridge (``python -m bridge``), each read from its ``BRIDGE_*`` environment variable."""
 
-    model_config = SettingsConfigDict(env_prefix="BRIDGE_", frozen=True)
+    model_config = SettingsConfigDict(env_prefix="BRIDGE_", frozen=True, validate_by_name=True)
 
-    host: str = "127.0.0.1"
-    api_keys: str = ""  # comma-separated; empty = no key required
-    port: int = 8000
+    host: str = Field("127.0.0.1", description="address the bridge listens on")
+    api_keys: Names = Field((), description="keys required on the API routes (X-API-Key or Bearer); empty = open")
+    port: int = Field(8000, description="port the bridge listens on")
+    state_dir: Path = Field(
+        default_factory=default_state_dir, validation_alias=AliasChoices("BRIDGE_STATE_DIR", "SERVING_STATE_DIR"),
+        description="the bridge's state: the journal, and TorchServe's key file when the stack runs here",
+        json_schema_extra={"default_text": STATE_DIR_DEFAULT_TEXT},
+    )
 
-    torchserve_url: str = "http://127.0.0.1:8080"
-    torchserve_management_url: str = "http://127.0.0.1:8081"
-    torchserve_metrics_url: str = "http://127.0.0.1:8082/metrics"
-    telemetry_interval_s: float = 10.0  # scrape TorchServe + write the bridge's own metrics; 0 = off
-    torchserve_key_file: Path = STATE_DIR / "torchserve" / "key_file.json"
-    torchserve_timeout_s: float = 25.0  # below the archives' responseTimeout (30 s): the bridge answers 504 first
-    max_connections: int = 256
-    max_body_bytes: int = 6_000_000
-    request_head_timeout_s: float = 10.0  # a connection whose request head is not complete by then is closed
-    request_body_timeout_s: float = 10.0  # a body not complete by then is a 408
+    torchserve_url: str = Field("http://127.0.0.1:8080", description="TorchServe's inference API")
+    torchserve_management_url: str = Field(
+        "http://127.0.0.1:8081", description="TorchServe's management API (token renewal, default versions, workers)"
+    )
+    torchserve_metrics_url: str = Field("http://127.0.0.1:8082/metrics", description="TorchServe's Prometheus metrics")
+    telemetry_interval_s: float = Field(
+        10.0, description="seconds between TorchServe scrapes + bridge metrics written to InfluxDB; 0 = off"
+    )
+    torchserve_key_file: Path = Field(
+        default_factory=lambda data: data["state_dir"] / "torchserve" / "key_file.json",
+        description="TorchServe's key file (its management, inference and API keys)",
+        json_schema_extra={"default_text": "`<state_dir>/torchserve/key_file.json`"},
+    )
+    torchserve_timeout_s: float = Field(
+        25.0, description="per-request limit → 504 (below the archives' responseTimeout, 30 s: answered first)"
+    )
+    max_connections: int = Field(256, description="connections to TorchServe")
+    max_body_bytes: int = Field(6_000_000, description="larger request bodies → 413")
+    request_head_timeout_s: float = Field(
+        10.0, description="a connection whose request head is not complete by then is closed"
+    )
+    request_body_timeout_s: float = Field(10.0, description="a request body not complete by then → 408")
 
-    pg_dsn: str = "postgresql://postgres@127.0.0.1:5432/serving"
-    pg_connect_timeout_s: int = 3
-    db_timeout_s: float = 10.0  # longest a request-time query may take before a 503
-    influx_host: str = "127.0.0.1"
-    influx_port: int = 8086
-    influx_database: str = "serving"
-    influx_timeout_s: float = 3.0
+    pg_dsn: str = Field(
+        "postgresql://postgres@127.0.0.1:5432/serving", description="PostgreSQL: records, jobs and results"
+    )
+    pg_connect_timeout_s: int = Field(3, description="seconds to connect to PostgreSQL")
+    db_timeout_s: float = Field(10.0, description="longest a request-time query may take before a 503")
+    influx_host: str = Field("127.0.0.1", description="InfluxDB host (metrics, best effort)")
+    influx_port: int = Field(8086, description="InfluxDB port")
+    influx_database: str = Field("serving", description="InfluxDB database")
+    influx_timeout_s: float = Field(3.0, description="seconds per InfluxDB write")
 
-    cache: bool = True  # same photo + same model version → the recorded answer (X-Cache: HIT)
-    cache_timeout_s: float = 0.05  # a slower lookup is a miss
+    cache: bool = Field(True, description="same photo + same model version → the recorded answer (X-Cache: HIT)")
+    cache_timeout_s: float = Field(0.05, description="a slower cache lookup is a miss")
 
-    job_models: str = "classifier,price,similar"  # what POST /v1/jobs runs by default
-    job_concurrency: int = 4
-    job_lease_s: float = 30.0
-    job_max_attempts: int = 5
+    job_models: Names = Field(("classifier", "price", "similar"), description="what a job runs when it names no models")
+    job_concurrency: int = Field(4, description="job workers per bridge")
+    job_lease_s: float = Field(30.0, description="seconds a worker holds a job before another may take it over")
+    job_max_attempts: int = Field(5, description="attempts of a job through outages before it fails")
 
-    record_batch_size: int = 500
-    record_flush_interval_s: float = 0.05
-    record_retry_interval_s: float = 2.0
-    spool_dir: Path = STATE_DIR / "spool"
-    influx_buffer_points: int = 100_000
+    record_batch_size: int = Field(500, description="records per journal segment / PostgreSQL insert")
+    record_flush_interval_s: float = Field(0.05, description="how long an idle writer waits for records")
+    record_retry_interval_s: float = Field(2.0, description="how often an unavailable PostgreSQL / InfluxDB is retried")
+    spool_dir: Path = Field(
+        default_factory=lambda data: data["state_dir"] / "spool",
+        description="the journal: records not yet in PostgreSQL survive restarts here",
+        json_schema_extra={"default_text": "`<state_dir>/spool`"},
+    )
+    influx_buffer_points: int = Field(100_000, description="bound on points held while InfluxDB is down")
 
-    @property
-    def api_key_list(self) -> tuple[str, ...]:
-        """The configured API keys (none means the API is open)."""
-        return tuple(k.strip() for k in self.api_keys.split(",") if k.strip())
-
-    @property
-    def job_model_list(self) -> tuple[str, ...]:
-        """The models a job runs when the submission names none."""
-        return tuple(m.strip() for m in self.job_models.split(",") if m.strip())
+    @field_validator("api_keys", "job_models", mode="before")
+    @classmethod
+    def _names(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        if value.lstrip().startswith("["):
+            return json.loads(value)
+        return tuple(name.strip() for name in value.split(",") if name.strip())

@@ -17,8 +17,9 @@ from ops.commands import Context
 from ops.errors import OpsError, UsageError
 from ops.golden import GoldenLookup, PhotoLoader, sample_photo, spec_golden
 from ops.history import ChangeSink, History, InfluxChanges, PostgresHistory
-from ops.settings import OPTIONS, Settings
+from ops.settings import Settings
 from ops.torchserve import TorchServe
+from stack.configuration import env_names
 
 DESCRIPTION = """\
 Operate the models TorchServe serves: list and describe them, deploy a new version from the model store
@@ -59,15 +60,21 @@ class Dependencies:
 
 def _global_options(parser: argparse.ArgumentParser, environ: Mapping[str, str], hidden: bool) -> None:
     group = parser.add_argument_group("settings (flag, else environment variable, else default)")
-    for option in OPTIONS:
+    try:
+        now = {} if hidden else dict(Settings.from_values({}, environ))
+    except ValueError:  # a bad value in the environment: shown as it is here, reported when a command runs
+        now = {}
+    for name, field in Settings.model_fields.items():
+        flag, envs = "--" + name.replace("_", "-"), env_names(Settings, name)
+        kind = field.annotation or str  # str, int, float or Path: argparse checks the flag
         if hidden:
             # Repeated on every command so they may follow it; SUPPRESS keeps the main parser's value.
-            group.add_argument(option.flag, dest=option.name, type=option.type, default=argparse.SUPPRESS,
+            group.add_argument(flag, dest=name, type=kind, default=argparse.SUPPRESS,
                                help=argparse.SUPPRESS)
             continue
-        shown = environ.get(option.env) or option.default(environ)
-        group.add_argument(option.flag, dest=option.name, type=option.type, default=None, metavar=option.env.split("_", 1)[1],
-                           help=f"{option.help} [env {option.env}; now: {shown}]")
+        shown = now.get(name, next((environ[env] for env in envs if environ.get(env)), "?"))
+        group.add_argument(flag, dest=name, type=kind, default=None, metavar=envs[0].split("_", 1)[1],
+                           help=f"{field.description} [env {' else '.join(envs)}; now: {shown}]")
 
 
 def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentParser:
@@ -107,7 +114,8 @@ def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentP
                 "for this version. Note: in TorchServe 0.12 the archive's minWorkers/maxWorkers override --workers;\n"
                 "use `servingctl scale` afterwards.")
     p.add_argument("archive", metavar="ARCHIVE", help="file name in the model store, e.g. resnet18_v2.0.mar")
-    p.add_argument("--set-default", action="store_true", help="make the version the default once its golden check passed")
+    p.add_argument("--set-default", action="store_true",
+                   help="make the version the default once its golden check passed")
     p.add_argument("--workers", type=int, default=1, help="initial_workers to ask for (default: 1)")
     p.add_argument("--batch-size", type=int, metavar="N",
                    help="batchSize for this version (default: the archive's model-config.yaml)")

@@ -1,95 +1,107 @@
-"""servingctl's settings: one table of options, each a flag with an environment default (``SERVINGCTL_*``)."""
+"""servingctl's settings: each a flag over an environment variable (``SERVINGCTL_*``) over a default."""
 
 from __future__ import annotations
 
 import getpass
-import os
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from pydantic import AliasChoices, Field, ValidationError, field_validator
+from pydantic_core import ErrorDetails
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from stack.configuration import STATE_DIR_DEFAULT_TEXT, default_state_dir, env_names, source_checkout
 
 
-def _state_dir(environ: Mapping[str, str]) -> Path:
-    # The stack keeps TorchServe's working directory (and so its key file) under SERVING_STATE_DIR.
-    return Path(environ.get("SERVING_STATE_DIR", str(REPO_ROOT / ".state")))
-
-
-def _actor(environ: Mapping[str, str]) -> str:
+def _login_name() -> str:
     try:
-        return environ.get("USER") or getpass.getuser()
+        return getpass.getuser()
     except (KeyError, OSError):  # no passwd entry for this uid
         return "unknown"
 
 
-@dataclass(frozen=True)
-class Option:
-    """One setting: its flag, its environment variable, how to compute the default, its help."""
-
-    name: str
-    env: str
-    default: Callable[[Mapping[str, str]], Any]
-    type: Callable[[str], Any]
-    help: str
-
-    @property
-    def flag(self) -> str:
-        return "--" + self.name.replace("_", "-")
+def _model_store() -> Path:
+    checkout = source_checkout()
+    return checkout / "model_store" if checkout is not None else Path.cwd() / "model_store"
 
 
-OPTIONS: tuple[Option, ...] = (
-    Option("management_url", "SERVINGCTL_MANAGEMENT_URL", lambda e: "http://127.0.0.1:8081", str,
-           "TorchServe's management API"),
-    Option("inference_url", "SERVINGCTL_INFERENCE_URL", lambda e: "http://127.0.0.1:8080", str,
-           "TorchServe's inference API (golden checks of a new version go through it)"),
-    Option("key_file", "SERVINGCTL_KEY_FILE", lambda e: _state_dir(e) / "torchserve" / "key_file.json", Path,
-           "TorchServe's key_file.json (management, inference and API keys)"),
-    Option("model_store", "SERVINGCTL_MODEL_STORE", lambda e: REPO_ROOT / "model_store", Path,
-           "the model store TorchServe registers archives from (deploy takes file names in it)"),
-    Option("timeout", "SERVINGCTL_TIMEOUT_S", lambda e: 10.0, float,
-           "seconds to wait for an ordinary TorchServe call or a golden prediction"),
-    Option("sync_timeout", "SERVINGCTL_SYNC_TIMEOUT_S", lambda e: 180.0, float,
-           "seconds to wait for a synchronous register or scale (workers loading)"),
-    Option("pg_dsn", "SERVINGCTL_PG_DSN", lambda e: "postgresql://postgres@127.0.0.1:5432/serving", str,
-           "PostgreSQL holding the change history (table model_changes)"),
-    Option("influx_host", "SERVINGCTL_INFLUX_HOST", lambda e: "127.0.0.1", str, "InfluxDB host (best effort)"),
-    Option("influx_port", "SERVINGCTL_INFLUX_PORT", lambda e: 8086, int, "InfluxDB port"),
-    Option("influx_database", "SERVINGCTL_INFLUX_DATABASE", lambda e: "serving", str, "InfluxDB database"),
-    Option("influx_timeout", "SERVINGCTL_INFLUX_TIMEOUT_S", lambda e: 3.0, float, "seconds per InfluxDB write"),
-    Option("actor", "SERVINGCTL_ACTOR", _actor, str, "who is recorded in the history (default: $USER)"),
-)
+def _env(name: str) -> str:
+    return f"SERVINGCTL_{name.upper()}"
 
 
-@dataclass(frozen=True)
-class Settings:
-    """Resolved settings of one invocation (flags over environment over defaults)."""
+class Settings(BaseSettings):
+    """Every setting of servingctl, each also a flag (``key_file``: ``--key-file``); flag > environment > default."""
 
-    management_url: str
-    inference_url: str
-    key_file: Path
-    model_store: Path
-    timeout: float
-    sync_timeout: float
-    pg_dsn: str
-    influx_host: str
-    influx_port: int
-    influx_database: str
-    influx_timeout: float
-    actor: str
+    model_config = SettingsConfigDict(
+        env_prefix="SERVINGCTL_", env_ignore_empty=True, frozen=True, validate_by_name=True
+    )
+
+    management_url: str = Field("http://127.0.0.1:8081", description="TorchServe's management API")
+    inference_url: str = Field(
+        "http://127.0.0.1:8080", description="TorchServe's inference API (golden checks of a new version go through it)"
+    )
+    state_dir: Path = Field(
+        default_factory=default_state_dir, validation_alias=AliasChoices(_env("state_dir"), "SERVING_STATE_DIR"),
+        description="the stack's state directory (TorchServe's key file is under it)",
+        json_schema_extra={"default_text": STATE_DIR_DEFAULT_TEXT},
+    )
+    key_file: Path = Field(
+        default_factory=lambda data: data["state_dir"] / "torchserve" / "key_file.json",
+        description="TorchServe's key_file.json (management, inference and API keys)",
+        json_schema_extra={"default_text": "`<state_dir>/torchserve/key_file.json`"},
+    )
+    model_store: Path = Field(
+        default_factory=_model_store,
+        description="the model store TorchServe registers archives from (deploy takes file names in it)",
+        json_schema_extra={"default_text": "`model_store/` of the source checkout; installed: `./model_store`"},
+    )
+    timeout: float = Field(
+        10.0, validation_alias=_env("timeout_s"),
+        description="seconds to wait for an ordinary TorchServe call or a golden prediction",
+    )
+    sync_timeout: float = Field(
+        180.0, validation_alias=_env("sync_timeout_s"),
+        description="seconds to wait for a synchronous register or scale (workers loading)",
+    )
+    pg_dsn: str = Field(
+        "postgresql://postgres@127.0.0.1:5432/serving",
+        description="PostgreSQL holding the change history (table model_changes)",
+    )
+    influx_host: str = Field("127.0.0.1", description="InfluxDB host (best effort)")
+    influx_port: int = Field(8086, description="InfluxDB port")
+    influx_database: str = Field("serving", description="InfluxDB database")
+    influx_timeout: float = Field(
+        3.0, validation_alias=_env("influx_timeout_s"), description="seconds per InfluxDB write"
+    )
+    actor: str = Field(
+        default_factory=_login_name, validation_alias=AliasChoices(_env("actor"), "USER"),
+        description="who is recorded in the history", json_schema_extra={"default_text": "`$USER`"},
+    )
+
+    @field_validator("management_url", "inference_url")
+    @classmethod
+    def _no_trailing_slash(cls, url: str) -> str:
+        return url.rstrip("/")
 
     @classmethod
-    def from_values(cls, values: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> Settings:
-        """Take each option from ``values`` (parsed flags), else its environment variable, else its default."""
-        env = os.environ if environ is None else environ
-        resolved: dict[str, Any] = {}
-        for option in OPTIONS:
-            value = values.get(option.name)
-            if value is None:
-                raw = env.get(option.env)
-                value = option.type(raw) if raw else option.default(env)
-            resolved[option.name] = option.type(value) if isinstance(value, str) else value
-        resolved["management_url"] = resolved["management_url"].rstrip("/")
-        resolved["inference_url"] = resolved["inference_url"].rstrip("/")
-        return cls(**resolved)
+    def from_values(cls, flags: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> Settings:
+        """Flags given (not None), else ``environ`` if given (tests), else the process environment, else defaults."""
+        values: dict[str, Any] = {}
+        for name in cls.model_fields:
+            if flags.get(name) is not None:
+                values[name] = flags[name]
+            elif environ is not None:
+                raw = next((environ[env] for env in env_names(cls, name) if environ.get(env)), None)
+                if raw is not None:
+                    values[name] = raw
+        try:
+            return cls(**values)
+        except ValidationError as exc:  # flags were checked by argparse: the environment is wrong
+            raise ValueError("; ".join(_explain(cls, error) for error in exc.errors())) from exc
+
+
+def _explain(settings: type[Settings], error: ErrorDetails) -> str:
+    name = str(error["loc"][0]) if error["loc"] else ""
+    where = env_names(settings, name)[0] if name in settings.model_fields else name
+    return f"{where}={error['input']!r}: {error['msg']}"

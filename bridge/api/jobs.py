@@ -104,7 +104,7 @@ async def submit_job(
 ) -> JSONResponse:
     """Store the photo and the job (committed before the 202), wake a worker."""
     state = request.app.state
-    model_list = parse_models(models, state.settings.job_model_list)
+    model_list = parse_models(models, state.settings.job_models)
     upload = await read_photo(request, state.settings.max_body_bytes, state.settings.request_body_timeout_s)
     digest = hashlib.sha256(upload.photo).hexdigest()
     job, created = await state.database.call(
