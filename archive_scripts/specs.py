@@ -19,6 +19,7 @@ from handlers.image_decoding import TensorSpec
 # Handler modules every image archive carries (imported by bare name inside the worker).
 SHARED_MODULES = ("batch_handler.py", "image_decoding.py", "model_architectures.py")
 PRICE_HEAD_FILE = "price_head.pt"
+IMAGENET_INPUT = TensorSpec()  # resize 256, crop 224, ImageNet's mean and std: the handler's defaults too
 
 CAT_LABELS = ("tabby", "tiger cat", "Egyptian cat", "Persian cat", "Siamese cat")
 
@@ -72,7 +73,7 @@ class ArchiveSpec:
     make_weights: Callable[[Path, BuildInputs], WeightsInfo]
     golden: tuple[GoldenCase, ...]
     workers: Workers = Workers()
-    preprocess: TensorSpec = TensorSpec()  # resize 256, crop 224, ImageNet mean/std
+    preprocess: TensorSpec = IMAGENET_INPUT
     topk: int | None = 5  # None: the handler has no top-k (the key is left out of model-config.yaml)
     handler_options: dict[str, Any] = field(default_factory=dict)  # keys of the handler's own config_keys
     modules: tuple[str, ...] = SHARED_MODULES

@@ -125,7 +125,7 @@ def test_specs_declare_only_what_differs_from_the_defaults() -> None:
     preprocessing = ["resize", "crop", "mean", "std"]
     for spec in SPECS:
         assert list(spec.model_config) == ["minWorkers", "maxWorkers", "batchSize", "maxBatchDelay", "responseTimeout"]
-        assert list(spec.handler_config)[0] == "threads"
+        assert next(iter(spec.handler_config)) == "threads"
         assert [key for key in spec.handler_config if key in preprocessing] == preprocessing
     assert find_spec("resnet18").workers == Workers(min_workers=2, max_workers=2)
     assert "topk" not in find_spec("price").handler_config
