@@ -10,6 +10,7 @@ start; servingctl registers ``similar_v1.0.mar`` from the model store into it. T
 
 from __future__ import annotations
 
+import asyncio
 import io
 import socket
 from collections.abc import Iterator
@@ -25,6 +26,7 @@ from ops.history import Change, MemoryHistory
 from ops.settings import Settings
 from ops.torchserve import TorchServe as Servingctl
 from stack.services import REPO_ROOT, TorchServe, TorchServePorts
+from stack.torchserve import Answer, AsyncClient
 
 MODEL, VERSION = "similar", "1.0"
 ARCHIVE = f"{MODEL}_v{VERSION}.mar"
@@ -119,3 +121,18 @@ def test_prediction_parameters_shape_the_answer(private_torchserve: TorchServe) 
     assert plain.status == asked.status == 200, (plain.text, asked.text)
     assert len(plain.body["items"]) == plain.body["k"] != 2 and "embedding" not in plain.body
     assert len(asked.body["items"]) == asked.body["k"] == 2 and len(asked.body["embedding"]) > 0
+
+
+def test_the_bridges_async_face_sends_them_too(private_torchserve: TorchServe) -> None:
+    async def ask() -> Answer:
+        ts = AsyncClient(private_torchserve.inference_url, private_torchserve.management_url,
+                         private_torchserve.key_file)
+        try:
+            if MODEL not in await ts.models():
+                await ts.register(ARCHIVE, 1)
+            return await ts.predict(MODEL, VERSION, sample_photo("coffee"), "image/jpeg", {"k": "1"})
+        finally:
+            await ts.close()
+
+    answer = asyncio.run(ask())
+    assert answer.status == 200 and answer.json()["k"] == 1 and len(answer.json()["items"]) == 1
