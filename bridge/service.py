@@ -18,7 +18,8 @@ from bridge.cache import ResultCache
 from bridge.errors import BridgeError, RecordingUnavailable
 from bridge.recorder import Recorder, RecordingFailed
 from bridge.records import InferenceRecord, summarise_output
-from bridge.torchserve import TorchServeClient, UpstreamResponse
+from bridge.torchserve import TorchServeClient
+from stack.torchserve import Answer
 
 JSON = "application/json"
 
@@ -28,7 +29,7 @@ class Prediction:
     """One inference: TorchServe's answer (or the bridge's error) and its record-to-be."""
 
     record: InferenceRecord
-    upstream: UpstreamResponse | None
+    upstream: Answer | None
     error: BridgeError | None
     cached: bool = False
 
@@ -67,7 +68,7 @@ class PredictionService:
             input_sha256=digest, input_bytes=len(body), top_label=summary[1], top_score=summary[2],
             output=output, error=None,
         )
-        return Prediction(record, UpstreamResponse(200, payload, JSON, None), None, cached=True)
+        return Prediction(record, Answer(200, payload, JSON, None), None, cached=True)
 
     async def run(
         self, model: str, version: str | None, body: bytes, content_type: str, source: str,

@@ -10,7 +10,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TextIO
 
-import requests
+import httpx
 
 from ops import commands
 from ops.commands import Context
@@ -49,13 +49,13 @@ Global options may also follow the command (servingctl scale resnet18 --min 1 --
 
 @dataclass
 class Dependencies:
-    """What tests (and other callers) may replace: golden cases, photos, history, InfluxDB, HTTP session."""
+    """What tests (and other callers) may replace: golden cases, photos, history, InfluxDB, TorchServe's transport."""
 
     golden: GoldenLookup = spec_golden
     photo: PhotoLoader = sample_photo
     history: Callable[[Settings], History] | None = None
     sink: Callable[[Settings], ChangeSink] | None = None
-    session: requests.Session | None = None
+    transport: httpx.BaseTransport | None = None
 
 
 def _global_options(parser: argparse.ArgumentParser, environ: Mapping[str, str], hidden: bool) -> None:
@@ -205,7 +205,7 @@ def main(
     open_history = deps.history or (lambda s: PostgresHistory(s.pg_dsn))
     sink = (deps.sink or (lambda s: InfluxChanges(s.influx_host, s.influx_port, s.influx_database, s.influx_timeout)))
     ctx = Context(
-        settings=settings, torchserve=TorchServe(settings, deps.session), open_history=lambda: open_history(settings),
+        settings=settings, torchserve=TorchServe(settings, deps.transport), open_history=lambda: open_history(settings),
         sink=sink(settings), golden=deps.golden, photo=deps.photo, out=out, err=err,
     )
     try:

@@ -31,6 +31,7 @@ import pytest
 import requests
 
 from stack.services import REPO_ROOT, STATE_DIR, VENV_BIN, TorchServe, read_pid
+from stack.torchserve import read_keys
 from tests.integration.conftest import LiveStack
 from tests.reliability import payloads as p
 from tests.reliability.instances import (
@@ -109,8 +110,8 @@ def test_torchserve_listens_on_loopback_only(live_stack: LiveStack) -> None:
 
 def shared_keys() -> dict[str, str]:
     """The shared TorchServe's current keys (read-only)."""
-    raw = json.loads(TorchServe().key_file.read_text())
-    return {kind: raw[kind]["key"] for kind in ("inference", "management", "API")}
+    keys = read_keys(TorchServe().key_file)
+    return {"inference": keys.inference, "management": keys.management, "API": keys.api}
 
 
 def refused(response: requests.Response) -> bool:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -22,7 +22,7 @@ PREDICTION = {"predictions": [{"label": "tabby", "index": 281, "score": 0.8}], "
 
 
 def write_keys(path: Path, inference: str = "inf-1", expires_in: timedelta = timedelta(minutes=60)) -> None:
-    expires = (datetime.now(timezone.utc) + expires_in).strftime("%Y-%m-%dT%H:%M:%S.123456789Z")
+    expires = (datetime.now(UTC) + expires_in).strftime("%Y-%m-%dT%H:%M:%S.123456789Z")
     path.write_text(json.dumps({
         "management": {"key": "mgmt-1", "expiration time": expires},
         "inference": {"key": inference, "expiration time": expires},
@@ -120,7 +120,7 @@ def test_empty_body_is_a_400_with_the_error_envelope(env: tuple[TestClient, Fake
 
 
 def test_body_over_the_limit_is_413_by_length_and_when_chunked(env: tuple[TestClient, FakeTorchServe, FlakyStore]) -> None:
-    client, fake, _ = env
+    client, _, _ = env
     assert client.post("/predictions/m", content=b"x" * 1000).status_code == 200  # exactly the limit
     assert client.post("/predictions/m", content=b"x" * 1001).status_code == 413
 
