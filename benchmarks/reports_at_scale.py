@@ -3,7 +3,7 @@
     .venv/bin/python -m benchmarks.reports_at_scale [--rows 1000000] [--dsn postgresql://postgres@127.0.0.1:5432/postgres]
 
 Seeds a separate database (``serving_reports_bench``; the ``serving`` database is never touched) with the
-real schema (the bridge's migrations), 30 days of rows over 4 models and 2 versions each, then prints the
+real schema (stack/database's migrations), 30 days of rows over 4 models and 2 versions each, then prints the
 median time of each API query over 5 runs, with the plan's top node so index use can be seen.
 """
 
@@ -12,12 +12,12 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import psycopg2
 
 from bridge.reports import Bucket, ResultFilter, error_rates, label_counts, latency_percentiles, list_results
-from bridge.storage import PostgresStore
+from stack.database import Database, migrate
 
 BENCH_DB = "serving_reports_bench"
 
@@ -56,7 +56,11 @@ def ensure_database(admin_dsn: str) -> str:
 
 def seed(dsn: str, rows: int, end: datetime) -> None:
     """Fill the table with ``rows`` rows unless it already has them."""
-    PostgresStore(dsn).migrate()
+    db = Database(dsn)
+    try:
+        migrate(db)
+    finally:
+        db.close()
     with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
         cur.execute("SELECT count(*) FROM inferences")
         started = time.monotonic()
@@ -92,7 +96,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--dsn", default="postgresql://postgres@127.0.0.1:5432/postgres", help="admin DSN")
     args = parser.parse_args()
-    end = datetime(2026, 11, 1, tzinfo=timezone.utc)
+    end = datetime(2026, 11, 1, tzinfo=UTC)
     dsn = ensure_database(args.dsn)
     seed(dsn, args.rows, end)
 
