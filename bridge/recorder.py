@@ -125,7 +125,7 @@ class _Lane:
         return self.keys.written, self.keys.rejected, self.keys.failures
 
     def health(self) -> dict[str, object]:
-        """The health entry and counters."""
+        """The sink's health entry (its counters are in ``counts``)."""
         return {self.keys.health: "ok" if self.healthy else self.unavailable}
 
     def loop(self) -> None:
@@ -149,7 +149,7 @@ class _DurableLane(_Lane):
         self.segments: queue.SimpleQueue[tuple[Path, list[InferenceRecord]]] = queue.SimpleQueue()
 
     def _counters(self) -> tuple[str, ...]:
-        return self.keys.written, self.keys.replayed, self.keys.rejected, self.keys.failures
+        return *super()._counters(), self.keys.replayed
 
     def idle(self) -> bool:
         """Nothing queued or in flight."""
@@ -233,10 +233,10 @@ class _BestEffortLane(_Lane):
         self._lock = threading.Lock()
 
     def _counters(self) -> tuple[str, ...]:
-        return self.keys.written, self.keys.dropped, self.keys.rejected, self.keys.failures
+        return *super()._counters(), self.keys.dropped
 
     def health(self) -> dict[str, object]:
-        """The health entry, the buffer's fill and the counters."""
+        """The sink's health entry and its buffer's fill."""
         return {**super().health(), self.keys.buffered: len(self._buffer)}
 
     def idle(self) -> bool:

@@ -7,13 +7,12 @@ from bridge.recorder import Recorder, Sink
 from bridge.settings import Settings
 from bridge.spool import Spool
 from bridge.storage import PostgresSink
-from stack.database import Database
 
 
 def build_sinks(settings: Settings) -> list[Sink]:
     """Every sink records go to after the journal, each with its own policy (durable or best effort)."""
     return [
-        PostgresSink(Database(settings.pg_dsn, settings.pg_connect_timeout_s, max_connections=2)),
+        PostgresSink.connect(settings.pg_dsn, settings.pg_connect_timeout_s),
         InfluxSink(settings.influx_host, settings.influx_port, settings.influx_database, settings.influx_timeout_s,
                    buffer_limit=settings.influx_buffer_points),
     ]

@@ -25,11 +25,18 @@ class PostgresSink(Sink):
         self._db = db
         self._migrated = False
 
+    @classmethod
+    def connect(cls, dsn: str, connect_timeout_s: int = 3) -> PostgresSink:
+        """A sink on its own connections: one kept open between batches (the staging table lives in it)."""
+        return cls(Database(dsn, connect_timeout_s, max_connections=2, keep_idle=1))
+
     def start(self) -> None:
         """Bring the schema up to date (the bridge's jobs need it too, before any record is written)."""
         try:
             applied = migrate(self._db)
-        except (DatabaseUnavailable, psycopg2.Error) as exc:
+        except DatabaseUnavailable as exc:
+            raise SinkUnavailable(f"PostgreSQL: {exc.reason}") from exc
+        except psycopg2.Error as exc:
             raise SinkUnavailable(f"PostgreSQL: {exc}") from exc
         if applied:
             logger.info("applied migrations %s", applied)
@@ -44,7 +51,9 @@ class PostgresSink(Sink):
                 return write_inferences(conn, records)
         except (psycopg2.DataError, psycopg2.IntegrityError) as exc:
             raise RecordsRejected(f"PostgreSQL: {exc}") from exc  # refused on its merits: quarantine, not retry
-        except (DatabaseUnavailable, psycopg2.Error) as exc:
+        except DatabaseUnavailable as exc:
+            raise SinkUnavailable(f"PostgreSQL: {exc.reason}") from exc
+        except psycopg2.Error as exc:
             raise SinkUnavailable(f"PostgreSQL: {exc}") from exc
 
     def write(self, records: list[InferenceRecord]) -> None:

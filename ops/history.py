@@ -82,7 +82,7 @@ class PostgresHistory:
     COLUMNS = "id, changed_at, actor, model, version, action, from_value, to_value, reverts, detail"
 
     def __init__(self, dsn: str, connect_timeout_s: int = 3) -> None:
-        self._db = Database(dsn, connect_timeout_s, max_connections=1, application_name="servingctl")
+        self._db = Database(dsn, connect_timeout_s, max_connections=1, application_name="servingctl", keep_idle=1)
         try:
             self._db.run(migrate, self._db)
         except (DatabaseUnavailable, psycopg2.Error) as exc:
@@ -142,12 +142,11 @@ class PostgresHistory:
 
 
 def _reason(exc: Exception) -> str:
-    """The first line of what PostgreSQL (or the connection) said, behind the layer's DatabaseUnavailable."""
-    if isinstance(exc, DatabaseUnavailable) and (exc.timed_out or exc.__cause__ is None):
-        return exc.message
-    cause = exc.__cause__ if isinstance(exc, DatabaseUnavailable) else exc
-    text = str(cause).strip()
-    return text.splitlines()[0] if text else type(cause).__name__
+    """The first line of what PostgreSQL (or the connection) said."""
+    if isinstance(exc, DatabaseUnavailable):
+        return exc.reason
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _safe_dsn(dsn: str) -> str:

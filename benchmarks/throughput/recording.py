@@ -29,7 +29,6 @@ from bridge.recorder import Policy, Recorder, Sink
 from bridge.records import InferenceRecord
 from bridge.spool import Spool
 from bridge.storage import PostgresSink
-from stack.database import Database
 from stack.services import log
 
 LABELS = ("tabby", "tiger cat", "Egyptian cat", "Persian cat", "Siamese cat")
@@ -61,7 +60,7 @@ def bench_postgres(dsn: str, count: int, batch: int) -> dict[str, Any]:
     import psycopg2
 
     records = make_records(count)
-    store = PostgresSink(Database(dsn))
+    store = PostgresSink.connect(dsn)
     store.start()
     with closing(psycopg2.connect(dsn)) as conn, conn, conn.cursor() as cur:
         cur.execute("TRUNCATE inferences")

@@ -1,4 +1,4 @@
-"""The database layer: pooled PostgreSQL connections, calls on their own threads under a deadline.
+"""The database layer: bounded PostgreSQL connections, calls on their own threads under a deadline.
 
 A frozen PostgreSQL still accepts TCP, so no socket timeout fires; :meth:`Database.call` (async) and
 :meth:`Database.run` (sync) give up after a deadline instead, and every outage — refused, dropped, timed
@@ -17,7 +17,6 @@ from typing import Any, TypeVar
 
 import psycopg2
 import psycopg2.extensions
-import psycopg2.pool
 
 T = TypeVar("T")
 
@@ -30,9 +29,20 @@ class DatabaseUnavailable(Exception):
         self.message = message
         self.timed_out = timed_out
 
+    @property
+    def reason(self) -> str:
+        """What PostgreSQL or the connection said (first line), for logs; ``message`` is what a client sees."""
+        text = "" if self.timed_out or self.__cause__ is None else str(self.__cause__).strip()
+        return text.splitlines()[0] if text else self.message
+
 
 class Database:
-    """Connections on demand (at most ``max_connections``, as many threads), outages as DatabaseUnavailable."""
+    """At most ``max_connections`` connections (and as many threads); outages as DatabaseUnavailable.
+
+    ``keep_idle`` connections are kept open between uses. The default, 0, connects for each use (what the
+    bridge's request-time queries have always done: no stale connection to trip over after PostgreSQL
+    restarts); a writer that must be fast (the recording sink's COPY) keeps its connection.
+    """
 
     def __init__(
         self,
@@ -42,6 +52,7 @@ class Database:
         statement_timeout_ms: int = 10000,
         call_timeout_s: float = 10.0,
         application_name: str = "serving-bridge",
+        keep_idle: int = 0,
     ) -> None:
         self.dsn = dsn
         self._call_timeout_s = call_timeout_s
@@ -53,27 +64,43 @@ class Database:
             "keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2, "keepalives_count": 2,
         }
         self._max_connections = max_connections
+        self._keep_idle = keep_idle
         self._executor = ThreadPoolExecutor(max_connections, thread_name_prefix="database")
-        self._pool: psycopg2.pool.ThreadedConnectionPool | None = None
-        self._pool_lock = threading.Lock()
+        self._idle: list[psycopg2.extensions.connection] = []
+        self._in_use = 0
+        self._closed = False
+        self._lock = threading.Lock()
 
-    def _get_pool(self) -> psycopg2.pool.ThreadedConnectionPool:
-        with self._pool_lock:
-            if self._pool is None:
-                self._pool = psycopg2.pool.ThreadedConnectionPool(0, self._max_connections, self.dsn, **self._connect_args)
-            return self._pool
+    def _acquire(self) -> psycopg2.extensions.connection:
+        with self._lock:
+            if self._closed or self._in_use >= self._max_connections:
+                raise DatabaseUnavailable("the database (PostgreSQL) is unavailable; retry shortly")
+            self._in_use += 1
+            if self._idle:
+                return self._idle.pop()
+        try:
+            return psycopg2.connect(self.dsn, **self._connect_args)
+        except psycopg2.Error as exc:
+            with self._lock:
+                self._in_use -= 1
+            raise DatabaseUnavailable("the database (PostgreSQL) is unavailable; retry shortly") from exc
+
+    def _release(self, conn: psycopg2.extensions.connection, broken: bool) -> None:
+        with self._lock:
+            self._in_use -= 1
+            idle = conn.closed == 0 and conn.info.transaction_status == psycopg2.extensions.TRANSACTION_STATUS_IDLE
+            if not broken and idle and not self._closed and len(self._idle) < self._keep_idle:
+                self._idle.append(conn)
+                return
+        conn.close()
 
     @contextmanager
     def connection(self) -> Iterator[psycopg2.extensions.connection]:
-        """A pooled connection inside a transaction (committed on success, rolled back on error).
+        """A connection inside a transaction (committed on success, rolled back on error).
 
         Outages raise DatabaseUnavailable; any other psycopg2 error (a constraint, bad data) passes through.
         """
-        try:
-            pool = self._get_pool()
-            conn = pool.getconn()
-        except psycopg2.Error as exc:
-            raise DatabaseUnavailable("the database (PostgreSQL) is unavailable; retry shortly") from exc
+        conn = self._acquire()
         broken = False
         try:
             with conn:
@@ -82,8 +109,7 @@ class Database:
             broken = True
             raise DatabaseUnavailable("the database (PostgreSQL) is unavailable; retry shortly") from exc
         finally:
-            if not pool.closed:
-                pool.putconn(conn, close=broken or conn.closed != 0)
+            self._release(conn, broken)
 
     async def call(self, fn: Callable[..., T], *args: Any, timeout_s: float | None = None) -> T:
         """Run a blocking database function on the layer's threads, giving up after the deadline.
@@ -119,12 +145,13 @@ class Database:
             return fn(conn, *args)
 
     def close(self) -> None:
-        """Stop the threads and close every pooled connection."""
+        """Stop the threads and close the idle connections (those in use close when released)."""
         self._executor.shutdown(wait=False, cancel_futures=True)
-        with self._pool_lock:
-            if self._pool is not None:
-                self._pool.closeall()
-                self._pool = None
+        with self._lock:
+            self._closed = True
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.close()
 
 
 def _timed_out() -> DatabaseUnavailable:

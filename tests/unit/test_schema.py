@@ -161,3 +161,22 @@ def test_servingctl_history_uses_the_stacks_schema(dsn: str) -> None:
         history.close()
     with pytest.raises(HistoryUnavailable, match="cannot reach the change history"):
         PostgresHistory(UNREACHABLE_DSN, connect_timeout_s=1)
+
+
+def test_connections_are_kept_only_when_asked_and_bounded(dsn: str) -> None:
+    def backend(database: Database) -> int:
+        with database.connection() as conn, conn.cursor() as cur:
+            cur.execute("SELECT pg_backend_pid()")
+            row = cur.fetchone()
+            assert row is not None
+            return int(row[0])
+
+    keeping, fresh = Database(dsn, max_connections=1, keep_idle=1), Database(dsn, max_connections=1)
+    try:
+        assert backend(keeping) == backend(keeping), "the recording sink's connection (and staging table) is reused"
+        assert backend(fresh) != backend(fresh)
+        with keeping.connection(), pytest.raises(DatabaseUnavailable):
+            backend(keeping)
+    finally:
+        keeping.close()
+        fresh.close()
