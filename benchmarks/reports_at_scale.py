@@ -4,7 +4,7 @@
         [--dsn postgresql://postgres@127.0.0.1:5432/postgres] [--out benchmarks/results/reports-at-scale]
 
 Seeds a database of its own (``--database``, default ``serving_reports_bench``; the ``serving`` database is
-refused) with the real schema (the bridge's migrations), 30 days of rows over 4 models and 2 versions each,
+refused) with the real schema (stack/database's migrations), 30 days of rows over 4 models and 2 versions each,
 then times each API query: the median over 5 runs and the number of rows it returned. The figures, the
 machine (CPU, cores, load average, date) and the seeding time are written to ``OUT.json`` and ``OUT.md``
 (``--out ''`` writes nothing).
@@ -26,7 +26,7 @@ from typing import Any
 import psycopg2
 
 from bridge.reports import Bucket, ResultFilter, error_rates, label_counts, latency_percentiles, list_results
-from bridge.storage import PostgresStore
+from stack.database import Database, migrate
 
 BENCH_DB = "serving_reports_bench"
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "reports-at-scale"
@@ -68,7 +68,11 @@ def ensure_database(admin_dsn: str, database: str) -> str:
 
 def seed(dsn: str, rows: int, end: datetime) -> float | None:
     """Fill the table with ``rows`` rows unless it already has them; the seconds it took (None: already there)."""
-    PostgresStore(dsn).migrate()
+    db = Database(dsn)
+    try:
+        migrate(db)
+    finally:
+        db.close()
     seeded: float | None = None
     with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
         cur.execute("SELECT count(*) FROM inferences")

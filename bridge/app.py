@@ -24,34 +24,13 @@ from bridge.metrics_sink import InfluxSink
 from bridge.recorder import Recorder
 from bridge.service import PredictionService
 from bridge.settings import Settings
-from bridge.spool import Spool
-from bridge.storage import PostgresStore
+from bridge.sinks import build_recorder
 from bridge.telemetry import Telemetry
 from bridge.torchserve import TorchServeClient
 
 logger = logging.getLogger(__name__)
 
 REQUEST_ID_HEADER = "X-Request-Id"
-
-
-def build_recorder(settings: Settings) -> Recorder:
-    """The recorder with its real sinks: PostgreSQL, InfluxDB and the local spool."""
-    store = PostgresStore(settings.pg_dsn, settings.pg_connect_timeout_s)
-    try:
-        applied = store.migrate()
-        if applied:
-            logger.info("applied migrations %s", applied)
-    except Exception as exc:  # noqa: BLE001 - serving must start even while PostgreSQL is down
-        logger.warning("PostgreSQL not reachable at start (%s); records will be spooled until it is", exc)
-    return Recorder(
-        store,
-        InfluxSink(settings.influx_host, settings.influx_port, settings.influx_database, settings.influx_timeout_s),
-        Spool(settings.spool_dir),
-        batch_size=settings.record_batch_size,
-        flush_interval_s=settings.record_flush_interval_s,
-        retry_interval_s=settings.record_retry_interval_s,
-        metrics_buffer=settings.influx_buffer_points,
-    )
 
 
 def create_app(
@@ -113,8 +92,6 @@ def create_app(
                 await telemetry.stop()
             await job_runner.stop()
             rec.stop()
-            if cache is not None:
-                cache.close()
             database.close()
             await client.close()
 

@@ -1,18 +1,17 @@
 """The results cache: the same photo (sha256) for the same model version gets its recorded answer back.
 
-Lookups go to the inference record in PostgreSQL, bounded in time and in concurrency (their own two
-threads): a slow or frozen database turns a lookup into a miss, never into a slower prediction.
+Lookups go to the inference record in PostgreSQL through the database layer, under their own short deadline
+and at most ``max_in_flight`` at once: a slow or frozen database turns a lookup into a miss, never into a
+slower prediction, and stuck lookups never take more than their share of the layer's threads.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from bridge.db import Database
+from stack.database import Database
 
 logger = logging.getLogger(__name__)
 
@@ -29,28 +28,25 @@ class ResultCache:
         self._db = db
         self._timeout_s = timeout_s
         self._slots = threading.BoundedSemaphore(max_in_flight)
-        self._executor = ThreadPoolExecutor(max_in_flight, thread_name_prefix="result-cache")
         self.hits = 0
         self.misses = 0
 
-    def _query(self, sha256: str, model: str, version: str) -> Any:
+    def _lookup(self, sha256: str, model: str, version: str) -> Any:
         try:
             with self._db.connection() as conn, conn.cursor() as cur:
                 cur.execute(LOOKUP_SQL, (sha256, model, version))
                 row = cur.fetchone()
                 return row[0] if row else None
         finally:
-            self._slots.release()
+            self._slots.release()  # only once the query really ended, not at the deadline
 
     async def lookup(self, sha256: str, model: str, version: str) -> Any:
         """The recorded output of this photo on this model version, if any."""
         if not self._slots.acquire(blocking=False):
             self.misses += 1
             return None  # lookups are stuck (database frozen?): do not queue behind them
-        future = asyncio.wrap_future(self._executor.submit(self._query, sha256, model, version))
-        future.add_done_callback(lambda f: f.cancelled() or f.exception())  # read late failures: no log noise
         try:
-            output = await asyncio.wait_for(asyncio.shield(future), self._timeout_s)
+            output = await self._db.call(self._lookup, sha256, model, version, timeout_s=self._timeout_s)
         except Exception as exc:  # noqa: BLE001 - timeouts and database errors are misses
             logger.debug("cache lookup skipped: %r", exc)
             output = None
@@ -59,7 +55,3 @@ class ResultCache:
         else:
             self.hits += 1
         return output
-
-    def close(self) -> None:
-        """Stop the lookup threads."""
-        self._executor.shutdown(wait=False, cancel_futures=True)

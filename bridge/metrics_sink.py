@@ -1,20 +1,18 @@
-"""InfluxDB: one point per inference, written in batches, never allowed to affect serving."""
+"""The best-effort recording sink: one InfluxDB point per inference, in batches, never allowed to affect serving."""
 
 from __future__ import annotations
 
 import hashlib
+from typing import Any
 
+import requests
 from influxdb import InfluxDBClient
-from influxdb.exceptions import InfluxDBClientError
+from influxdb.exceptions import InfluxDBClientError, InfluxDBServerError
 
+from bridge.recorder import Policy, RecordsRejected, Sink, SinkKeys, SinkUnavailable
 from bridge.records import InferenceRecord
 
 MEASUREMENT = "inference"
-
-
-class PointsRejected(Exception):
-    """InfluxDB refused the points themselves (4xx); retrying cannot help."""
-
 
 def to_point(record: InferenceRecord) -> dict:
     """The InfluxDB point of one inference, timestamped at the inference's own time."""
@@ -45,7 +43,7 @@ def _escape_key(value: str) -> str:
     return value.replace("\\", "\\\\").replace(",", "\\,").replace("=", "\\=").replace(" ", "\\ ")
 
 
-def _field(value: float | int | str | bool) -> str:
+def _field(value: float | str | bool) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int):
@@ -73,35 +71,46 @@ def event_time_ns(record: InferenceRecord) -> int:
     return micros * 1000 + int(hashlib.sha256(record.request_id.encode()).hexdigest()[:8], 16) % 1000
 
 
-class InfluxSink:
+class InfluxSink(Sink):
     """Writes points to one database; creates it on first use."""
 
-    def __init__(self, host: str, port: int, database: str, timeout_s: float) -> None:
+    name = "influxdb"
+    policy = Policy.BEST_EFFORT
+    # The names /ping and the dashboards have always used.
+    keys = SinkKeys.named("influxdb", written="points_written", dropped="points_dropped", rejected="points_rejected",
+                          failures="metrics_failures", buffered="points_buffered")
+
+    def __init__(self, host: str, port: int, database: str, timeout_s: float, buffer_limit: int = 100_000) -> None:
         self._client = InfluxDBClient(host=host, port=port, database=database, timeout=timeout_s, retries=1)
         self._database = database
         self._created = False
+        self.buffer_limit = buffer_limit
 
     def write(self, records: list[InferenceRecord]) -> None:
-        """Write the points; raise PointsRejected on a 4xx, anything else on an outage."""
-        if not self._created:
-            self._client.create_database(self._database)  # idempotent in InfluxDB 1.x
-            self._created = True
+        """Write the points; RecordsRejected on a 4xx (the points themselves), SinkUnavailable on an outage."""
+        self._write([to_line(to_point(r)) for r in records], protocol="line")
+
+    def write_points(self, points: list[dict[str, Any]]) -> None:
+        """Write ready-made points (ns timestamps); raise like :meth:`write`."""
+        self._write(points, protocol="json")
+
+    def _write(self, points: list[Any], protocol: str) -> None:
         try:
-            lines = [to_line(to_point(r)) for r in records]
-            self._client.write_points(lines, time_precision="n", batch_size=5000, protocol="line")
+            if not self._created:
+                self._client.create_database(self._database)  # idempotent in InfluxDB 1.x
+                self._created = True
+        except (InfluxDBClientError, InfluxDBServerError, requests.RequestException, OSError) as exc:
+            raise SinkUnavailable(f"InfluxDB: {exc}") from exc
+        try:
+            self._client.write_points(points, time_precision="n", batch_size=5000, protocol=protocol)
         except InfluxDBClientError as exc:
             if exc.code is not None and 400 <= exc.code < 500 and exc.code != 404:
-                raise PointsRejected(str(exc)) from exc
+                raise RecordsRejected(f"InfluxDB: {exc}") from exc
             if exc.code == 404:
                 self._created = False
-            raise
-
-    def write_points(self, points: list[dict]) -> None:
-        """Write ready-made points (ns timestamps); raise like :meth:`write`."""
-        if not self._created:
-            self._client.create_database(self._database)
-            self._created = True
-        self._client.write_points(points, time_precision="n", batch_size=5000)
+            raise SinkUnavailable(f"InfluxDB: {exc}") from exc
+        except (InfluxDBServerError, requests.RequestException, OSError) as exc:
+            raise SinkUnavailable(f"InfluxDB: {exc}") from exc
 
     def close(self) -> None:
         """Release the HTTP session."""

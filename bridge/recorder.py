@@ -1,71 +1,102 @@
-"""Records every inference durably, off the model's path: a local journal first, then PostgreSQL.
+"""Records every inference off the model's path: a local journal first, then a list of sinks.
 
-    submit(record) ──▶ journal thread: batch → spool segment, fsync ──▶ future resolved (durable: ack)
-                                            └──▶ store thread: batch → PostgreSQL (ON CONFLICT DO NOTHING)
-                                                               → segment deleted once committed
-    submit(record) ──▶ metrics thread: bounded buffer → InfluxDB (drops counted, never blocks)
+    submit(record) ──▶ journal thread: batch → spool segment, fsync ──▶ future resolved (the answer may leave)
+                            └──▶ per DURABLE sink, a thread: segment → sink (idempotent by request id)
+                                 → segment deleted once every durable sink has it
+    submit(record) ──▶ per BEST_EFFORT sink, a bounded buffer and a thread (drops counted, never blocks)
 
 A prediction is answered once its record is fsync'd to the local spool — never later, and never waiting
-for PostgreSQL. While PostgreSQL is down or slow, segments simply stay on disk and are replayed (oldest
+for a sink. While a durable sink is down or slow, segments simply stay on disk and are replayed (oldest
 first, idempotently by request id) when it answers again, also after a restart or a crash.
+
+A sink is one :class:`Sink` subclass (a name, a policy, ``write``) plus one line in ``bridge/sinks.py``;
+its thread, health entry and counters come from here. Sinks raise :class:`SinkError` only.
 """
 
 from __future__ import annotations
 
+import abc
 import collections
+import enum
 import logging
 import queue
 import threading
 import time
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Protocol
 
-import psycopg2
-
-from bridge.metrics_sink import PointsRejected
 from bridge.records import InferenceRecord
 from bridge.spool import Spool
 
 logger = logging.getLogger(__name__)
 
 
-class RecordStore(Protocol):
-    """Where records are kept for good (PostgreSQL)."""
+class Policy(enum.Enum):
+    """How a sink is fed.
 
-    def write(self, records: list[InferenceRecord]) -> int: ...
+    DURABLE: fed from the journal; ``write`` must be idempotent by request id (replays happen); retried until
+    it succeeds; records it rejects are quarantined in the spool. BEST_EFFORT: a bounded buffer; on overflow
+    the oldest records are dropped and counted; rejected records are dropped and counted, never retried.
+    """
 
-    def close(self) -> None: ...
+    DURABLE = "durable"
+    BEST_EFFORT = "best effort"
 
 
-class MetricsSink(Protocol):
-    """Where per-inference points go (InfluxDB)."""
+class SinkError(Exception):
+    """Base of what a sink's ``write`` raises."""
 
-    def write(self, records: list[InferenceRecord]) -> None: ...
 
-    def close(self) -> None: ...
+class SinkUnavailable(SinkError):
+    """The sink is down or too slow: the same records may succeed later."""
+
+
+class RecordsRejected(SinkError):
+    """The sink refused the records themselves: retrying cannot help."""
+
+
+@dataclass(frozen=True)
+class SinkKeys:
+    """Names of a sink's entries in ``/ping``'s ``recording`` and in the bridge's metrics."""
+
+    health: str
+    written: str
+    failures: str
+    rejected: str
+    replayed: str  # durable sinks
+    dropped: str  # best-effort sinks
+    buffered: str  # best-effort sinks
+
+    @classmethod
+    def named(cls, name: str, **overrides: str) -> SinkKeys:
+        """``<name>`` for the health entry, ``<name>_<counter>`` for the counters, unless overridden."""
+        counters = {f.name: f"{name}_{f.name}" for f in fields(cls) if f.name != "health"}
+        return cls(**{"health": name, **counters, **overrides})
+
+
+class Sink(abc.ABC):
+    """Where records go after the journal; subclasses set ``name`` and ``policy`` and implement ``write``."""
+
+    name: str
+    policy: Policy
+    keys: SinkKeys | None = None  # default: SinkKeys.named(name)
+    buffer_limit: int = 100_000  # best effort: records held while the sink is down
+    batch_limit: int = 5000  # best effort: records per write
+
+    def start(self) -> None:
+        """Prepare before the first write (e.g. migrate a schema); raise SinkUnavailable if unreachable now."""
+
+    @abc.abstractmethod
+    def write(self, records: list[InferenceRecord]) -> None:
+        """Write ``records``; raise SinkUnavailable (an outage) or RecordsRejected (bad records), nothing else."""
+
+    def close(self) -> None:
+        """Release connections."""
 
 
 class RecordingFailed(RuntimeError):
-    """A record could be written neither to the local journal nor anywhere else."""
-
-
-@dataclass
-class RecorderStats:
-    """Counters shown in ``/ping`` and exported as metrics."""
-
-    submitted: int = 0
-    journaled: int = 0
-    stored: int = 0
-    replayed: int = 0
-    quarantined: int = 0
-    journal_failures: int = 0
-    store_failures: int = 0
-    points_written: int = 0
-    points_dropped: int = 0
-    points_rejected: int = 0
-    metrics_failures: int = 0
+    """A record could be written neither to the local journal nor to the durable sinks."""
 
 
 @dataclass
@@ -74,100 +105,315 @@ class _Pending:
     durable: Future[None]
 
 
+class _Lane:
+    """One sink's thread, health and counters."""
+
+    unavailable = "unavailable"
+
+    def __init__(self, sink: Sink, flush_interval_s: float, retry_interval_s: float) -> None:
+        self.sink = sink
+        self.keys = sink.keys or SinkKeys.named(sink.name)
+        self.healthy = True
+        self.busy = False
+        self.counts = dict.fromkeys(self._counters(), 0)
+        self._flush_interval_s = flush_interval_s
+        self._retry_interval_s = retry_interval_s
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self.loop, name=f"recorder-{sink.name}", daemon=True)
+
+    def _counters(self) -> tuple[str, ...]:
+        return self.keys.written, self.keys.rejected, self.keys.failures
+
+    def health(self) -> dict[str, object]:
+        """The sink's health entry (its counters are in ``counts``)."""
+        return {self.keys.health: "ok" if self.healthy else self.unavailable}
+
+    def loop(self) -> None:
+        """The sink's thread."""
+        raise NotImplementedError
+
+    def idle(self) -> bool:
+        """Nothing in flight."""
+        return not self.busy
+
+
+class _DurableLane(_Lane):
+    """Segments from the journal → the sink; on failure the segments stay on disk and are replayed."""
+
+    unavailable = "unavailable (journaling to the spool)"
+
+    def __init__(self, recorder: Recorder, sink: Sink, flush_interval_s: float, retry_interval_s: float) -> None:
+        super().__init__(sink, flush_interval_s, retry_interval_s)
+        self._recorder = recorder
+        self._spool = recorder.spool
+        self.segments: queue.SimpleQueue[tuple[Path, list[InferenceRecord]]] = queue.SimpleQueue()
+
+    def _counters(self) -> tuple[str, ...]:
+        return *super()._counters(), self.keys.replayed
+
+    def idle(self) -> bool:
+        """Nothing queued or in flight."""
+        return self.segments.empty() and not self.busy
+
+    def loop(self) -> None:
+        """Replay what a previous run (or crash) left, then write each new segment; retry while down."""
+        self.replay()
+        last_retry = time.monotonic()
+        while not self.stopping.is_set():
+            try:
+                segment, records = self.segments.get(timeout=self._flush_interval_s)
+            except queue.Empty:
+                segment = None
+            # A segment already gone was replayed from disk meanwhile.
+            if segment is not None and self.healthy and not self._recorder.stored_by(segment, self):
+                self.busy = True
+                try:
+                    self.write(records)
+                    self._recorder.segment_stored(segment, self)
+                except Exception as exc:  # noqa: BLE001 - the segment stays on disk for the replay
+                    self.failed(exc)
+                self.busy = False
+            if not self.healthy and time.monotonic() - last_retry >= self._retry_interval_s:
+                last_retry = time.monotonic()
+                self.busy = True
+                self.replay()
+                self.busy = False
+
+    def write(self, records: list[InferenceRecord]) -> None:
+        """Write a batch; records the sink rejects on their merits are quarantined, the others written."""
+        try:
+            self.sink.write(records)
+        except RecordsRejected:
+            for record in records:
+                try:
+                    self.sink.write([record])
+                except RecordsRejected:
+                    logger.exception("record %s refused by %s; quarantined", record.request_id, self.sink.name)
+                    self._spool.quarantine([record])
+                    self.counts[self.keys.rejected] += 1
+        self.counts[self.keys.written] += len(records)
+
+    def failed(self, exc: Exception) -> None:
+        """Count an outage; log it once per outage (with the traceback if the sink broke its contract)."""
+        self.counts[self.keys.failures] += 1
+        if self.healthy:
+            logger.warning("%s unavailable; records stay in the spool %s: %s", self.sink.name, self._spool.directory,
+                           exc, exc_info=not isinstance(exc, SinkError))
+        self.healthy = False
+
+    def replay(self) -> None:
+        """Write every segment on disk this sink has not stored, oldest first; healthy again once all went in."""
+        for segment in self._spool.segments():
+            if self._recorder.stored_by(segment, self):
+                continue
+            try:
+                records = self._spool.read(segment)
+            except FileNotFoundError:
+                continue  # written by the normal path, or by another bridge process sharing the spool
+            try:
+                self.write(records)
+            except Exception as exc:  # noqa: BLE001
+                self.failed(exc)
+                return
+            self._recorder.segment_stored(segment, self)
+            self.counts[self.keys.replayed] += len(records)
+        if not self.healthy:
+            logger.info("%s is back; spool replayed", self.sink.name)
+        self.healthy = True
+
+
+class _BestEffortLane(_Lane):
+    """A bounded buffer → the sink; the oldest records are dropped (and counted) when it is full."""
+
+    unavailable = "unavailable (buffering)"
+
+    def __init__(self, sink: Sink, flush_interval_s: float, retry_interval_s: float) -> None:
+        super().__init__(sink, flush_interval_s, retry_interval_s)
+        self._buffer: collections.deque[InferenceRecord] = collections.deque()
+        self._lock = threading.Lock()
+
+    def _counters(self) -> tuple[str, ...]:
+        return *super()._counters(), self.keys.dropped
+
+    def health(self) -> dict[str, object]:
+        """The sink's health entry and its buffer's fill."""
+        return {**super().health(), self.keys.buffered: len(self._buffer)}
+
+    def idle(self) -> bool:
+        """Nothing buffered or in flight."""
+        with self._lock:
+            return not self._buffer and not self.busy
+
+    def offer(self, record: InferenceRecord) -> None:
+        """Buffer one record, dropping the oldest beyond the bound."""
+        with self._lock:
+            if len(self._buffer) >= self.sink.buffer_limit:
+                self._buffer.popleft()
+                self.counts[self.keys.dropped] += 1
+            self._buffer.append(record)
+
+    def loop(self) -> None:
+        """Write the buffer in batches; after a failure wait the retry interval."""
+        while not self.stopping.is_set():
+            with self._lock:
+                batch = [self._buffer.popleft() for _ in range(min(len(self._buffer), self.sink.batch_limit))]
+                self.busy = bool(batch)
+            if not batch:
+                time.sleep(self._flush_interval_s)
+                continue
+            self.write(batch)
+            self.busy = False
+            if not self.healthy:
+                self.stopping.wait(self._retry_interval_s)
+
+    def write(self, batch: list[InferenceRecord]) -> None:
+        """One try; on an outage the batch goes back to the buffer's front, within the bound."""
+        try:
+            self.sink.write(batch)
+            self.counts[self.keys.written] += len(batch)
+            if not self.healthy:
+                logger.info("%s is back", self.sink.name)
+            self.healthy = True
+        except RecordsRejected as exc:
+            self.counts[self.keys.rejected] += len(batch)
+            logger.warning("%s rejected %d records (dropped): %s", self.sink.name, len(batch), exc)
+        except Exception as exc:  # an outage (or a broken sink): put the records back and wait
+            self.counts[self.keys.failures] += 1
+            if self.healthy:
+                logger.warning("%s unavailable, buffering: %s", self.sink.name, exc, exc_info=not isinstance(exc, SinkError))
+            self.healthy = False
+            with self._lock:
+                room = self.sink.buffer_limit - len(self._buffer)
+                kept = batch[-room:] if room > 0 else []
+                self.counts[self.keys.dropped] += len(batch) - len(kept)
+                self._buffer.extendleft(reversed(kept))
+
+    def flush(self) -> None:
+        """At shutdown: one last write; what remains is dropped and counted."""
+        with self._lock:
+            batch = list(self._buffer)
+            self._buffer.clear()
+        if batch:
+            self.write(batch)
+        if self._buffer:
+            logger.warning("%s unavailable at shutdown: %d records dropped", self.sink.name, len(self._buffer))
+            self.counts[self.keys.dropped] += len(self._buffer)
+            self._buffer.clear()
+
+
 class Recorder:
-    """Journal → PostgreSQL (durable, exactly once per request id) and → InfluxDB (bounded, best effort)."""
+    """The journal, then each sink by its policy."""
 
     def __init__(
         self,
-        store: RecordStore,
-        metrics: MetricsSink,
+        sinks: list[Sink],
         spool: Spool,
         batch_size: int = 500,
         flush_interval_s: float = 0.05,
         retry_interval_s: float = 2.0,
-        metrics_buffer: int = 100_000,
     ) -> None:
-        self._store, self._metrics, self._spool = store, metrics, spool
+        names = [s.name for s in sinks]
+        if len(set(names)) != len(names):
+            raise ValueError(f"sink names must be unique: {names}")
+        self.spool = spool
         self._batch_size = batch_size
         self._flush_interval_s = flush_interval_s
-        self._retry_interval_s = retry_interval_s
-        self._metrics_buffer_max = metrics_buffer
+        self._durable = [
+            _DurableLane(self, s, flush_interval_s, retry_interval_s) for s in sinks if s.policy is Policy.DURABLE
+        ]
+        self._best_effort = [
+            _BestEffortLane(s, flush_interval_s, retry_interval_s) for s in sinks if s.policy is Policy.BEST_EFFORT
+        ]
+        self._lanes: list[_Lane] = [*self._durable, *self._best_effort]
         self._incoming: queue.SimpleQueue[_Pending] = queue.SimpleQueue()
-        self._journaled: queue.SimpleQueue[tuple[Path, list[InferenceRecord]]] = queue.SimpleQueue()
-        self._points: collections.deque[InferenceRecord] = collections.deque()
-        self._points_lock = threading.Lock()
+        self._stored: dict[Path, set[str]] = {}  # segment → durable sinks that have it (this process)
+        self._stored_lock = threading.Lock()
         self._stopping = threading.Event()
-        self._store_healthy = True
-        self._metrics_healthy = True
-        self._busy = {"journal": 0, "store": 0, "points": 0}
-        self._threads: list[threading.Thread] = []
-        self.stats = RecorderStats()
+        self._settled = 0  # records whose future is resolved (journaled, stored directly, or failed)
+        self._journal_thread = threading.Thread(target=self._journal_loop, name="recorder-journal", daemon=True)
+        self.counts = {"submitted": 0, "journaled": 0, "journal_failures": 0}
 
     # --- public ---------------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Start the writer threads (the store thread first replays what a previous run left)."""
-        self._threads = [
-            threading.Thread(target=self._journal_loop, name="recorder-journal", daemon=True),
-            threading.Thread(target=self._store_loop, name="recorder-postgres", daemon=True),
-            threading.Thread(target=self._metrics_loop, name="recorder-influxdb", daemon=True),
-        ]
-        for thread in self._threads:
-            thread.start()
+        """Prepare each sink, start the journal and one thread per sink (durable ones first replay the spool)."""
+        for lane in self._lanes:
+            try:
+                lane.sink.start()
+            except SinkError as exc:  # serving must start even while a sink is down
+                logger.warning("%s not reachable at start (%s); records will be %s until it is", lane.sink.name, exc,
+                               "spooled" if lane.sink.policy is Policy.DURABLE else "buffered")
+        self._journal_thread.start()
+        for lane in self._lanes:
+            lane.thread.start()
 
     def submit(self, record: InferenceRecord) -> Future[None]:
         """Queue one record; the future resolves once it is durable (fsync'd), or fails (RecordingFailed)."""
-        self.stats.submitted += 1
+        self.counts["submitted"] += 1
         pending = _Pending(record, Future())
         self._incoming.put(pending)
-        with self._points_lock:
-            if len(self._points) >= self._metrics_buffer_max:
-                self._points.popleft()
-                self.stats.points_dropped += 1
-            self._points.append(record)
+        for lane in self._best_effort:
+            lane.offer(record)
         return pending.durable
 
     def stop(self, timeout_s: float = 10.0) -> None:
-        """Journal what is queued, try PostgreSQL once more, flush points; what remains stays on disk."""
+        """Journal what is queued, try the durable sinks once more, flush the others; the rest stays on disk."""
         self._stopping.set()
-        for thread in self._threads:
-            thread.join(timeout_s)
+        for lane in self._lanes:
+            lane.stopping.set()
+        for thread in (self._journal_thread, *(lane.thread for lane in self._lanes)):
+            if thread.is_alive():
+                thread.join(timeout_s)
         self._journal_batch(self._drain_incoming(10**9, block=False))
-        if self._store_healthy:
-            self._replay_spool()
-        with self._points_lock:
-            points = list(self._points)
-            self._points.clear()
-        if points:
-            self._write_points(points)
-            if self._points:
-                logger.warning("InfluxDB unavailable at shutdown: %d points dropped", len(self._points))
-                self.stats.points_dropped += len(self._points)
-        self._store.close()
-        self._metrics.close()
+        for durable in self._durable:
+            if durable.healthy:
+                durable.replay()
+        for best_effort in self._best_effort:
+            best_effort.flush()
+        for lane in self._lanes:
+            lane.sink.close()
+
+    def stats(self) -> dict[str, int]:
+        """Every counter: the journal's and each sink's."""
+        counts = dict(self.counts)
+        for lane in self._lanes:
+            counts.update(lane.counts)
+        return counts
 
     def health(self) -> dict[str, object]:
-        """What ``/ping`` shows about recording."""
-        segments, spool_bytes = self._spool.backlog()
-        return {
-            "postgres": "ok" if self._store_healthy else "unavailable (journaling to the spool)",
-            "influxdb": "ok" if self._metrics_healthy else "unavailable (buffering)",
-            "queued": self._incoming.qsize(),
-            "spool_segments": segments,
-            "spool_bytes": spool_bytes,
-            "points_buffered": len(self._points),
-            **vars(self.stats),
-        }
+        """What ``/ping`` shows about recording (and the bridge exports as metrics)."""
+        segments, spool_bytes = self.spool.backlog()
+        health: dict[str, object] = {}
+        for lane in self._lanes:
+            health.update(lane.health())
+        return {**health, "queued": self._incoming.qsize(), "spool_segments": segments, "spool_bytes": spool_bytes,
+                **self.stats()}
 
     def wait_idle(self, timeout_s: float = 10.0) -> bool:
-        """Block until everything submitted reached PostgreSQL and InfluxDB (tests, shutdown)."""
+        """Block until everything submitted reached every sink (tests, shutdown)."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            idle = self._incoming.empty() and self._journaled.empty() and not self._points
-            if idle and not any(self._busy.values()) and not self._spool.segments():
+            settled = self._settled == self.counts["submitted"]
+            if settled and all(lane.idle() for lane in self._lanes) and not self.spool.segments():
                 return True
             time.sleep(0.02)
         return False
+
+    # --- segments shared by the durable sinks ---------------------------------------------------
+
+    def stored_by(self, segment: Path, lane: _Lane) -> bool:
+        """Whether this segment is gone or already in ``lane``'s sink."""
+        with self._stored_lock:
+            return lane.sink.name in self._stored.get(segment, ()) or not segment.exists()
+
+    def segment_stored(self, segment: Path, lane: _Lane) -> None:
+        """``lane``'s sink has the segment; delete it once every durable sink has it."""
+        with self._stored_lock:
+            have = self._stored.setdefault(segment, set())
+            have.add(lane.sink.name)
+            if len(have) == len(self._durable):
+                del self._stored[segment]
+                segment.unlink(missing_ok=True)
 
     # --- journal --------------------------------------------------------------------------------
 
@@ -184,136 +430,40 @@ class Recorder:
 
     def _journal_loop(self) -> None:
         while not self._stopping.is_set():
-            batch = self._drain_incoming(self._batch_size)
-            if batch:
-                self._busy["journal"] = 1
-                self._journal_batch(batch)
-                self._busy["journal"] = 0
+            self._journal_batch(self._drain_incoming(self._batch_size))
 
     def _journal_batch(self, batch: list[_Pending]) -> None:
         if not batch:
             return
         records = [p.record for p in batch]
         try:
-            segment = self._spool.append(records)
+            segment = self.spool.append(records)
         except OSError as exc:
-            self.stats.journal_failures += 1
-            logger.error("journaling %d records to %s failed: %s", len(records), self._spool.directory, exc)
+            self.counts["journal_failures"] += 1
+            logger.error("journaling %d records to %s failed: %s", len(records), self.spool.directory, exc)
             self._store_directly(batch, exc)
-            return
-        self.stats.journaled += len(records)
-        for pending in batch:
-            pending.durable.set_result(None)
-        self._journaled.put((segment, records))
+        else:
+            self.counts["journaled"] += len(records)
+            for lane in self._durable:
+                lane.segments.put((segment, records))
+            if not self._durable:
+                segment.unlink(missing_ok=True)
+            for pending in batch:
+                pending.durable.set_result(None)
+        self._settled += len(batch)
 
     def _store_directly(self, batch: list[_Pending], journal_error: OSError) -> None:
-        """The disk failed: the records are durable only if PostgreSQL takes them now."""
+        """The disk failed: the records are durable only if every durable sink takes them now."""
         records = [p.record for p in batch]
-        try:
-            self._write_store(records)
-        except Exception as exc:  # noqa: BLE001
-            failure = RecordingFailed(f"could not record: journal failed ({journal_error}), PostgreSQL failed ({exc})")
-            for pending in batch:
-                pending.durable.set_exception(failure)
-            return
+        for lane in self._durable:
+            try:
+                lane.write(records)
+            except Exception as exc:  # noqa: BLE001
+                failure = RecordingFailed(
+                    f"could not record: journal failed ({journal_error}), {lane.sink.name} failed ({exc})"
+                )
+                for pending in batch:
+                    pending.durable.set_exception(failure)
+                return
         for pending in batch:
             pending.durable.set_result(None)
-
-    # --- PostgreSQL -----------------------------------------------------------------------------
-
-    def _store_loop(self) -> None:
-        self._replay_spool()  # what a previous run (or crash) left behind
-        last_retry = time.monotonic()
-        while not self._stopping.is_set():
-            try:
-                segment, records = self._journaled.get(timeout=self._flush_interval_s)
-            except queue.Empty:
-                segment = None
-            # A segment already gone was replayed from disk meanwhile.
-            if segment is not None and self._store_healthy and segment.exists():
-                self._busy["store"] = 1
-                try:
-                    self._write_store(records)
-                    segment.unlink(missing_ok=True)
-                except Exception as exc:  # noqa: BLE001 - the segment stays on disk for the replay
-                    self._store_failed(exc)
-                self._busy["store"] = 0
-            if not self._store_healthy and time.monotonic() - last_retry >= self._retry_interval_s:
-                last_retry = time.monotonic()
-                self._busy["store"] = 1
-                self._replay_spool()
-                self._busy["store"] = 0
-
-    def _write_store(self, records: list[InferenceRecord]) -> None:
-        try:
-            self._store.write(records)
-        except (psycopg2.DataError, psycopg2.IntegrityError):
-            # A record PostgreSQL refuses on its merits: write the others, keep the bad one aside.
-            for record in records:
-                try:
-                    self._store.write([record])
-                except (psycopg2.DataError, psycopg2.IntegrityError):
-                    logger.exception("record %s refused by PostgreSQL; quarantined", record.request_id)
-                    self._spool.quarantine([record])
-                    self.stats.quarantined += 1
-        self.stats.stored += len(records)
-
-    def _store_failed(self, exc: Exception) -> None:
-        self.stats.store_failures += 1
-        if self._store_healthy:
-            logger.warning("PostgreSQL unavailable; records stay in the spool %s: %s", self._spool.directory, exc)
-        self._store_healthy = False
-
-    def _replay_spool(self) -> None:
-        """Write every segment on disk to PostgreSQL, oldest first; healthy again once all went in."""
-        for segment in self._spool.segments():
-            try:
-                records = self._spool.read(segment)
-            except FileNotFoundError:
-                continue  # written by the normal path, or by another bridge process sharing the spool
-            try:
-                self._write_store(records)
-            except Exception as exc:  # noqa: BLE001
-                self._store_failed(exc)
-                return
-            segment.unlink(missing_ok=True)
-            self.stats.replayed += len(records)
-        if not self._store_healthy:
-            logger.info("PostgreSQL is back; spool replayed")
-        self._store_healthy = True
-
-    # --- InfluxDB -------------------------------------------------------------------------------
-
-    def _metrics_loop(self) -> None:
-        while not self._stopping.is_set():
-            with self._points_lock:
-                batch = [self._points.popleft() for _ in range(min(len(self._points), 5000))]
-                self._busy["points"] = len(batch)
-            if not batch:
-                time.sleep(self._flush_interval_s)
-                continue
-            self._write_points(batch)
-            self._busy["points"] = 0
-            if not self._metrics_healthy:
-                self._stopping.wait(self._retry_interval_s)
-
-    def _write_points(self, batch: list[InferenceRecord]) -> None:
-        try:
-            self._metrics.write(batch)
-            self.stats.points_written += len(batch)
-            if not self._metrics_healthy:
-                logger.info("InfluxDB is back")
-            self._metrics_healthy = True
-        except PointsRejected as exc:
-            self.stats.points_rejected += len(batch)
-            logger.warning("InfluxDB rejected %d points (dropped): %s", len(batch), exc)
-        except Exception as exc:  # noqa: BLE001 - an outage: put the points back and wait
-            self.stats.metrics_failures += 1
-            if self._metrics_healthy:
-                logger.warning("InfluxDB unavailable, buffering points: %s", exc)
-            self._metrics_healthy = False
-            with self._points_lock:
-                room = self._metrics_buffer_max - len(self._points)
-                kept = batch[-room:] if room > 0 else []
-                self.stats.points_dropped += len(batch) - len(kept)
-                self._points.extendleft(reversed(kept))

@@ -1,44 +1,13 @@
-"""One inference, as recorded in PostgreSQL (a row) and InfluxDB (a point)."""
+"""What the bridge records of one inference: the record (defined once, in stack.database) and its summary."""
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
-from datetime import datetime
 from typing import Any
 
+from stack.database import InferenceRecord
 
-@dataclass(frozen=True)
-class InferenceRecord:
-    """Everything kept about one inference; ``request_id`` makes replays idempotent."""
-
-    request_id: str
-    created_at: datetime
-    model: str
-    model_version: str | None
-    source: str
-    status: int
-    latency_ms: float
-    batch_size: int | None
-    input_sha256: str
-    input_bytes: int
-    top_label: str | None
-    top_score: float | None
-    output: Any
-    error: str | None
-
-    def to_json(self) -> str:
-        """One JSON line (for the spool)."""
-        data = asdict(self)
-        data["created_at"] = self.created_at.isoformat()
-        return json.dumps(data, separators=(",", ":"))
-
-    @classmethod
-    def from_json(cls, line: str) -> InferenceRecord:
-        """Inverse of :meth:`to_json`."""
-        data = json.loads(line)
-        data["created_at"] = datetime.fromisoformat(data["created_at"])
-        return cls(**data)
+__all__ = ["InferenceRecord", "summarise_output"]
 
 
 def summarise_output(status: int, body: bytes, content_type: str | None) -> tuple[Any, str | None, float | None, str | None]:

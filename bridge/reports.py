@@ -15,6 +15,7 @@ from typing import Any
 import psycopg2.extensions
 
 from bridge.errors import BadRequest
+from stack.database import COLUMN_NAMES
 
 
 class Bucket(str, enum.Enum):
@@ -36,12 +37,6 @@ class ResultFilter:
     until: datetime | None = None
 
 
-RESULT_COLUMNS = (
-    "request_id", "created_at", "model", "model_version", "source", "status", "latency_ms", "batch_size",
-    "input_sha256", "input_bytes", "top_label", "top_score", "output", "error",
-)
-
-
 def encode_cursor(created_at: datetime, request_id: str) -> str:
     """An opaque keyset cursor: the last row's (created_at, request_id)."""
     return base64.urlsafe_b64encode(f"{created_at.isoformat()}|{request_id}".encode()).decode()
@@ -57,7 +52,8 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
 
 
 def _where(f: ResultFilter) -> tuple[list[str], list[Any]]:
-    clauses, params = [], []
+    clauses: list[str] = []
+    params: list[Any] = []
     for column, value in (("model", f.model), ("model_version", f.version), ("status", f.status)):
         if value is not None:
             clauses.append(f"{column} = %s")
@@ -82,12 +78,12 @@ def list_results(
         params += [created_at, request_id]
     where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
     sql = (
-        f"SELECT {', '.join(RESULT_COLUMNS)} FROM inferences {where}"
+        f"SELECT {', '.join(COLUMN_NAMES)} FROM inferences {where}"
         " ORDER BY created_at DESC, request_id DESC LIMIT %s"
     )
     with conn.cursor() as cur:
         cur.execute(sql, [*params, limit + 1])
-        rows = [dict(zip(RESULT_COLUMNS, row)) for row in cur.fetchall()]
+        rows = [dict(zip(COLUMN_NAMES, row)) for row in cur.fetchall()]
     next_cursor = None
     if len(rows) > limit:
         rows = rows[:limit]

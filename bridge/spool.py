@@ -1,4 +1,4 @@
-"""The recorder's durable local journal: batches of records fsync'd to disk until PostgreSQL has them."""
+"""The recorder's durable local journal: batches of records fsync'd to disk until every durable sink has them."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import threading
 import time
 from pathlib import Path
 
-from bridge.records import InferenceRecord
+from stack.database import InferenceRecord
 
 
 class Spool:
@@ -38,7 +38,7 @@ class Spool:
         return self.directory / name
 
     def quarantine(self, records: list[InferenceRecord]) -> None:
-        """Keep records PostgreSQL refused on their merits in ``rejected/`` for a human to look at."""
+        """Keep records a durable sink refused on their merits in ``rejected/`` for a human to look at."""
         rejected = self.directory / "rejected"
         rejected.mkdir(exist_ok=True)
         with open(rejected / "records.jsonl", "a", encoding="utf-8") as f:

@@ -149,7 +149,7 @@ def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentP
     p.add_argument("--version", help="the version to scale (default: the default version)")
 
     p = command("history", "every recorded change of a model: who, what, when, from → to (newest first)",
-                "Read from PostgreSQL's model_changes table (created by bridge/migrations/0002_model_changes.sql).")
+                "Read from PostgreSQL's model_changes table (created by stack/database/migrations/0002_model_changes.sql).")
     p.add_argument("model", metavar="MODEL")
     p.add_argument("--limit", type=int, help="only the newest N changes")
     p.add_argument("--json", action="store_true", help="machine-readable output")

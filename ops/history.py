@@ -1,7 +1,7 @@
 """The change history: PostgreSQL ``model_changes`` (the record ``rollback`` reads) and InfluxDB points.
 
 PostgreSQL is required for every command that changes something: it is reached (and migrated, with the
-bridge's own migrations) before TorchServe is touched, so a change is never made that cannot be recorded.
+stack's migrations, through the stack's database layer) before TorchServe is touched, so a change is never made that cannot be recorded.
 InfluxDB is best effort: a failed write is a warning, never a failed command.
 """
 
@@ -16,8 +16,8 @@ import psycopg2
 import psycopg2.extensions
 from psycopg2.extras import Json
 
-from bridge.storage import PostgresStore
 from ops.errors import HistoryUnavailable, Refused
+from stack.database import Database, DatabaseUnavailable, migrate
 
 # The actions that change which version /predictions/{model} serves.
 DEFAULT_CHANGES = ("set-default", "rollback")
@@ -77,44 +77,44 @@ class MemoryHistory:
 
 
 class PostgresHistory:
-    """``model_changes`` in PostgreSQL; the schema comes from the bridge's migrations."""
+    """``model_changes`` in PostgreSQL (schema: stack/database/migrations), each call under a deadline."""
 
     COLUMNS = "id, changed_at, actor, model, version, action, from_value, to_value, reverts, detail"
 
     def __init__(self, dsn: str, connect_timeout_s: int = 3) -> None:
-        self._dsn = dsn
+        self._db = Database(dsn, connect_timeout_s, max_connections=1, application_name="servingctl", keep_idle=1)
         try:
-            store = PostgresStore(dsn, connect_timeout_s)
-            try:
-                store.migrate()
-            finally:
-                store.close()
-            self._conn: psycopg2.extensions.connection = psycopg2.connect(
-                dsn, connect_timeout=connect_timeout_s, application_name="servingctl",
-                options="-c statement_timeout=10000",
-            )
-        except psycopg2.Error as exc:
-            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            self._db.run(migrate, self._db)
+        except (DatabaseUnavailable, psycopg2.Error) as exc:
+            self._db.close()
             raise HistoryUnavailable(
-                f"cannot reach the change history in PostgreSQL ({_safe_dsn(dsn)}): {first_line}; nothing was "
+                f"cannot reach the change history in PostgreSQL ({_safe_dsn(dsn)}): {_reason(exc)}; nothing was "
                 "changed. Start it with `make up`, or point --pg-dsn / SERVINGCTL_PG_DSN at it"
             ) from exc
+
+    def _insert(self, conn: psycopg2.extensions.connection, change: Change) -> tuple[Any, ...] | None:
+        with conn.cursor() as cur:
+            cur.execute(
+                "INSERT INTO model_changes (actor, model, version, action, from_value, to_value, reverts, detail)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s) RETURNING id, changed_at",
+                (change.actor, change.model, change.version, change.action, change.from_value, change.to_value,
+                 change.reverts, Json(change.detail)),
+            )
+            return cur.fetchone()
+
+    def _select(self, conn: psycopg2.extensions.connection, sql: str, args: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+        with conn.cursor() as cur:
+            cur.execute(sql, args)
+            return cur.fetchall()
 
     def record(self, change: Change) -> Change:
         """Insert one change; returns it with its id and time."""
         try:
-            with self._conn, self._conn.cursor() as cur:
-                cur.execute(
-                    "INSERT INTO model_changes (actor, model, version, action, from_value, to_value, reverts, detail)"
-                    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s) RETURNING id, changed_at",
-                    (change.actor, change.model, change.version, change.action, change.from_value, change.to_value,
-                     change.reverts, Json(change.detail)),
-                )
-                row = cur.fetchone()
-        except psycopg2.Error as exc:
+            row = self._db.run_transaction(self._insert, change)
+        except (DatabaseUnavailable, psycopg2.Error) as exc:
             raise HistoryUnavailable(
                 f"TorchServe was changed ({change.action} {change.model} {change.version or ''}) but recording it "
-                f"in PostgreSQL failed: {exc}".rstrip()
+                f"in PostgreSQL failed: {_reason(exc)}"
             ) from exc
         assert row is not None
         return replace(change, id=row[0], changed_at=row[1])
@@ -127,11 +127,9 @@ class PostgresHistory:
             sql += " LIMIT %s"
             args += (limit,)
         try:
-            with self._conn, self._conn.cursor() as cur:
-                cur.execute(sql, args)
-                rows = cur.fetchall()
-        except psycopg2.Error as exc:
-            raise HistoryUnavailable(f"reading the change history failed: {exc}") from exc
+            rows = self._db.run_transaction(self._select, sql, args)
+        except (DatabaseUnavailable, psycopg2.Error) as exc:
+            raise HistoryUnavailable(f"reading the change history failed: {_reason(exc)}") from exc
         return [
             Change(id=r[0], changed_at=r[1], actor=r[2], model=r[3], version=r[4], action=r[5], from_value=r[6],
                    to_value=r[7], reverts=r[8], detail=r[9] if isinstance(r[9], dict) else json.loads(r[9] or "{}"))
@@ -140,7 +138,15 @@ class PostgresHistory:
 
     def close(self) -> None:
         """Close the connection."""
-        self._conn.close()
+        self._db.close()
+
+
+def _reason(exc: Exception) -> str:
+    """The first line of what PostgreSQL (or the connection) said."""
+    if isinstance(exc, DatabaseUnavailable):
+        return exc.reason
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _safe_dsn(dsn: str) -> str:

@@ -1,13 +1,13 @@
 """The recording path alone: how fast the bridge's writers go, and what a slow database adds to a prediction.
 
-- PostgreSQL: :class:`bridge.storage.PostgresStore.write` in batches (the recorder's batch size, 500, and a
+- PostgreSQL: :class:`bridge.storage.PostgresSink.insert` in batches (the recorder's batch size, 500, and a
   larger one), into the benchmark's own database.
 - InfluxDB: :class:`bridge.metrics_sink.InfluxSink.write` in batches of 5,000 (what the recorder's points
   thread sends), into the benchmark's own database.
 - The journal: :meth:`bridge.spool.Spool.append` (one segment per batch, fsync'd with its directory) for
   batch sizes 1, 32 and 500, on the same file system as the stack's spool.
-- A slow database: the bridge's :class:`bridge.recorder.Recorder` with a store whose ``write`` sleeps 1 s
-  (and an InfluxDB sink that does too), records submitted at a steady rate; the time from ``submit()`` to its
+- A slow database: the bridge's :class:`bridge.recorder.Recorder` with a durable sink whose ``write`` sleeps 1 s
+  (and a best-effort sink that does too), records submitted at a steady rate; the time from ``submit()`` to its
   future resolving (the moment a prediction may be answered) compared with instant writers.
 """
 
@@ -25,10 +25,10 @@ from typing import Any
 
 from benchmarks.throughput.report import percentile
 from bridge.metrics_sink import InfluxSink
-from bridge.recorder import Recorder
+from bridge.recorder import Policy, Recorder, Sink
 from bridge.records import InferenceRecord
 from bridge.spool import Spool
-from bridge.storage import PostgresStore
+from bridge.storage import PostgresSink
 from stack.services import log
 
 LABELS = ("tabby", "tiger cat", "Egyptian cat", "Persian cat", "Siamese cat")
@@ -56,16 +56,16 @@ def _chunks(records: list[InferenceRecord], size: int) -> list[list[InferenceRec
 
 
 def bench_postgres(dsn: str, count: int, batch: int) -> dict[str, Any]:
-    """Results/s through PostgresStore.write in batches of ``batch`` (table emptied first)."""
+    """Results/s through PostgresSink.insert in batches of ``batch`` (table emptied first)."""
     import psycopg2
 
     records = make_records(count)
-    store = PostgresStore(dsn)
-    store.migrate()
+    store = PostgresSink.connect(dsn)
+    store.start()
     with closing(psycopg2.connect(dsn)) as conn, conn, conn.cursor() as cur:
         cur.execute("TRUNCATE inferences")
     started = time.perf_counter()
-    inserted = sum(store.write(chunk) for chunk in _chunks(records, batch))
+    inserted = sum(store.insert(chunk) for chunk in _chunks(records, batch))
     elapsed = time.perf_counter() - started
     store.close()
     return {"batch": batch, "records": count, "inserted": inserted, "seconds": elapsed, "per_s": count / elapsed}
@@ -103,25 +103,25 @@ def bench_spool(directory: Path, count: int, batch: int) -> dict[str, Any]:
     }
 
 
-class SleepyStore:
-    """A RecordStore whose every write takes ``delay_s`` (a slow or overloaded PostgreSQL)."""
+class SleepyStore(Sink):
+    """A durable sink whose every write takes ``delay_s`` (a slow or overloaded PostgreSQL)."""
+
+    name, policy = "postgres", Policy.DURABLE
 
     def __init__(self, delay_s: float) -> None:
         self.delay_s = delay_s
         self.written = 0
 
-    def write(self, records: list[InferenceRecord]) -> int:
+    def write(self, records: list[InferenceRecord]) -> None:
         """Sleep, then pretend to have inserted everything."""
         time.sleep(self.delay_s)
         self.written += len(records)
-        return len(records)
-
-    def close(self) -> None:
-        """Nothing to release."""
 
 
-class SleepySink:
-    """A MetricsSink whose every write takes ``delay_s`` (a slow InfluxDB)."""
+class SleepySink(Sink):
+    """A best-effort sink whose every write takes ``delay_s`` (a slow InfluxDB)."""
+
+    name, policy = "influxdb", Policy.BEST_EFFORT
 
     def __init__(self, delay_s: float) -> None:
         self.delay_s = delay_s
@@ -130,14 +130,11 @@ class SleepySink:
         """Sleep."""
         time.sleep(self.delay_s)
 
-    def close(self) -> None:
-        """Nothing to release."""
-
 
 def durable_latency(directory: Path, store_delay_s: float, sink_delay_s: float, rate: float, duration_s: float) -> dict[str, Any]:
     """Submit records at ``rate``/s for ``duration_s``; submit → durable (future resolved) latency in ms."""
     store, sink = SleepyStore(store_delay_s), SleepySink(sink_delay_s)
-    recorder = Recorder(store, sink, Spool(directory))
+    recorder = Recorder([store, sink], Spool(directory))
     recorder.start()
     latencies: list[float] = []
     lock = threading.Lock()
@@ -175,7 +172,7 @@ def run(dsn: str, influx_host: str, influx_port: int, influx_database: str, work
     n_pg, n_influx, n_spool = (20_000, 50_000, 2_000) if quick else (100_000, 200_000, 10_000)
     results: dict[str, Any] = {"postgres": {}, "influxdb": {}, "spool": {}}
     for name, batch in (("bridge_batch", 500), ("large_batch", 5000)):
-        log(f"recording: PostgresStore.write, {n_pg:,} records in batches of {batch} ...")
+        log(f"recording: PostgresSink.insert, {n_pg:,} records in batches of {batch} ...")
         results["postgres"][name] = bench_postgres(dsn, n_pg, batch)
         log(f"  {results['postgres'][name]['per_s']:,.0f} results/s")
     log(f"recording: InfluxSink.write, {n_influx:,} points in batches of 5000 ...")

@@ -395,7 +395,7 @@ def prepare_databases() -> str:
     """Create (or empty) the benchmark's PostgreSQL database and InfluxDB database; returns the PostgreSQL DSN."""
     import psycopg2
 
-    from bridge.storage import PostgresStore
+    from stack.database import Database, migrate
 
     try:
         conn = psycopg2.connect(PG_ADMIN_DSN, connect_timeout=5)
@@ -410,9 +410,9 @@ def prepare_databases() -> str:
     finally:
         conn.close()
     dsn = bench_dsn()
-    store = PostgresStore(dsn)
-    store.migrate()
-    store.close()
+    db = Database(dsn)
+    migrate(db)
+    db.close()
     with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
         cur.execute("TRUNCATE inferences")
     if not InfluxDB().is_up():

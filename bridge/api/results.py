@@ -7,11 +7,12 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from bridge.api.predictions import NAME_PATTERN
 from bridge.errors import BadRequest
 from bridge.reports import Bucket, ResultFilter, error_rates, label_counts, latency_percentiles, list_results
+from stack.database import COLUMNS
 
 router = APIRouter(tags=["history and reports"])
 
@@ -24,23 +25,12 @@ Until = Annotated[datetime | None, Query(description="End (exclusive, ISO 8601);
 BucketQ = Annotated[Bucket, Query(description="Time bucket")]
 
 
-class ResultItem(BaseModel):
-    """One recorded inference."""
-
-    request_id: str
-    created_at: datetime
-    model: str
-    model_version: str | None
-    source: str = Field(description="`sync` (a prediction) or `job`")
-    status: int
-    latency_ms: float
-    batch_size: int | None
-    input_sha256: str
-    input_bytes: int
-    top_label: str | None
-    top_score: float | None
-    output: Any
-    error: str | None
+# One recorded inference: its fields are the record's columns (stack.database.COLUMNS), defined once.
+ResultItem = create_model(
+    "ResultItem",
+    __doc__="One recorded inference.",
+    **{c.name: (c.python_type, Field(description=c.description)) for c in COLUMNS},  # type: ignore[call-overload]
+)
 
 
 class ResultsPage(BaseModel):
@@ -57,7 +47,7 @@ class ResultsPage(BaseModel):
         "next_cursor": "MjAyNi0xMS0yNVQwOTowODowNi4yOTQyMjcrMDA6MDB8NzVlNTgzZjA",
     }]})
 
-    items: list[ResultItem]
+    items: list[ResultItem]  # type: ignore[valid-type]  # a model built from the record's columns
     next_cursor: str | None
 
 
@@ -101,11 +91,7 @@ def _aware(value: datetime) -> datetime:
 
 
 async def _query(request: Request, fn: Callable[..., Any], *args: Any) -> Any:
-    def run() -> Any:
-        with request.app.state.database.connection() as conn:
-            return fn(conn, *args)
-
-    return await request.app.state.database.call(run)
+    return await request.app.state.database.transaction(fn, *args)
 
 
 @router.get("/v1/results", response_model=ResultsPage, summary="Recorded inferences, newest first")

@@ -63,7 +63,7 @@ def env(tmp_path: Path) -> Iterator[tuple[TestClient, FakeTorchServe, FlakyStore
     write_keys(key_file)
     fake = FakeTorchServe(key_file)
     store = FlakyStore()
-    recorder = Recorder(store, FakeInflux(), Spool(tmp_path / "spool"), flush_interval_s=0.01)
+    recorder = Recorder([store, FakeInflux()], Spool(tmp_path / "spool"), flush_interval_s=0.01)
     settings = Settings(
         torchserve_key_file=key_file, spool_dir=tmp_path / "spool", max_body_bytes=1000, cache=False,
         telemetry_interval_s=0,

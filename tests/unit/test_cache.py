@@ -5,16 +5,19 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any
 
 from bridge.cache import ResultCache
+from stack.database import Database
 
 
-class FrozenDatabase:
-    """A database whose queries hang until released (like a SIGSTOPped PostgreSQL)."""
+class FrozenDatabase(Database):
+    """The database layer over a PostgreSQL whose queries hang until released (like a SIGSTOPped one)."""
 
     def __init__(self) -> None:
+        super().__init__("postgresql://unused")
         self.release = threading.Event()
         self.queries = 0
 
@@ -26,11 +29,14 @@ class FrozenDatabase:
         yield  # pragma: no cover
 
 
-class AnsweringDatabase:
+class AnsweringDatabase(Database):
+    def __init__(self) -> None:
+        super().__init__("postgresql://unused")
+
     @contextmanager
     def connection(self) -> Iterator[Any]:
         class Cursor:
-            def __enter__(self) -> "Cursor":
+            def __enter__(self) -> Cursor:  # noqa: PYI034 - a local stand-in, not a base class
                 return self
 
             def __exit__(self, *exc: object) -> None:
@@ -51,7 +57,7 @@ class AnsweringDatabase:
 
 def test_a_frozen_database_is_a_fast_miss_and_stuck_lookups_are_not_queued_behind() -> None:
     db = FrozenDatabase()
-    cache = ResultCache(db, timeout_s=0.05, max_in_flight=2)  # type: ignore[arg-type]
+    cache = ResultCache(db, timeout_s=0.05, max_in_flight=2)
 
     async def run() -> list[Any]:
         started = time.perf_counter()
@@ -65,13 +71,14 @@ def test_a_frozen_database_is_a_fast_miss_and_stuck_lookups_are_not_queued_behin
         assert cache.misses == 5 and cache.hits == 0
     finally:
         db.release.set()
-        cache.close()
+        db.close()
 
 
 def test_a_recorded_answer_is_a_hit() -> None:
-    cache = ResultCache(AnsweringDatabase(), timeout_s=1.0)  # type: ignore[arg-type]
+    db = AnsweringDatabase()
+    cache = ResultCache(db, timeout_s=1.0)
     try:
         output = asyncio.run(cache.lookup("ab" * 32, "m", "1.0"))
         assert output["predictions"][0]["label"] == "tabby" and cache.hits == 1
     finally:
-        cache.close()
+        db.close()

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from bridge.metrics_sink import event_time_ns, to_point
-from bridge.recorder import Recorder, RecordingFailed
+from bridge.recorder import Policy, Recorder, RecordingFailed, Sink, SinkUnavailable
 from bridge.records import InferenceRecord, summarise_output
 from bridge.spool import Spool
 from tests.unit.fakes import FakeInflux, FlakyStore, make_record
@@ -20,9 +20,9 @@ def parts(tmp_path: Path) -> tuple[FlakyStore, FakeInflux, Spool]:
     return FlakyStore(), FakeInflux(), Spool(tmp_path / "spool")
 
 
-def make_recorder(parts: tuple[FlakyStore, FakeInflux, Spool], **kwargs: object) -> Recorder:
+def make_recorder(parts: tuple[FlakyStore, FakeInflux, Spool]) -> Recorder:
     store, influx, spool = parts
-    return Recorder(store, influx, spool, batch_size=50, flush_interval_s=0.01, retry_interval_s=0.05, **kwargs)
+    return Recorder([store, influx], spool, batch_size=50, flush_interval_s=0.01, retry_interval_s=0.05)
 
 
 def test_records_reach_both_sinks(parts: tuple[FlakyStore, FakeInflux, Spool]) -> None:
@@ -55,23 +55,23 @@ def test_postgres_outage_spools_then_replays_exactly_once(parts: tuple[FlakyStor
     on_disk = {r.request_id for segment in spool.segments() for r in spool.read(segment)}
     assert {r.request_id for r in during} <= on_disk
     deadline = 50
-    while recorder.stats.store_failures == 0 and deadline:
+    while recorder.stats()["store_failures"] == 0 and deadline:
         threading.Event().wait(0.05)
         deadline -= 1
-    assert recorder.health()["postgres"].startswith("unavailable")
+    assert str(recorder.health()["postgres"]).startswith("unavailable")
 
     store.down.clear()
     assert recorder.wait_idle(10), recorder.health()
     recorder.stop()
     assert set(store.rows) == {r.request_id for r in before + during}
     assert spool.backlog() == (0, 0)
-    assert recorder.stats.replayed == 200
+    assert recorder.stats()["replayed"] == 200
 
 
 def test_stop_while_postgres_is_down_keeps_records_on_disk(tmp_path: Path) -> None:
     store, influx, spool = FlakyStore(), FakeInflux(), Spool(tmp_path / "spool")
     store.down.set()
-    recorder = Recorder(store, influx, spool, flush_interval_s=0.01, retry_interval_s=10)
+    recorder = Recorder([store, influx], spool, flush_interval_s=0.01, retry_interval_s=10)
     recorder.start()
     records = [make_record() for _ in range(25)]
     for r in records:
@@ -83,7 +83,7 @@ def test_stop_while_postgres_is_down_keeps_records_on_disk(tmp_path: Path) -> No
 
     # A new recorder (the bridge restarted) replays them once PostgreSQL is back.
     store.down.clear()
-    again = Recorder(store, influx, Spool(tmp_path / "spool"), flush_interval_s=0.01, retry_interval_s=0.05)
+    again = Recorder([store, influx], Spool(tmp_path / "spool"), flush_interval_s=0.01, retry_interval_s=0.05)
     again.start()
     assert again.wait_idle(5)
     again.stop()
@@ -93,12 +93,13 @@ def test_stop_while_postgres_is_down_keeps_records_on_disk(tmp_path: Path) -> No
 def test_influx_outage_buffers_within_bound_and_counts_drops(parts: tuple[FlakyStore, FakeInflux, Spool]) -> None:
     store, influx, _ = parts
     influx.down.set()
-    recorder = make_recorder(parts, metrics_buffer=100)
+    influx.buffer_limit = 100
+    recorder = make_recorder(parts)
     recorder.start()
     for _ in range(150):
         recorder.submit(make_record())
     threading.Event().wait(0.3)
-    assert recorder.stats.points_dropped == 50
+    assert recorder.stats()["points_dropped"] == 50
     assert len(store.rows) == 150, "an InfluxDB outage must not touch PostgreSQL recording"
 
     influx.down.clear()
@@ -116,7 +117,7 @@ def test_rejected_points_are_dropped_and_counted_not_retried(parts: tuple[FlakyS
         recorder.submit(make_record())
     assert recorder.wait_idle(5)
     recorder.stop()
-    assert recorder.stats.points_rejected == 10
+    assert recorder.stats()["points_rejected"] == 10
     assert influx.points == []
 
 
@@ -154,7 +155,7 @@ class DiskFullSpool(Spool):
 
 def test_journal_failure_falls_back_to_postgres_or_fails_the_ack(tmp_path: Path) -> None:
     store = FlakyStore()
-    recorder = Recorder(store, FakeInflux(), DiskFullSpool(tmp_path / "spool"), flush_interval_s=0.01)
+    recorder = Recorder([store, FakeInflux()], DiskFullSpool(tmp_path / "spool"), flush_interval_s=0.01)
     recorder.start()
     try:
         ok = make_record()
@@ -163,7 +164,7 @@ def test_journal_failure_falls_back_to_postgres_or_fails_the_ack(tmp_path: Path)
         store.down.set()
         with pytest.raises(RecordingFailed):
             recorder.submit(make_record()).result(timeout=5)
-        assert recorder.stats.journal_failures == 2
+        assert recorder.stats()["journal_failures"] == 2
     finally:
         store.down.clear()
         recorder.stop()
@@ -181,3 +182,72 @@ def test_line_protocol_escapes_and_keeps_field_types() -> None:
     assert to_line(point) == (
         'inference,model=my\\ model\\,v\\=1,status=200 latency_ms=1.5,count=1i,request_id="a\\"b\\\\c",ok=true 123'
     )
+
+
+class ArchiveSink(Sink):
+    """A second durable sink, added as a new one would be: a name, a policy, ``write``."""
+
+    name, policy = "archive", Policy.DURABLE
+
+    def __init__(self) -> None:
+        self.rows: dict[str, InferenceRecord] = {}
+        self.down = threading.Event()
+
+    def write(self, records: list[InferenceRecord]) -> None:
+        if self.down.is_set():
+            raise SinkUnavailable("archive is down")
+        for r in records:
+            self.rows.setdefault(r.request_id, r)
+
+
+class AuditSink(Sink):
+    name, policy = "audit", Policy.BEST_EFFORT
+
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+
+    def write(self, records: list[InferenceRecord]) -> None:
+        self.seen.extend(r.request_id for r in records)
+
+
+def test_an_added_sink_gets_its_thread_health_and_counters_from_its_class(tmp_path: Path) -> None:
+    store, influx, archive, audit = FlakyStore(), FakeInflux(), ArchiveSink(), AuditSink()
+    spool = Spool(tmp_path / "spool")
+    recorder = Recorder([store, influx, archive, audit], spool, flush_interval_s=0.01, retry_interval_s=0.05)
+    recorder.start()
+    assert {"recorder-postgres", "recorder-influxdb", "recorder-archive", "recorder-audit"} <= {
+        t.name for t in threading.enumerate()
+    }
+    before = [make_record() for _ in range(20)]
+    for r in before:
+        recorder.submit(r)
+    assert recorder.wait_idle(5)
+
+    archive.down.set()
+    during = [make_record() for _ in range(30)]
+    for r in during:
+        recorder.submit(r).result(timeout=5)
+    deadline = 50
+    while (recorder.stats()["archive_failures"] == 0 or len(store.rows) < 50) and deadline:
+        threading.Event().wait(0.05)
+        deadline -= 1
+    health = recorder.health()
+    assert str(health["archive"]).startswith("unavailable") and health["postgres"] == "ok"
+    assert spool.segments(), "a segment stays until every durable sink has it"
+    assert {r.request_id for r in during} <= set(store.rows), "one durable sink down must not hold up another"
+
+    archive.down.clear()
+    assert recorder.wait_idle(10), recorder.health()
+    recorder.stop()
+    everything = {r.request_id for r in before + during}
+    assert set(archive.rows) == set(store.rows) == everything
+    assert store.inserts == len(everything), "the healthy durable sink got each record once"
+    assert sorted(audit.seen) == sorted(everything)
+    health = recorder.health()
+    assert health["audit"] == "ok" and health["audit_written"] == 50 and health["audit_buffered"] == 0
+    assert health["archive_replayed"] == 30 and health["stored"] == 50
+
+
+def test_sink_names_must_be_unique(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="unique"):
+        Recorder([FlakyStore(), FlakyStore()], Spool(tmp_path))
