@@ -39,7 +39,7 @@ class LocalWorker:
         """Load the handler of an unpacked archive (``MAR-INF/MANIFEST.json`` inside ``model_dir``)."""
         manifest = json.loads((model_dir / "MAR-INF" / "MANIFEST.json").read_text())
         model = manifest["model"]
-        yaml_config = {}
+        yaml_config: dict[str, Any] = {}
         if "configFile" in model:
             yaml_config = yaml.safe_load((model_dir / model["configFile"]).read_text()) or {}
         handler_module = Path(model["handler"]).stem
@@ -58,7 +58,7 @@ class LocalWorker:
             "local",
             model_yaml_config=yaml_config,
         )
-        handler = classes[0]()
+        handler: Any = classes[0]()  # the archive's own handler class, known only at run time
         handler.initialize(context)
         return cls(handler, context)
 

@@ -278,4 +278,4 @@ def train_demo_head(dest: Path, backbone_weights: Path | None = None, coverage: 
         "seed": SEED,
     }
     save_head(head.float(), dest, metadata)
-    return HeadInfo(dest, metadata["source"] + f"; {DEMO_NOTE}", trained_on, mae, covered, metadata)
+    return HeadInfo(dest, f"{metadata['source']}; {DEMO_NOTE}", trained_on, mae, covered, metadata)

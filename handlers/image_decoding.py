@@ -81,7 +81,7 @@ def decode_image(data: bytes, limits: DecodeLimits = DecodeLimits(), min_size: i
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
+            img: Image.Image = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
             _check_dimensions(img.size, limits)
             if min_size and img.format == "JPEG":
                 img.draft("RGB", (min_size, min_size))

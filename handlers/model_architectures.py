@@ -60,5 +60,6 @@ class ImageEmbedder(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """(N, 3, H, W) → (N, D) unit-norm embeddings."""
-        features = self.backbone.extract_features(images)
+        # nn.Module.__getattr__ is typed Tensor | Module; the backbone is an EfficientNet with this method.
+        features = self.backbone.extract_features(images)  # type: ignore[operator]
         return F.normalize(features.mean(dim=(2, 3)), dim=1)

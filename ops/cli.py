@@ -8,7 +8,7 @@ import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TextIO
+from typing import Any, TextIO, cast
 
 import httpx
 
@@ -66,7 +66,7 @@ def _global_options(parser: argparse.ArgumentParser, environ: Mapping[str, str],
         now = {}
     for name, field in Settings.model_fields.items():
         flag, envs = "--" + name.replace("_", "-"), env_names(Settings, name)
-        kind = field.annotation or str  # str, int, float or Path: argparse checks the flag
+        kind = cast(Callable[[str], Any], field.annotation or str)  # str, int, float or Path: argparse checks it
         if hidden:
             # Repeated on every command so they may follow it; SUPPRESS keeps the main parser's value.
             group.add_argument(flag, dest=name, type=kind, default=argparse.SUPPRESS,
