@@ -85,7 +85,7 @@ def measure(bridge: str, pid: int, row: str, make: Callable[[list[bytes]], Reque
             photos: list[bytes], concurrency: int, duration_s: float) -> dict[str, object]:
     """One row: throughput, latency and the bridge's CPU per image."""
     url = urlsplit(bridge)
-    groups = [photos[i:i + per_request] for i in range(0, len(photos))]
+    groups = [photos[i:i + per_request] for i in range(len(photos))]
     requests = [make((g + photos)[:per_request]) for g in groups]
     drive(url.hostname or "127.0.0.1", url.port or 80, requests[:2], 2, 1.0)  # warm connections and workers
     process = psutil.Process(pid)

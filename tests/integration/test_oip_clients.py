@@ -17,7 +17,7 @@ import pytest
 from tests.integration.conftest import LiveStack
 
 httpclient = pytest.importorskip("tritonclient.http")
-from tritonclient.utils import InferenceServerException  # noqa: E402 - after the importorskip
+from tritonclient.utils import InferenceServerException
 
 CAT_LABELS = {"tabby", "tiger cat", "Egyptian cat", "Persian cat", "Siamese cat"}
 TOP_LABELS = {"chelsea": CAT_LABELS, "coffee": {"espresso", "cup", "coffee mug"}, "flower": {"daisy"}}
