@@ -15,9 +15,18 @@ def test_every_api_operation_documents_the_error_envelope() -> None:
     spec = json.loads(generate())
     assert "ErrorBody" in spec["components"]["schemas"]
     for path, operations in spec["paths"].items():
-        if path == "/ping":
+        if path in ("/ping", "/v2/health/live", "/v2/health/ready"):
             continue
+        # The Open Inference Protocol's routes answer its own error body, {"error": "..."}.
+        body = "/OipError" if path.startswith("/v2") else "/ErrorBody"
         for method, operation in operations.items():
             for status in ("400", "401", "503"):
                 content = operation["responses"][status]["content"]["application/json"]["schema"]
-                assert content["$ref"].endswith("/ErrorBody"), (method, path, status)
+                assert content["$ref"].endswith(body), (method, path, status)
+
+
+def test_oip_health_routes_document_their_error_body() -> None:
+    spec = json.loads(generate())
+    for path in ("/v2/health/live", "/v2/health/ready"):
+        content = spec["paths"][path]["get"]["responses"]["503"]["content"]["application/json"]["schema"]
+        assert content["$ref"].endswith("/OipError"), path

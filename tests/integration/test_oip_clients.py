@@ -1,0 +1,154 @@
+"""The Open Inference Protocol through clients we did not write: tritonclient[http] and KServe's REST client.
+
+Each compatibility trap has its test: binary output by default (tritonclient asks for it when no outputs are
+named), error bodies (``{"error": ...}``, which both clients parse), health bodies (``{"live": true}`` and
+``{"ready": true}``, which KServe's client reads), and several photos in one request with a bad one among them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from typing import Any
+
+import numpy as np
+import pytest
+
+from tests.integration.conftest import LiveStack
+
+httpclient = pytest.importorskip("tritonclient.http")
+from tritonclient.utils import InferenceServerException
+
+CAT_LABELS = {"tabby", "tiger cat", "Egyptian cat", "Persian cat", "Siamese cat"}
+TOP_LABELS = {"chelsea": CAT_LABELS, "coffee": {"espresso", "cup", "coffee mug"}, "flower": {"daisy"}}
+
+
+@pytest.fixture(scope="module")
+def triton(live_stack: LiveStack) -> Any:
+    """A tritonclient pointed at the bridge (host:port, as tritonclient wants it)."""
+    client = httpclient.InferenceServerClient(live_stack.bridge.removeprefix("http://"), connection_timeout=30,
+                                              network_timeout=60)
+    yield client
+    client.close()
+
+
+def text(value: bytes | str) -> str:
+    """A BYTES element as text (tritonclient gives bytes for binary outputs, str for JSON ones)."""
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def photo_input(*photos: bytes, binary: bool = True) -> Any:
+    """The ``image`` input: N photos as a BYTES tensor [N, 1] (JSON: base64 strings)."""
+    image = httpclient.InferInput("image", [len(photos), 1], "BYTES")
+    if binary:
+        image.set_data_from_numpy(np.array([[p] for p in photos], dtype=np.object_), binary_data=True)
+    else:
+        encoded = [[base64.b64encode(p)] for p in photos]
+        image.set_data_from_numpy(np.array(encoded, dtype=np.object_), binary_data=False)
+    return image
+
+
+def test_health_and_metadata(triton: Any) -> None:
+    assert triton.is_server_live() and triton.is_server_ready()
+    assert triton.is_model_ready("classifier") and triton.is_model_ready("classifier", "1.0")
+    assert not triton.is_model_ready("no_such_model")
+    assert set(triton.get_server_metadata()["extensions"]) >= {"binary_tensor_data", "classification"}
+    metadata = triton.get_model_metadata("classifier")
+    assert metadata["inputs"] == [{"name": "image", "datatype": "BYTES", "shape": [-1, 1]}]
+    outputs = {o["name"]: o for o in metadata["outputs"]}
+    assert outputs["labels"]["shape"] == [-1, 5] and outputs["scores"]["datatype"] == "FP32"
+    assert {o["name"] for o in triton.get_model_metadata("price")["outputs"]} >= {"price", "interval", "currency"}
+
+
+def test_jpeg_as_binary_bytes_input_with_binary_outputs_by_default(triton: Any, photos: dict[str, bytes]) -> None:
+    # No outputs named: tritonclient sets binary_data_output, so every output comes back as binary data.
+    result = triton.infer("classifier", [photo_input(photos["chelsea"])], headers={"Cache-Control": "no-cache"})
+    response = result.get_response()
+    assert all("binary_data_size" in o["parameters"] for o in response["outputs"])
+    labels = result.as_numpy("labels")
+    assert labels.shape == (1, 5) and labels[0, 0].decode() in CAT_LABELS
+    scores = result.as_numpy("scores")
+    assert scores.dtype == np.float32 and 0 < scores[0, 0] <= 1 and list(scores[0]) == sorted(scores[0], reverse=True)
+
+
+def test_json_input_and_json_outputs_with_classification(triton: Any, photos: dict[str, bytes]) -> None:
+    outputs = [httpclient.InferRequestedOutput("labels", binary_data=False),
+               httpclient.InferRequestedOutput("scores", binary_data=False, class_count=3)]
+    result = triton.infer("classifier", [photo_input(photos["coffee"], binary=False)], outputs=outputs,
+                          parameters={"content_type": "base64"})
+    response = result.get_response()
+    assert all("data" in o for o in response["outputs"])
+    assert text(result.as_numpy("labels")[0, 0]) in TOP_LABELS["coffee"]
+    top = [text(c).split(":", 2) for c in result.as_numpy("scores")[0]]
+    assert len(top) == 3 and top[0][2] in TOP_LABELS["coffee"] and float(top[0][0]) >= float(top[1][0])
+    assert top[0][1].isdigit()
+
+
+def test_several_photos_are_items_and_a_bad_one_fails_alone(
+    triton: Any, photos: dict[str, bytes], live_stack: LiveStack,
+) -> None:
+    names = ["chelsea", "coffee", "flower"]
+    batch = [photos[n] for n in names] + [b"definitely not a jpeg"]
+    outputs = [httpclient.InferRequestedOutput(n) for n in ("labels", "status", "error", "request_id")]
+    result = triton.infer("classifier", [photo_input(*batch)], outputs=outputs, headers={"Cache-Control": "no-cache"})
+    labels = result.as_numpy("labels")
+    assert labels.shape == (4, 5)
+    for row, name in zip(labels, names):
+        assert row[0].decode() in TOP_LABELS[name], (name, row[0])
+    assert list(result.as_numpy("status")[:, 0]) == [200, 200, 200, 400]
+    errors = [e.decode() for e in result.as_numpy("error")[:, 0]]
+    assert errors[:3] == ["", "", ""] and errors[3]
+    assert all(v == b"" for v in labels[3])
+    request_ids = [r.decode() for r in result.as_numpy("request_id")[:, 0]]
+    for request_id, status in zip(request_ids, (200, 200, 200, 400)):
+        row = live_stack.row(request_id)
+        assert row is not None and row["status"] == status and row["model"] == "classifier"
+    assert live_stack.point(request_ids[0]) is not None
+
+
+def test_price_and_similar_outputs(triton: Any, photos: dict[str, bytes]) -> None:
+    price = triton.infer("price", [photo_input(photos["coffee"])])
+    low, high = price.as_numpy("interval")[0]
+    assert low <= price.as_numpy("price")[0, 0] <= high and price.as_numpy("currency")[0, 0] == b"EUR"
+    similar = triton.infer("similar", [photo_input(photos["coffee"])], parameters={"k": 3},
+                           outputs=[httpclient.InferRequestedOutput(n) for n in ("ids", "distances", "embedding")])
+    assert similar.as_numpy("ids").shape == (1, 3) and similar.as_numpy("ids")[0, 0] == b"coffee-01"
+    embedding = similar.as_numpy("embedding")
+    assert embedding.shape == (1, 1280) and abs(float(np.linalg.norm(embedding[0])) - 1.0) < 1e-3
+
+
+def test_errors_reach_tritonclient_as_its_exception(triton: Any, photos: dict[str, bytes]) -> None:
+    with pytest.raises(InferenceServerException) as unknown:
+        triton.infer("no_such_model", [photo_input(photos["chelsea"])])
+    assert unknown.value.status() == "404" and "no_such_model" in unknown.value.message()
+    with pytest.raises(InferenceServerException) as bad:
+        triton.infer("classifier", [photo_input(b"not a photo")])
+    assert bad.value.status() == "400" and bad.value.message()
+    with pytest.raises(InferenceServerException) as missing:
+        triton.get_model_metadata("no_such_model")
+    assert missing.value.status() == "404"
+
+
+def test_kserve_rest_client(live_stack: LiveStack, photos: dict[str, bytes]) -> None:
+    kserve = pytest.importorskip("kserve", reason="kserve conflicts with our pins (see requirements-dev.txt)")
+
+    async def run() -> None:
+        client = kserve.InferenceRESTClient(kserve.RESTConfig(protocol="v2", timeout=60))
+        try:
+            assert await client.is_server_live(live_stack.bridge) is True  # reads {"live": true}
+            assert await client.is_server_ready(live_stack.bridge) is True  # reads {"ready": true}
+            assert await client.is_model_ready(live_stack.bridge, "classifier")
+            image = kserve.InferInput("image", [1, 1], "BYTES")
+            image.set_data_from_numpy(np.array([[photos["flower"]]], dtype=np.object_), binary_data=True)
+            request = kserve.InferRequest("classifier", infer_inputs=[image], request_id="kserve-1")
+            response = await client.infer(live_stack.bridge, request, model_name="classifier")
+            assert response.id == "kserve-1"
+            outputs = {o.name: o for o in response.outputs}
+            assert outputs["labels"].data[0] in TOP_LABELS["flower"]
+            with pytest.raises(Exception, match="is not registered|not found") as error:
+                await client.infer(live_stack.bridge, request, model_name="no_such_model")
+            assert "404" in str(error.value)
+        finally:
+            await client.close()
+
+    asyncio.run(run())
