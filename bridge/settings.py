@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from stack.configuration import STATE_DIR_DEFAULT_TEXT, default_state_dir
@@ -23,6 +24,9 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="address the bridge listens on")
     api_keys: Names = Field((), description="keys required on the API routes (X-API-Key or Bearer); empty = open")
     port: int = Field(8000, description="port the bridge listens on")
+    allow_open_api: bool = Field(
+        False, description="serve without API keys on a non-loopback host (an open API); off: such a start is refused"
+    )
     state_dir: Path = Field(
         default_factory=default_state_dir, validation_alias=AliasChoices("BRIDGE_STATE_DIR", "SERVING_STATE_DIR"),
         description="the bridge's state: the journal, and TorchServe's key file when the stack runs here",
@@ -88,3 +92,23 @@ class Settings(BaseSettings):
         if value.lstrip().startswith("["):
             return json.loads(value)
         return tuple(name.strip() for name in value.split(",") if name.strip())
+
+    @model_validator(mode="after")
+    def _no_open_api_beyond_loopback(self) -> Settings:
+        if self.api_keys or self.allow_open_api or _is_loopback(self.host):
+            return self
+        raise ValueError(
+            f"refusing to serve an open API on {self.host}: anyone who reaches it could run the models and read "
+            "every recorded result. Set BRIDGE_API_KEYS (e.g. BRIDGE_API_KEYS=$(openssl rand -hex 24)) and give "
+            "the key to clients (X-API-Key), or listen on 127.0.0.1, or set BRIDGE_ALLOW_OPEN_API=true to accept it"
+        )
+
+
+def _is_loopback(host: str) -> bool:
+    """127.0.0.0/8, ::1 and localhost; anything else (0.0.0.0 included) is reachable from elsewhere."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name: may resolve to anything

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from bridge.settings import Settings as BridgeSettings
 from ops.settings import Settings as OpsSettings
@@ -69,3 +70,16 @@ def test_the_component_state_dir_wins_over_the_shared_one(monkeypatch: pytest.Mo
 def test_servingctl_names_the_bad_environment_variable() -> None:
     with pytest.raises(ValueError, match="SERVINGCTL_INFLUX_TIMEOUT_S='soon'"):
         OpsSettings.from_values({}, {"SERVINGCTL_INFLUX_TIMEOUT_S": "soon"})
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "10.1.2.3", "bridge.example.com"])
+def test_an_open_api_beyond_loopback_is_refused(host: str) -> None:
+    with pytest.raises(ValidationError, match="BRIDGE_API_KEYS"):
+        BridgeSettings(host=host)
+    assert BridgeSettings(host=host, api_keys=("k",)).api_keys == ("k",)
+    assert BridgeSettings(host=host, allow_open_api=True).allow_open_api
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.2", "::1", "localhost"])
+def test_loopback_may_be_open(host: str) -> None:
+    assert BridgeSettings(host=host).api_keys == ()
