@@ -7,6 +7,7 @@ from pathlib import Path
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+DATABASE = "serving"  # the stack's PostgreSQL and InfluxDB database (the bridge's default)
 
 
 class StackSettings(BaseSettings):
@@ -17,9 +18,8 @@ class StackSettings(BaseSettings):
     state_dir: Path = REPO_ROOT / ".state"  # pid files, logs, InfluxDB data, TorchServe's home, the spool
     model_store: Path = REPO_ROOT / "model_store"
     pg_admin_dsn: str = "postgresql://postgres@127.0.0.1:5432/postgres"  # the machine's cluster, to create databases
-    database: str = "serving"  # the stack's PostgreSQL and InfluxDB database
     pg_bin: Path = Path("/usr/lib/postgresql/15/bin")  # initdb and pg_ctl, for private clusters (fault tests)
 
-    def dsn(self, database: str | None = None) -> str:
+    def dsn(self, database: str = DATABASE) -> str:
         """The admin DSN pointed at ``database`` (the stack's own by default)."""
-        return self.pg_admin_dsn.rsplit("/", 1)[0] + f"/{database or self.database}"
+        return self.pg_admin_dsn.rsplit("/", 1)[0] + f"/{database}"

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from stack.services.base import Service, apt_install, http_status, wait_for
-from stack.settings import StackSettings
+from stack.settings import DATABASE, StackSettings
 
 
 class InfluxDB(Service):
@@ -29,7 +29,7 @@ class InfluxDB(Service):
         super().__init__(name, state_dir, settings)
         self.http_port = http_port
         self.bind_port = bind_port
-        self.database = self.settings.database
+        self.database = DATABASE
 
     @property
     def home(self) -> Path:

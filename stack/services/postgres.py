@@ -12,7 +12,7 @@ from typing import Any
 
 from stack.services.base import Service, StackError, apt_install, log, wait_for
 from stack.services.faults import free_ports, process_tree, signal_all
-from stack.settings import StackSettings
+from stack.settings import DATABASE, StackSettings
 
 
 class PostgreSQL(Service):
@@ -24,7 +24,7 @@ class PostgreSQL(Service):
     def __init__(self, settings: StackSettings | None = None, name: str = "postgres") -> None:
         super().__init__(name, settings=settings)
         self.admin_dsn = self.settings.pg_admin_dsn
-        self.database = self.settings.database
+        self.database = DATABASE
 
     @property
     def dsn(self) -> str:

@@ -16,12 +16,11 @@ import requests
 from archive_scripts.photos import sample_photo
 from stack.__main__ import build_archives
 from stack.services import Service, TorchServe, all_services
-from stack.settings import StackSettings
+from stack.settings import DATABASE, StackSettings
 
 BRIDGE = "http://127.0.0.1:8000"
 TORCHSERVE = "http://127.0.0.1:8080"
 INFLUX = "http://127.0.0.1:8086"
-DATABASE = "serving"  # the bridge's default PostgreSQL and InfluxDB database
 PG_DSN = f"postgresql://postgres@127.0.0.1:5432/{DATABASE}"
 
 

@@ -22,9 +22,8 @@ import requests
 
 from stack.services import REPO_ROOT, Bridge, InfluxDB, PrivatePostgres, TorchServe, TorchServePorts, wait_for
 from stack.services.faults import free_ports, signal_all
-from stack.settings import StackSettings
+from stack.settings import DATABASE, StackSettings
 
-DATABASE = "serving"
 SLOW_HANDLER = Path(__file__).resolve().parent / "slow_handler.py"
 
 
