@@ -1,1 +1,1 @@
-"""Start and stop the local stack (PostgreSQL, InfluxDB, TorchServe, bridge)."""
+"""The local stack: its settings, the service harness (PostgreSQL, InfluxDB, TorchServe, bridge), TorchServe access."""

@@ -6,23 +6,24 @@ import subprocess
 import sys
 import time
 
-from stack.services import REPO_ROOT, STATE_DIR, StackError, all_services
+from stack.services import REPO_ROOT, StackError, all_services
+from stack.settings import StackSettings
 
 
 def build_archives() -> None:
     """Build (or confirm up to date) every archive before TorchServe loads them."""
-    result = subprocess.run([sys.executable, "-m", "archive_scripts"], cwd=REPO_ROOT)
+    result = subprocess.run([sys.executable, "-m", "archive_scripts"], cwd=REPO_ROOT, check=False)
     if result.returncode != 0:
         raise StackError("building the model archives failed (see above)")
 
 
-def up() -> int:
+def up(settings: StackSettings) -> int:
     """Start whatever is not running, wait until healthy, say where to send a photo."""
     started_at = time.monotonic()
-    STATE_DIR.mkdir(parents=True, exist_ok=True)
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
     print("Building model archives ...", flush=True)
     build_archives()
-    for service in all_services():
+    for service in all_services(settings):
         step = time.monotonic()
         print(f"{service.name}: starting ...", flush=True)
         started = service.up()
@@ -35,22 +36,22 @@ def up() -> int:
         "  curl -T photo.jpg 'http://127.0.0.1:8000/predictions/similar?k=3'    # nearest catalogue items\n"
         "  curl --data-binary @photo.jpg http://127.0.0.1:8000/v1/jobs          # all three, async (202 + job id)\n"
         "Health: curl http://127.0.0.1:8000/ping   API docs: http://127.0.0.1:8000/docs\n"
-        f"Logs: {STATE_DIR / 'logs'}   Stop: make down"
+        f"Logs: {settings.state_dir / 'logs'}   Stop: make down"
     )
     return 0
 
 
-def down() -> int:
+def down(settings: StackSettings) -> int:
     """Stop, in reverse order, what `up` started."""
-    for service in reversed(all_services()):
+    for service in reversed(all_services(settings)):
         stopped = service.down()
         print(f"{service.name}: {'stopped' if stopped else 'not started by the stack; left as is'}", flush=True)
     return 0
 
 
-def status() -> int:
+def status(settings: StackSettings) -> int:
     """One line per service."""
-    for service in all_services():
+    for service in all_services(settings):
         print(f"{service.name}: {'up' if service.is_up() else 'down'}")
     return 0
 
@@ -62,7 +63,7 @@ def main(argv: list[str]) -> int:
         print("usage: python -m stack up|down|status", file=sys.stderr)
         return 2
     try:
-        return commands[argv[0]]()
+        return commands[argv[0]](StackSettings())
     except StackError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

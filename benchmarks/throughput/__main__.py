@@ -63,7 +63,8 @@ from benchmarks.throughput.servers import (
     recorded_counts,
     snapshot_archive,
 )
-from stack.services import REPO_ROOT, STATE_DIR, InfluxDB, PostgreSQL, StackError, log
+from stack.services import REPO_ROOT, InfluxDB, PostgreSQL, StackError, log
+from stack.settings import StackSettings
 
 RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
 
@@ -341,8 +342,9 @@ def main(argv: list[str] | None = None) -> int:
     machine = machine_info()
     print(f"Throughput benchmark{' (quick)' if plan.quick else ''}: about {plan.estimate_s() / 60:.0f} min. "
           f"{machine['cpu']}, {machine['cores']} cores, load average {machine['load_average_start']}", flush=True)
-    (STATE_DIR / "bench").mkdir(parents=True, exist_ok=True)
-    run_dir = Path(tempfile.mkdtemp(prefix="throughput-", dir=STATE_DIR / "bench"))
+    bench_dir = StackSettings().state_dir / "bench"
+    bench_dir.mkdir(parents=True, exist_ok=True)
+    run_dir = Path(tempfile.mkdtemp(prefix="throughput-", dir=bench_dir))
     try:
         check_ports_free(all_ports())
         if "full_stack" in plan.rows or plan.recording:

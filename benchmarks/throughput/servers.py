@@ -14,7 +14,6 @@ import shutil
 import sys
 import time
 import urllib.error
-import urllib.parse
 import urllib.request
 import zipfile
 from collections.abc import Callable
@@ -26,10 +25,10 @@ import psutil
 import yaml
 
 from stack.services import (
-    PG_ADMIN_DSN,
     REPO_ROOT,
     Bridge,
     InfluxDB,
+    PostgreSQL,
     StackError,
     TorchServe,
     TorchServePorts,
@@ -39,6 +38,7 @@ from stack.services import (
     stop_pid,
     wait_for,
 )
+from stack.settings import StackSettings
 
 OURS_PORTS = TorchServePorts(inference=18080, management=18081, metrics=18082, grpc_inference=17070, grpc_management=17071)
 STOCK_PORTS = TorchServePorts(inference=18083, management=18084, metrics=18085, grpc_inference=17072, grpc_management=17073)
@@ -144,7 +144,7 @@ def pg_backends_of(pid: int) -> dict[int, str]:
     import psycopg2
 
     try:
-        with psycopg2.connect(PG_ADMIN_DSN, connect_timeout=3) as conn, conn.cursor() as cur:
+        with psycopg2.connect(StackSettings().pg_admin_dsn, connect_timeout=3) as conn, conn.cursor() as cur:
             cur.execute("SELECT pid FROM pg_stat_activity WHERE client_port = ANY(%s)", (ports,))
             return {row[0]: "PostgreSQL backends (bridge's)" for row in cur.fetchall()}
     except psycopg2.Error:
@@ -318,7 +318,8 @@ class Servers:
         service.up()
         ready = time.monotonic()
         first = first_prediction(f"{service.inference_url}/predictions/{MODEL}", self.photo, lambda: _bearer(service), 60)
-        pid = int(service.pid_file.read_text())
+        pid = service.pid
+        assert pid is not None
         return Target(
             row, f"{service.inference_url}/predictions/{MODEL}", "POST",
             lambda: [f"Authorization: Bearer {service.inference_key()}"],
@@ -342,16 +343,15 @@ class Servers:
         """A bridge in front of our TorchServe, recording into the benchmark's own PostgreSQL/InfluxDB databases."""
         assert self.ours is not None, "start our TorchServe first"
         dsn = prepare_databases()
-        bridge = Bridge("bridge", self.run_dir, BRIDGE_PORT, self.ours, {
-            "BRIDGE_PG_DSN": dsn, "BRIDGE_INFLUX_DATABASE": BENCH_DATABASE,
-        })
+        bridge = Bridge("bridge", self.run_dir, BRIDGE_PORT, self.ours, pg_dsn=dsn, influx_database=BENCH_DATABASE)
         started = time.monotonic()
         self._stops.append(("bridge", bridge.down))
         bridge.up()
         ready = time.monotonic()
         url = f"{bridge.url}/predictions/{MODEL}"
         first = first_prediction(url, self.photo, lambda: {"Cache-Control": "no-cache"}, 60)
-        pid = int(bridge.pid_file.read_text())
+        pid = bridge.pid
+        assert pid is not None
         influx_pid = _listener_pid(8086)
         group = ProcessGroup(
             {pid: "bridge", **ours.group.roots}, extra=lambda: pg_backends_of(pid),
@@ -388,7 +388,7 @@ def _listener_pid(port: int) -> int | None:
 
 def bench_dsn() -> str:
     """The benchmark database's DSN on the stack's PostgreSQL server."""
-    return PG_ADMIN_DSN.rsplit("/", 1)[0] + f"/{BENCH_DATABASE}"
+    return StackSettings().dsn(BENCH_DATABASE)
 
 
 def prepare_databases() -> str:
@@ -397,36 +397,28 @@ def prepare_databases() -> str:
 
     from stack.database import Database, migrate
 
+    postgres = PostgreSQL()
     try:
-        conn = psycopg2.connect(PG_ADMIN_DSN, connect_timeout=5)
+        postgres.create_database(BENCH_DATABASE)
     except psycopg2.Error as exc:
-        raise StackError(f"PostgreSQL is not reachable at {PG_ADMIN_DSN} ({exc}); start it with `make up`") from exc
-    conn.autocommit = True
-    try:
-        with conn.cursor() as cur:
-            cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (BENCH_DATABASE,))
-            if cur.fetchone() is None:
-                cur.execute(f"CREATE DATABASE {BENCH_DATABASE}")
-    finally:
-        conn.close()
+        raise StackError(f"PostgreSQL is not reachable at {postgres.admin_dsn} ({exc}); start it with `make up`") from exc
     dsn = bench_dsn()
     db = Database(dsn)
     migrate(db)
     db.close()
     with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
         cur.execute("TRUNCATE inferences")
-    if not InfluxDB().is_up():
-        raise StackError("InfluxDB does not answer on 127.0.0.1:8086; start it with `make up`")
-    influx_query(f"DROP DATABASE {BENCH_DATABASE}")
-    influx_query(f"CREATE DATABASE {BENCH_DATABASE}")
+    influx = InfluxDB()
+    if not influx.is_up():
+        raise StackError(f"InfluxDB does not answer on {influx.url}; start it with `make up`")
+    influx.drop_database(BENCH_DATABASE)
+    influx.create_database(BENCH_DATABASE)
     return dsn
 
 
 def influx_query(q: str, database: str | None = None) -> dict[str, Any]:
-    """One InfluxQL statement over HTTP (POST for writes to the catalogue, GET-like for SELECT)."""
-    data = urllib.parse.urlencode({"q": q, **({"db": database} if database else {})}).encode()
-    with urllib.request.urlopen(urllib.request.Request(f"{InfluxDB.url}/query", data=data), timeout=10) as r:
-        return json.loads(r.read() or b"{}")
+    """One InfluxQL statement on the stack's InfluxDB."""
+    return InfluxDB().query(q, database)
 
 
 def recorded_counts(dsn: str) -> tuple[int, int]:

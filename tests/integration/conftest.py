@@ -15,7 +15,8 @@ import requests
 
 from archive_scripts.photos import sample_photo
 from stack.__main__ import build_archives
-from stack.services import DATABASE, STATE_DIR, Service, TorchServe, all_services
+from stack.services import Service, TorchServe, all_services
+from stack.settings import DATABASE, StackSettings
 
 BRIDGE = "http://127.0.0.1:8000"
 TORCHSERVE = "http://127.0.0.1:8080"
@@ -79,9 +80,10 @@ class LiveStack:
 @pytest.fixture(scope="session")
 def live_stack() -> Iterator[LiveStack]:
     """Bring up what is not running (archives, PostgreSQL, InfluxDB, TorchServe, bridge)."""
-    STATE_DIR.mkdir(parents=True, exist_ok=True)
+    settings = StackSettings()
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
     build_archives()
-    started: list[Service] = [s for s in all_services() if s.up()]
+    started: list[Service] = [s for s in all_services(settings) if s.up()]
     yield LiveStack()
     for service in reversed(started):
         service.down()

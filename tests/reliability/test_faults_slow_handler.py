@@ -123,7 +123,7 @@ def test_bridge_timeout_default_is_below_every_response_timeout() -> None:
 def test_the_sleeping_handler_answers_when_given_time(fault_stack: FaultStack, base_photo: bytes) -> None:
     """Control: slow_handler.py answers 200 when nothing times out (here with its 0.25 s delay, model burst)."""
     fault_stack.ensure_healthy()
-    key = fault_stack.torchserve.keys()["inference"]
+    key = fault_stack.torchserve.keys().inference
     began = time.monotonic()
     response = requests.put(f"{fault_stack.torchserve.inference_url}/predictions/burst", data=base_photo,
                             headers={"Authorization": f"Bearer {key}"}, timeout=30)

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from stack.services import wait_for
+from stack.services.faults import kill9
 from tests.reliability.load import (
     JobLedger,
     Ledger,
@@ -27,7 +28,7 @@ from tests.reliability.load import (
     unique_photo,
     wait_jobs,
 )
-from tests.reliability.services import FaultStack, kill9, predict_once
+from tests.reliability.services import FaultStack, predict_once
 
 pytestmark = pytest.mark.reliability
 

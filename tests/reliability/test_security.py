@@ -30,7 +30,7 @@ from typing import Any
 import pytest
 import requests
 
-from stack.services import REPO_ROOT, STATE_DIR, VENV_BIN, TorchServe, read_pid
+from stack.services import REPO_ROOT, VENV_BIN, TorchServe
 from stack.torchserve import read_keys
 from tests.integration.conftest import LiveStack
 from tests.reliability import payloads as p
@@ -41,7 +41,6 @@ from tests.reliability.instances import (
     PrivateTorchServe,
     environ_of,
     group_members,
-    key_expiry,
     private_databases,
 )
 
@@ -97,7 +96,7 @@ def test_torchserve_listens_on_loopback_only(live_stack: LiveStack) -> None:
         public = [str(a) for a in bound if not is_loopback(a)]
         assert not public, f"port {port} is reachable from outside: bound on {public}"
     # Every listener the TorchServe process group holds (Java frontend, workers), whatever its port.
-    launcher = read_pid(STATE_DIR / "torchserve.pid")
+    launcher = TorchServe().pid
     if launcher is not None:
         inodes = socket_inodes(group_members(os.getpgid(launcher)))
         own = [(str(a), port) for a, port, inode in listeners if inode in inodes]
@@ -619,13 +618,13 @@ def test_expired_keys_are_refused(private_stack: PrivateStack) -> None:
     for kind in ("inference", "management"):
         torchserve.renew(kind)
     keys = torchserve.keys()
-    inference, management_key = keys["inference"]["key"], keys["management"]["key"]
+    inference, management_key = keys.inference, keys.management
     assert requests.get(ping, headers={"Authorization": f"Bearer {inference}"}, timeout=10).status_code == 200
     assert requests.get(models, headers={"Authorization": f"Bearer {management_key}"}, timeout=10).status_code == 200
-    expires = max(key_expiry(keys, "inference"), key_expiry(keys, "management"))
+    expires = max(keys.inference_expires, keys.management_expires)  # type: ignore[type-var]
     time.sleep(max(0.0, (expires - datetime.now(UTC)).total_seconds()) + 3)
     after = torchserve.keys()
-    assert (after["inference"]["key"], after["management"]["key"]) == (inference, management_key), "keys were renewed"
+    assert (after.inference, after.management) == (inference, management_key), "keys were renewed"
     expired_ping = requests.get(ping, headers={"Authorization": f"Bearer {inference}"}, timeout=10)
     expired_models = requests.get(models, headers={"Authorization": f"Bearer {management_key}"}, timeout=10)
     assert refused(expired_ping), f"expired inference key: {expired_ping.status_code} {expired_ping.text[:200]}"
