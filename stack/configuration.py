@@ -19,10 +19,10 @@ from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings
 
 # The settings class of each component, by import path (bridge and ops import this module, so not at the top).
-COMPONENTS: tuple[tuple[str, str | None], ...] = (
+COMPONENTS: tuple[tuple[str, str], ...] = (
     ("bridge", "bridge.settings:Settings"),
     ("servingctl", "ops.settings:Settings"),
-    ("stack", None),  # SERVING_*: not a settings class yet
+    ("stack", "stack.settings:StackSettings"),
 )
 DOCS_PAGE = "docs/configuration.md"
 REGENERATE = ".venv/bin/python -m stack.configuration"
@@ -100,9 +100,6 @@ def render() -> str:
     ]
     for component, path in COMPONENTS:
         parts += ["", f"## {component}", ""]
-        if path is None:
-            parts.append("The stack's own settings (`SERVING_*`) are listed here once they are a settings class.")
-            continue
         module, _, name = path.partition(":")
         settings = getattr(importlib.import_module(module), name)
         summary = (settings.__doc__ or "").strip().replace("``", "`")  # reST literals → Markdown
