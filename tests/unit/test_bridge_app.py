@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any, TypeVar
 
 import httpx
 import pytest
@@ -57,21 +59,32 @@ class FakeTorchServe:
         return self.handler(request)
 
 
-@pytest.fixture
-def env(tmp_path: Path) -> Iterator[tuple[TestClient, FakeTorchServe, FlakyStore]]:
+F = TypeVar("F", bound=FakeTorchServe)
+
+
+@contextmanager
+def bridge_under_test(
+    tmp_path: Path, fake_class: type[F], headers: dict[str, str] | None = None, **settings: Any
+) -> Iterator[tuple[TestClient, F, FlakyStore]]:
+    """The bridge's app on a fake TorchServe (``fake_class``), a fake store and InfluxDB; no jobs, no cache."""
     key_file = tmp_path / "key_file.json"
     write_keys(key_file)
-    fake = FakeTorchServe(key_file)
+    fake = fake_class(key_file)
     store = FlakyStore()
     recorder = Recorder([store, FakeInflux()], Spool(tmp_path / "spool"), flush_interval_s=0.01)
-    settings = Settings(
-        torchserve_key_file=key_file, spool_dir=tmp_path / "spool", max_body_bytes=1000, cache=False,
-        telemetry_interval_s=0,
+    config = Settings(
+        torchserve_key_file=key_file, spool_dir=tmp_path / "spool", cache=False, telemetry_interval_s=0, **settings
     )
-    app = create_app(settings, recorder=recorder, torchserve_transport=httpx.MockTransport(fake), run_jobs=False)
-    with TestClient(app) as client:
+    app = create_app(config, recorder=recorder, torchserve_transport=httpx.MockTransport(fake), run_jobs=False)
+    with TestClient(app, headers=headers) as client:
         yield client, fake, store
     assert recorder.wait_idle(5)
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> Iterator[tuple[TestClient, FakeTorchServe, FlakyStore]]:
+    with bridge_under_test(tmp_path, FakeTorchServe, max_body_bytes=1000) as env:
+        yield env
 
 
 def recorded(client: TestClient, store: FlakyStore, request_id: str) -> object:

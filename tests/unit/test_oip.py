@@ -16,13 +16,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from bridge import oip
-from bridge.app import create_app
 from bridge.errors import BadRequest
-from bridge.recorder import Recorder
-from bridge.settings import Settings
-from bridge.spool import Spool
-from tests.unit.fakes import FakeInflux, FlakyStore
-from tests.unit.test_bridge_app import FakeTorchServe, write_keys
+from tests.unit.fakes import FlakyStore
+from tests.unit.test_bridge_app import FakeTorchServe, bridge_under_test
 
 CAT = b"\xff\xd8\xff\xe0cat"
 BAD = b"not a photo"
@@ -63,19 +59,10 @@ class FakeOipTorchServe(FakeTorchServe):
 
 @pytest.fixture
 def env(tmp_path: Path) -> Iterator[tuple[TestClient, FakeOipTorchServe, FlakyStore]]:
-    key_file = tmp_path / "key_file.json"
-    write_keys(key_file)
-    fake = FakeOipTorchServe(key_file)
-    store = FlakyStore()
-    recorder = Recorder(store, FakeInflux(), Spool(tmp_path / "spool"), flush_interval_s=0.01)
-    settings = Settings(
-        torchserve_key_file=key_file, spool_dir=tmp_path / "spool", max_body_bytes=10_000, cache=False,
-        telemetry_interval_s=0, api_keys=("k1",),
-    )
-    app = create_app(settings, recorder=recorder, torchserve_transport=httpx.MockTransport(fake), run_jobs=False)
-    with TestClient(app, headers={"X-API-Key": "k1"}) as client:
-        yield client, fake, store
-    assert recorder.wait_idle(5)
+    with bridge_under_test(
+        tmp_path, FakeOipTorchServe, headers={"X-API-Key": "k1"}, max_body_bytes=10_000, api_keys=("k1",)
+    ) as env:
+        yield env
 
 
 def binary_request(photos: list[bytes], **extra: Any) -> tuple[bytes, dict[str, str]]:
@@ -214,10 +201,10 @@ def test_check_outputs_refuses_what_the_model_lacks() -> None:
 
 def test_model_table_matches_the_archive_specs() -> None:
     # The bridge may not import the specs (they import torch); this test may.
-    from archive_scripts.catalogue import EMBEDDING_DIM
     from archive_scripts.specs import SPECS
+    from archive_scripts.weights import LITE0_FEATURES
 
-    assert {spec.name: oip.info_from_spec(spec, EMBEDDING_DIM) for spec in SPECS} == oip.MODELS
+    assert {spec.name: oip.info_from_spec(spec, LITE0_FEATURES) for spec in SPECS} == oip.MODELS
 
 
 def test_the_bridge_does_not_import_torch() -> None:
