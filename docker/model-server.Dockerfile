@@ -9,9 +9,13 @@
 #       -t serving-model:cu126 .                                                         # GPU
 #   docker run --network host -e SERVING_MODELS=classifier_v1.0.mar -e SERVING_TS_INFERENCE_PORT=18080 ... serving-model
 #
-# torch/torchvision: from docker/wheelhouse when it holds them (`make images` fills it from this machine's local
-# wheel index, with no download), else from TORCH_INDEX_URL. Stages: deps -> build (archives, gated) -> runtime.
+# torch/torchvision: from the TORCH_WHEELS_IMAGE when it holds them (`make images` makes one from this machine's
+# local wheel index, with no download), else from TORCH_INDEX_URL. Stages: deps -> build (archives) -> runtime.
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+# An image with the pinned torch/torchvision wheels (and their dependencies') at /; scratch: none.
+ARG TORCH_WHEELS_IMAGE=scratch
+
+FROM ${TORCH_WHEELS_IMAGE} AS torch-wheels
 
 # ---- deps: the runtime virtualenv, requirements.txt only -----------------------------------------------------
 FROM ${PYTHON_IMAGE} AS deps
@@ -25,11 +29,11 @@ ENV PIP_NO_CACHE_DIR=1 \
 
 WORKDIR /src
 COPY requirements.txt ./
-# torch/torchvision first, at the versions requirements.txt pins, from the wheelhouse (bind-mounted, so its
-# gigabytes never become a layer of their own) or from the PyTorch index only (no --extra-index-url: nothing
+# torch/torchvision first, at the versions requirements.txt pins, from the wheels image (bind-mounted, so its
+# gigabytes never become a layer of this image) or from the PyTorch index only (no --extra-index-url: nothing
 # else can be picked from it by accident); then the rest from PyPI, where the installed torch/torchvision
 # already satisfy their pins and are kept.
-RUN --mount=type=bind,source=docker/wheelhouse,target=/wheelhouse \
+RUN --mount=type=bind,from=torch-wheels,target=/wheelhouse \
     python -m venv /opt/venv \
  && grep -E '^(torch|torchvision)==' requirements.txt > /tmp/torch-requirements.txt \
  && if ls /wheelhouse/torch-*.whl > /dev/null 2>&1; then \

@@ -10,7 +10,7 @@
   used when it is present (pulled, or loaded by the user); otherwise one is made from Debian's packages
   (debootstrap of bookworm with python3.11 + venv + pip, the host's CA bundle trusted by pip) and imported
   under a local name, once.
-- ``images``: ``up`` + ``base`` + the torch wheelhouse, then builds ``serving-api`` and ``serving-model``.
+- ``images``: ``up`` + ``base`` + an image of torch wheels (made once from the host's pip), then builds ``serving-api`` and ``serving-model``.
 
 Debian's CLI ``/usr/bin/docker`` (20.10) is used, not whatever ``docker`` is first on PATH: it builds with BuildKit
 without the buildx plugin (``DOCKER_BUILDKIT=1``), which ``COPY --chmod`` and ``RUN --mount`` need.
@@ -40,7 +40,7 @@ DEBIAN_SUITE = "bookworm"
 BASE_PACKAGES = ("python3", "python3-venv", "python3-pip", "python-is-python3", "ca-certificates")
 HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 IMAGE_CA_BUNDLE = "/etc/ssl/certs/host-ca-bundle.crt"
-WHEELHOUSE = REPO_ROOT / "docker" / "wheelhouse"
+LOCAL_TORCH_WHEELS = "serving-local/torch-wheels"
 API_IMAGE = "serving-api"
 MODEL_IMAGE = "serving-model"
 START_TIMEOUT_S = 60.0
@@ -246,7 +246,7 @@ def python_base() -> str:
     return LOCAL_PYTHON
 
 
-# --- the torch wheelhouse and the images ---------------------------------------------------------------------
+# --- the torch wheels and the images --------------------------------------------------------------------------
 
 
 def _torch_pins() -> list[str]:
@@ -254,32 +254,39 @@ def _torch_pins() -> list[str]:
     return [line.strip() for line in lines if re.match(r"^(torch|torchvision)==", line.strip())]
 
 
-def fill_wheelhouse() -> bool:
-    """Put the pinned torch/torchvision and their dependencies' wheels into docker/wheelhouse from this host's pip.
+def torch_wheels_image() -> str:
+    """An image holding the pinned torch/torchvision wheels and their dependencies' at /, made once from this host's pip.
 
-    The host's pip finds them in local file indexes (``pip config list``), so the image build installs gigabytes
-    of CUDA wheels without downloading them. Returns False (and leaves the wheelhouse empty, so the build uses
-    TORCH_INDEX_URL) when the host's pip cannot get them.
+    The host's pip finds them in local file indexes (``pip config list``), so the model-server build installs
+    gigabytes of CUDA wheels without downloading them, and, the wheels being an image rather than part of the build
+    context, an unchanged build does not send them to the daemon again. Returns "scratch" (no wheels: the build
+    uses TORCH_INDEX_URL) when the host's pip cannot get them.
     """
     pins = _torch_pins()
-    wanted = [pin.replace("==", "-", 1) for pin in pins]
-    if all(any(WHEELHOUSE.glob(f"{name}-*.whl")) for name in wanted):
-        return True
-    say(f"filling {WHEELHOUSE.relative_to(REPO_ROOT)} with {' '.join(pins)} and their dependencies (host pip) ...")
+    name = f"{LOCAL_TORCH_WHEELS}:{'-'.join(pin.split('==')[1] for pin in pins)}"
+    if image_exists(name):
+        return name
+    say(f"making {name}: {' '.join(pins)} and their dependencies' wheels from the host's pip ...")
     started = time.monotonic()
-    result = subprocess.run(
-        # This host is what the image is (Linux x86_64, CPython 3.11, glibc of bookworm), so no --platform.
-        [sys.executable, "-m", "pip", "download", "--quiet", "--only-binary=:all:", "--dest", str(WHEELHOUSE), *pins],
-        check=False,
-    )
-    if result.returncode != 0:
-        say("the host's pip could not get them; the build will use TORCH_INDEX_URL")
-        for wheel in WHEELHOUSE.glob("*.whl"):
-            wheel.unlink()
-        return False
-    size = sum(wheel.stat().st_size for wheel in WHEELHOUSE.glob("*.whl"))
-    say(f"wheelhouse ready: {size / 1e9:.1f} GB ({time.monotonic() - started:.0f} s)")
-    return True
+    state_dir().mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="torch-wheels-", dir=state_dir()) as wheels:
+        downloaded = subprocess.run(
+            # This host is what the image is (Linux x86_64, CPython 3.11, glibc of bookworm), so no --platform.
+            [sys.executable, "-m", "pip", "download", "--quiet", "--only-binary=:all:", "--dest", wheels, *pins],
+            stderr=subprocess.DEVNULL, check=False,
+        )
+        if downloaded.returncode != 0:
+            say("the host's pip could not get them; the model-server build will use TORCH_INDEX_URL")
+            return "scratch"
+        size = sum(wheel.stat().st_size for wheel in Path(wheels).glob("*.whl"))
+        env = {**os.environ, "DOCKER_BUILDKIT": "1"}
+        built = subprocess.run([DOCKER_CLI, "build", "--quiet", "--tag", name, "--file", "-", wheels],
+                               input="FROM scratch\nCOPY . /\n", text=True, env=env, stdout=subprocess.DEVNULL,
+                               check=False)
+        if built.returncode != 0:
+            raise DockerError(f"building {name} failed (see above)")
+    say(f"{name} made: {size / 1e9:.1f} GB of wheels ({time.monotonic() - started:.0f} s)")
+    return name
 
 
 @dataclass(frozen=True)
@@ -311,33 +318,37 @@ def build(image: Image, base: str, extra_args: Sequence[str] = ()) -> float:
 
 
 def images(names: Sequence[str] = ()) -> int:
-    """Docker up, base image, wheelhouse, then the images (all, or those named)."""
+    """Docker up, base image, torch wheels, then the images (all, or those named)."""
     up()
     base = python_base()
-    chosen = [image for image in IMAGES if not names or image.name in names]
-    if any(image.name == MODEL_IMAGE for image in chosen):
-        fill_wheelhouse()
-    for image in chosen:
-        build(image, base)
+    for image in IMAGES:
+        if names and image.name not in names:
+            continue
+        extra = ["--build-arg", f"TORCH_WHEELS_IMAGE={torch_wheels_image()}"] if image.name == MODEL_IMAGE else []
+        build(image, base, extra)
+    return 0
+
+
+def base() -> int:
+    """Print the Python base image a build would use (made here when needed)."""
+    up()
+    print(python_base())
     return 0
 
 
 def main(argv: list[str]) -> int:
     """Entry point."""
-    commands = {"up": up, "down": down, "status": status, "base": lambda: (print(python_base()), 0)[1]}
-    if len(argv) >= 1 and argv[0] == "images":
-        handler = lambda: images(argv[1:])  # noqa: E731
-    elif len(argv) == 1 and argv[0] in commands:
-        handler = commands[argv[0]]
-    else:
-        print("usage: python -m stack.docker up|status|down|base|images [serving-api|serving-model ...]",
-              file=sys.stderr)
-        return 2
+    commands = {"up": up, "down": down, "status": status, "base": base}
     try:
-        return handler()
+        if argv and argv[0] == "images":
+            return images(argv[1:])
+        if len(argv) == 1 and argv[0] in commands:
+            return commands[argv[0]]()
     except DockerError as exc:
         print(f"docker: error: {exc}", file=sys.stderr)
         return 1
+    print("usage: python -m stack.docker up|status|down|base|images [serving-api|serving-model ...]", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":
