@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: up down status test unit lint archives clean bench bench-quick reliability
+.PHONY: up down status test unit lint archives clean bench bench-quick reliability images test-containers
 
 $(STAMP): requirements.txt requirements-dev.txt requirements-build.txt
 	@echo "Creating the Python environment in $(VENV) (torch and torchvision come from local disk) ..."
@@ -62,6 +62,16 @@ reliability: $(STAMP)
 	@rm -rf .state/reliability && mkdir -p .state/reliability
 	@$(PY) -m pytest tests/reliability --junitxml=.state/reliability/junit.xml; status=$$?; \
 	  $(PY) -m tests.reliability.report .state/reliability | tee .state/reliability/report.txt; exit $$status
+
+# The two images (docker/api.Dockerfile: serving-api; docker/model-server.Dockerfile: serving-model), cached.
+# Installs Debian's docker.io and starts dockerd (host networking only) when needed, and makes a base image from
+# Debian's packages when the official python image is not on this machine (stack/docker.py).
+images: $(STAMP)
+	@$(PY) -m stack.docker images
+
+# The images built and run for real: non-root, read-only root, health checks (tests/containers; free ports).
+test-containers: images
+	@$(PY) -m pytest tests/containers -m containers
 
 clean: down
 	rm -rf .state model_store/*.mar model_store/manifest.json

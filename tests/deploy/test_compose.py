@@ -69,7 +69,7 @@ def test_compose_file_matches_the_compose_specification_schema() -> None:
 def test_serving_is_the_one_image_built_from_the_repository(compose_config: dict[str, Any]) -> None:
     serving = compose_config["services"]["serving"]
     assert Path(serving["build"]["context"]).resolve() == REPO_ROOT
-    assert serving["build"]["dockerfile"] == "Dockerfile"
+    assert serving["build"]["dockerfile"] == "docker/api.Dockerfile"
     assert serving["image"].rsplit("/", 1)[-1].split(":")[0] == "serving"
     # The bridge is the only published port; TorchServe's stay on the container's loopback.
     assert [p["target"] for p in serving["ports"]] == [8000]
