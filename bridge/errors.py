@@ -21,7 +21,7 @@ shape TorchServe uses (plus the request id), so clients parse one format whichev
 from __future__ import annotations
 
 import uuid
-from typing import Any
+from typing import Any, ClassVar
 
 from pydantic import BaseModel, Field
 from starlette.requests import Request
@@ -32,7 +32,7 @@ class BridgeError(Exception):
 
     status = 500
     kind = "InternalServerError"
-    headers: dict[str, str] = {}
+    headers: ClassVar[dict[str, str]] = {}
 
     def __init__(self, message: str = "internal error; see the bridge log") -> None:
         super().__init__(message)
@@ -51,7 +51,7 @@ class EmptyBody(BadRequest):
 class Unauthorized(BridgeError):
     status = 401
     kind = "Unauthorized"
-    headers = {"WWW-Authenticate": 'ApiKey header="X-API-Key"'}
+    headers: ClassVar[dict[str, str]] = {"WWW-Authenticate": 'ApiKey header="X-API-Key"'}
 
 
 class NotFound(BridgeError):
@@ -87,13 +87,13 @@ class UnsupportedMediaType(BridgeError):
 class UpstreamUnavailable(BridgeError):
     status = 503
     kind = "ServiceUnavailable"
-    headers = {"Retry-After": "1"}
+    headers: ClassVar[dict[str, str]] = {"Retry-After": "1"}
 
 
 class RecordingUnavailable(BridgeError):
     status = 503
     kind = "RecordingUnavailable"
-    headers = {"Retry-After": "1"}
+    headers: ClassVar[dict[str, str]] = {"Retry-After": "1"}
 
 
 class UpstreamTimeout(BridgeError):

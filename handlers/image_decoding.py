@@ -7,6 +7,7 @@ with a 4xx while its batch-mates are served. No TorchServe imports, no model cod
 
 from __future__ import annotations
 
+import contextlib
 import io
 import warnings
 from dataclasses import dataclass
@@ -96,10 +97,8 @@ def decode_image(data: bytes, limits: DecodeLimits = DecodeLimits(), min_size: i
         raise ImageDimensionsTooLarge(f"image dimensions are too large: {exc}") from exc
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise ImageError(f"image is truncated or corrupt ({exc})") from exc
-    try:
+    with contextlib.suppress(Exception):  # a malformed EXIF block must not fail an otherwise good photo
         img = ImageOps.exif_transpose(img) or img
-    except Exception:  # noqa: BLE001 - a malformed EXIF block must not fail an otherwise good photo
-        pass
     return to_rgb(img)
 
 

@@ -71,7 +71,7 @@ def save_head(head: PriceHead, path: Path, metadata: dict[str, Any]) -> None:
     torch.save({"state_dict": state, "metadata": dict(metadata)}, path)
 
 
-def load_head(path: Path, in_features: int = EMBEDDING_DIM) -> tuple[PriceHead, dict[str, Any]]:
+def load_head(path: Path | str, in_features: int = EMBEDDING_DIM) -> tuple[PriceHead, dict[str, Any]]:
     """Read a head file (ours, or a bare ``state_dict``), checking keys, shapes and finiteness strictly."""
     try:
         saved = torch.load(path, map_location="cpu", weights_only=True)

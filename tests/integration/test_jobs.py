@@ -12,7 +12,6 @@ import uuid
 from pathlib import Path
 
 import psycopg2
-
 import pytest
 import requests
 

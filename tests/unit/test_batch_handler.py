@@ -17,12 +17,12 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from image_decoding import TensorSpec, image_to_tensor
 from PIL import Image
 from ts.context import RequestProcessor
 
 from archive_scripts.inprocess import ItemResponse, LocalWorker
 from archive_scripts.photos import sample_photo
-from image_decoding import TensorSpec, image_to_tensor
 
 TINY_LABELS = [f"label-{i}" for i in range(10)]
 TINY_HANDLER = {
