@@ -25,6 +25,7 @@ from typing import Any
 
 import psycopg2
 
+from benchmarks.machine import machine
 from bridge.reports import Bucket, ResultFilter, error_rates, label_counts, latency_percentiles, list_results
 from stack.database import Database, migrate
 
@@ -104,25 +105,6 @@ def timed(dsn: str, fn: Callable[..., Any], *args: Any, runs: int = 5) -> tuple[
             times.append((time.perf_counter() - started) * 1000)
             count = len(result[0]) if isinstance(result, tuple) else len(result)
     return statistics.median(times), count
-
-
-def machine(load_start: float) -> dict[str, Any]:
-    """Where and when the figures were measured."""
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "load_average_start": round(load_start, 2),
-        "load_average_end": round(os.getloadavg()[0], 2),
-    }
 
 
 def markdown(report: dict[str, Any]) -> str:

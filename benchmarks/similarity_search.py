@@ -17,19 +17,18 @@ import importlib
 import json
 import math
 import os
-import platform
 import statistics
 import sys
 import tempfile
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from benchmarks.machine import machine
 from handlers.similarity_index import SimilarityIndex
 
 DIMENSION = 1280
@@ -153,25 +152,6 @@ def bench_size(
 def _number(value: float) -> float | None:
     """A JSON-safe number: rounded, NaN (a method that did not run) as None."""
     return None if math.isnan(value) else round(value, 3)
-
-
-def machine(load_start: float) -> dict[str, Any]:
-    """Where and when the figures were measured."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "load_average_start": round(load_start, 2),
-        "load_average_end": round(os.getloadavg()[0], 2),
-    }
 
 
 def markdown(report: dict[str, Any]) -> str:

@@ -46,6 +46,7 @@ from typing import Any
 import psutil
 
 from archive_scripts.build import sha256_file
+from benchmarks.machine import cpu_name
 from benchmarks.throughput import report
 from benchmarks.throughput.limit import Layout, system_busy_s
 from benchmarks.throughput.limit import measure as measure_limit
@@ -146,16 +147,8 @@ def heading(text: str) -> None:
 
 def machine_info() -> dict[str, Any]:
     """What the numbers were measured on."""
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     return {
-        "cpu": cpu,
+        "cpu": cpu_name(),
         "cores": os.cpu_count(),
         "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
         "gpu": "none (CPU only)",
