@@ -139,7 +139,10 @@ class JobStore:
                 cur.execute(f"NOTIFY {CHANNEL}")
                 return _job(row), True
             cur.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE idempotency_key = %s", (idempotency_key,))
-            job = _job(cur.fetchone())
+            existing = cur.fetchone()
+        if existing is None:  # the key's job was deleted in between (retention): store it anew
+            return self.submit(photo, content_type, models, input_sha256, idempotency_key, deadline_s)
+        job = _job(existing)
         if job.input_sha256 != input_sha256 or sorted(job.models) != sorted(models):
             raise Unprocessable(
                 f"Idempotency-Key {idempotency_key!r} was already used for a different photo or model list "
@@ -174,8 +177,8 @@ class JobStore:
                 return ClaimedJob(str(row[0]), list(row[1]), bytes(row[2]), row[3], row[4], dict(row[5]),
                                   dict(row[6]), float("inf") if row[7] is None else float(row[7])), None
             cur.execute("SELECT extract(epoch FROM min(next_attempt_at) - now()) FROM jobs WHERE status = 'queued'")
-            due = cur.fetchone()[0]
-            return None, None if due is None else float(due)
+            due = cur.fetchone()
+            return None, None if due is None or due[0] is None else float(due[0])
 
     def extend_lease(self, job_id: str, attempt: int, lease_s: float) -> bool:
         """Keep a long job claimed; False when this claim lost it (another runner took the job over)."""

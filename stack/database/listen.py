@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
+from typing import Any
 
 import psycopg2
 import psycopg2.extensions
@@ -31,7 +32,7 @@ class Listener:
         self._dsn = dsn
         self._channel = channel
         self._on_notify = on_notify
-        self._connect_args = {
+        self._connect_args: dict[str, Any] = {
             "connect_timeout": connect_timeout_s, "application_name": application_name,
             "keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2, "keepalives_count": 2,
         }

@@ -84,6 +84,13 @@ def dsn() -> Iterator[str]:
     _admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
+@pytest.fixture(autouse=True)
+def empty_queue(dsn: str) -> None:
+    """Each test starts with no pending job (one left waiting by an earlier test would be claimed here)."""
+    query(dsn, "UPDATE jobs SET status = 'failed', error = 'left by an earlier test', lease_until = NULL"
+               " WHERE status IN ('queued', 'running')")
+
+
 def query(dsn: str, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
     with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
         cur.execute(sql, params)
@@ -203,10 +210,10 @@ def test_outage_outage_success_waits_with_jittered_backoff_then_succeeds(dsn: st
         calls = [m for m, _ in torchserve.calls]
         assert calls.count("classifier") == 4 and calls.count("price") == 1, "an answered model is not run again"
         # One row per outage attempt, one for the final answer of each model.
-        counts = dict(((m, s), c) for m, s, c in query(
+        counts = {(m, s): c for m, s, c in query(
             dsn, "SELECT model, status, count(*) FROM inferences WHERE request_id::text = ANY(%s) GROUP BY 1, 2",
             ([model_request_id(job_id, "classifier"), model_request_id(job_id, "price")]
-             + [str(uuid.uuid5(uuid.UUID(job_id), f"classifier#attempt-{a}")) for a in (1, 2, 3)],)))
+             + [str(uuid.uuid5(uuid.UUID(job_id), f"classifier#attempt-{a}")) for a in (1, 2, 3)],))}
         assert counts == {("classifier", 503): 2, ("classifier", 504): 1, ("classifier", 200): 1, ("price", 200): 1}
 
     run(scenario())
@@ -433,8 +440,8 @@ def test_deadline_parameter_is_stored_and_bounded(api: TestClient) -> None:
     response = api.post("/v1/jobs", params={"models": "classifier", "deadline": 90}, content=PHOTO)
     assert response.status_code == 202
     body = response.json()
-    created = datetime.fromisoformat(body["created_at"].replace("Z", "+00:00"))
-    deadline = datetime.fromisoformat(body["deadline"].replace("Z", "+00:00"))
+    created = datetime.fromisoformat(body["created_at"])
+    deadline = datetime.fromisoformat(body["deadline"])
     assert (deadline - created).total_seconds() == pytest.approx(90, abs=0.01)
     got = api.get(f"/v1/jobs/{body['id']}").json()
     assert got["deadline"] == body["deadline"] and got["next_attempt_at"] is not None
@@ -512,10 +519,10 @@ class SlowTorchServe(http.server.ThreadingHTTPServer):
                 self.end_headers()
                 self.wfile.write(data)
 
-            def do_GET(self) -> None:  # noqa: N802
+            def do_GET(self) -> None:
                 self._answer({"status": "Healthy"})
 
-            def do_POST(self) -> None:  # noqa: N802
+            def do_POST(self) -> None:
                 self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 server.predictions.append(self.path)
                 if self.path.startswith("/predictions/slow"):
@@ -544,9 +551,9 @@ def start_bridge(dsn: str, tmp: Path, name: str, torchserve_url: str, **settings
            "BRIDGE_SPOOL_DIR": str(tmp / f"spool-{name}"), "BRIDGE_STATE_DIR": str(tmp / name),
            "BRIDGE_TELEMETRY_INTERVAL_S": "0", "BRIDGE_CACHE": "false", "BRIDGE_INFLUX_PORT": str(free_port()),
            **{f"BRIDGE_{k.upper()}": v for k, v in settings.items()}}
-    log = open(tmp / f"{name}.log", "ab")
-    proc = subprocess.Popen([sys.executable, "-m", "bridge"], cwd=REPO_ROOT, env=env, stdout=log,
-                            stderr=subprocess.STDOUT)
+    with open(tmp / f"{name}.log", "ab") as log:  # the child keeps its own descriptor
+        proc = subprocess.Popen([sys.executable, "-m", "bridge"], cwd=REPO_ROOT, env=env, stdout=log,
+                                stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while True:

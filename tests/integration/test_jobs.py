@@ -12,7 +12,6 @@ import uuid
 from pathlib import Path
 
 import psycopg2
-
 import pytest
 import requests
 
@@ -130,8 +129,9 @@ def test_jobs_survive_a_bridge_killed_with_sigkill(live_stack: LiveStack, photos
     }
 
     def start() -> subprocess.Popen:
-        proc = subprocess.Popen([sys.executable, "-m", "bridge"], cwd=REPO_ROOT, env=env,
-                                stdout=open(tmp_path / "bridge.log", "ab"), stderr=subprocess.STDOUT)
+        with open(tmp_path / "bridge.log", "ab") as log:  # the child keeps its own descriptor
+            proc = subprocess.Popen([sys.executable, "-m", "bridge"], cwd=REPO_ROOT, env=env, stdout=log,
+                                    stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 30
         while http_status(f"{base}/ping") != 200:
             assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "bridge.log").read_text()[-2000:]

@@ -93,8 +93,9 @@ def start_bridge(dsn: str, ts: TorchServe, tmp: Path) -> tuple[subprocess.Popen[
            "BRIDGE_TORCHSERVE_KEY_FILE": str(ts.key_file), "BRIDGE_STATE_DIR": str(tmp),
            "BRIDGE_SPOOL_DIR": str(tmp / "spool"), "BRIDGE_TELEMETRY_INTERVAL_S": "0", "BRIDGE_CACHE": "false",
            "BRIDGE_INFLUX_PORT": str(influx)}
-    proc = subprocess.Popen([sys.executable, "-m", "bridge"], cwd=REPO_ROOT, env=env,
-                            stdout=open(tmp / "bridge.log", "ab"), stderr=subprocess.STDOUT)
+    with open(tmp / "bridge.log", "ab") as log:  # the child keeps its own descriptor
+        proc = subprocess.Popen([sys.executable, "-m", "bridge"], cwd=REPO_ROOT, env=env, stdout=log,
+                                stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while True:
