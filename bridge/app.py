@@ -63,7 +63,9 @@ def create_app(
         predictions = PredictionService(client, rec, cache)
         job_store = JobStore(database)
         job_runner = JobRunner(
-            database, job_store, predictions, settings.job_concurrency, settings.job_lease_s, settings.job_max_attempts
+            database, job_store, predictions, settings.job_concurrency, settings.job_lease_s,
+            backoff_base_s=settings.job_backoff_base_s, backoff_cap_s=settings.job_backoff_cap_s,
+            idle_check_s=settings.job_idle_check_s, drain_s=settings.job_drain_s, listen_dsn=settings.pg_dsn,
         )
         app.state.torchserve = client
         app.state.recorder = rec

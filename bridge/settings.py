@@ -72,7 +72,32 @@ class Settings(BaseSettings):
     job_models: Names = Field(("classifier", "price", "similar"), description="what a job runs when it names no models")
     job_concurrency: int = Field(4, description="job workers per bridge")
     job_lease_s: float = Field(30.0, description="seconds a worker holds a job before another may take it over")
-    job_max_attempts: int = Field(5, description="attempts of a job through outages before it fails")
+    job_deadline_s: float = Field(
+        600.0, gt=0,
+        description="how long a job waits out outages (TorchServe down, 503/504) before it fails with the reason per"
+        " model: 10 minutes ride out a TorchServe restart (1–3 min with model loading), a rolling update or a"
+        " replaced box, yet leave no client waiting long on a deployment that is gone; a submission may ask for"
+        " its own (`?deadline=`, up to `job_deadline_max_s`)",
+    )
+    job_deadline_max_s: float = Field(3600.0, gt=0, description="the longest deadline a submission may ask for")
+    job_backoff_base_s: float = Field(
+        1.0, gt=0, description="first retry of a model in an outage within this many seconds (doubling per attempt)"
+    )
+    job_backoff_cap_s: float = Field(
+        30.0, gt=0,
+        description="longest wait between two attempts (full jitter: uniform in [0, min(cap, base·2ⁿ⁻¹)]); bounds"
+        " both the records an outage writes (about 2 per cap per model) and the delay after TorchServe is back",
+    )
+    job_idle_check_s: float = Field(
+        5.0, gt=0,
+        description="an idle worker looks at the queue at least this often: the safety net for jobs whose bridge died"
+        " (expired leases) and for a lost wake-up; submissions wake workers at once (PostgreSQL LISTEN/NOTIFY)",
+    )
+    job_drain_s: float = Field(
+        15.0, ge=0,
+        description="on shutdown (SIGTERM), how long running jobs may finish before they are given back to the queue"
+        " for another bridge",
+    )
 
     record_batch_size: int = Field(500, description="records per journal segment / PostgreSQL insert")
     record_flush_interval_s: float = Field(0.05, description="how long an idle writer waits for records")

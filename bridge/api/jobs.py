@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from bridge.api.predictions import NAME_PATTERN, PHOTO_BODY
-from bridge.errors import BadRequest, ErrorBody, NotFound
+from bridge.errors import BadRequest, Conflict, ErrorBody, NotFound
 from bridge.jobs import Job, JobStatus
 from bridge.uploads import read_photo
 
@@ -41,6 +41,7 @@ class JobOut(BaseModel):
     model_config = ConfigDict(json_schema_extra={"examples": [{
         "id": "794c0663-aa31-4a9b-bb39-82a5aa7772ab", "status": "succeeded", "models": ["classifier", "price"],
         "created_at": "2026-11-25T09:24:11.441Z", "updated_at": "2026-11-25T09:24:11.602Z", "attempts": 1,
+        "next_attempt_at": None, "deadline": "2026-11-25T09:34:11.441Z",
         "results": {
             "classifier": {"status": 200, "request_id": "a83e7051-9b19-515d-a7fd-0a96108844f9", "model_version": "1.0",
                            "output": {"predictions": [{"label": "Egyptian cat", "index": 285, "score": 0.37}]}},
@@ -55,16 +56,25 @@ class JobOut(BaseModel):
     models: list[str]
     created_at: datetime
     updated_at: datetime
-    attempts: int
+    attempts: int = Field(description="Times a worker took the job (an outage puts it back for another attempt)")
+    next_attempt_at: datetime | None = Field(
+        None, description="While the job waits out an outage (status queued): when it is tried next; else null"
+    )
+    deadline: datetime | None = Field(
+        None, description="If a model is still unavailable then, the job fails with the reason per model"
+    )
     results: dict[str, ModelResult] | None = None
-    error: str | None = None
+    error: str | None = Field(
+        None, description="Why the job failed; while it waits out an outage, which models are unavailable and why"
+    )
 
     @classmethod
     def of(cls, job: Job) -> JobOut:
         """From the stored job."""
         return cls(
             id=job.id, status=job.status, models=job.models, created_at=job.created_at, updated_at=job.updated_at,
-            attempts=job.attempts, results=job.results, error=job.error,
+            attempts=job.attempts, next_attempt_at=job.next_attempt_at, deadline=job.deadline_at,
+            results=job.results, error=job.error,
         )
 
 
@@ -90,9 +100,22 @@ def _location(job: Job) -> dict[str, str]:
     summary="Submit a photo to several models; poll the job for the results",
     openapi_extra=PHOTO_BODY,
     responses={
-        200: {"model": JobOut, "description": "Idempotency-Key seen before: the original (finished) job"},
-        202: {"model": JobOut, "description": "Accepted: stored durably, Location points at the job"},
-        409: {"model": ErrorBody, "description": "Idempotency-Key seen before and that job is still pending"},
+        200: {
+            "model": JobOut,
+            "description": "Idempotency-Key seen before with the same photo and models: the original job, whatever "
+            "its state (queued, running, succeeded, failed); Location points at it",
+            "headers": {"Location": {"description": "/v1/jobs/{id} of the original job", "schema": {"type": "string"}}},
+        },
+        202: {
+            "model": JobOut,
+            "description": "Accepted: stored durably, Location points at the job",
+            "headers": {"Location": {"description": "/v1/jobs/{id} of the new job", "schema": {"type": "string"}}},
+        },
+        409: {
+            "model": ErrorBody,
+            "description": "Idempotency-Key in use by a POST whose job is still being stored; retry shortly "
+            "(Retry-After) to get the job back",
+        },
         422: {"model": ErrorBody, "description": "Idempotency-Key seen before with a different photo or model list"},
         503: {"model": ErrorBody, "description": "The job queue (PostgreSQL) is unavailable; nothing was stored"},
     },
@@ -100,16 +123,31 @@ def _location(job: Job) -> dict[str, str]:
 async def submit_job(
     request: Request,
     models: Annotated[str | None, Query(description="Comma-separated models; default: all of the product's")] = None,
-    idempotency_key: Annotated[str | None, Header(max_length=200, description="Makes a retried POST safe")] = None,
+    deadline: Annotated[float | None, Query(
+        gt=0, description="Seconds the job may wait out outages before it fails (default: setting "
+        "`job_deadline_s`, 600; at most `job_deadline_max_s`, 3600)",
+    )] = None,
+    idempotency_key: Annotated[str | None, Header(
+        max_length=200, description="Makes a retried POST safe: the same key, photo and models give the original "
+        "job back (200)",
+    )] = None,
 ) -> JSONResponse:
     """Store the photo and the job (committed before the 202), wake a worker."""
     state = request.app.state
-    model_list = parse_models(models, state.settings.job_models)
-    upload = await read_photo(request, state.settings.max_body_bytes, state.settings.request_body_timeout_s)
+    settings = state.settings
+    model_list = parse_models(models, settings.job_models)
+    if deadline is not None and deadline > settings.job_deadline_max_s:
+        raise BadRequest(f"deadline must be at most {settings.job_deadline_max_s:g} s")
+    upload = await read_photo(request, settings.max_body_bytes, settings.request_body_timeout_s)
     digest = hashlib.sha256(upload.photo).hexdigest()
-    job, created = await state.database.call(
-        state.job_store.submit, upload.photo, upload.content_type, model_list, digest, idempotency_key
-    )
+    try:
+        job, created = await state.database.call(
+            state.job_store.submit, upload.photo, upload.content_type, model_list, digest, idempotency_key,
+            deadline or settings.job_deadline_s,
+        )
+    except Conflict as exc:
+        exc.headers = {"Retry-After": "1"}
+        raise
     if created:
         state.job_runner.notify()
     body = JobOut.of(job).model_dump(mode="json")

@@ -97,6 +97,8 @@ class JobState:
     attempts: int
     results: dict[str, ModelResult] | None = None
     error: str | None = None
+    next_attempt_at: datetime | None = None  # while waiting out an outage: when the job is tried next
+    deadline: datetime | None = None  # still unavailable then → the job fails
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> JobState:
@@ -108,6 +110,8 @@ class JobState:
             attempts=int(data.get("attempts", 0)),
             results={m: ModelResult.from_json(r) for m, r in results.items()} if results is not None else None,
             error=data.get("error"),
+            next_attempt_at=_datetime(data["next_attempt_at"]) if data.get("next_attempt_at") else None,
+            deadline=_datetime(data["deadline"]) if data.get("deadline") else None,
         )
 
 

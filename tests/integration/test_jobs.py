@@ -84,7 +84,8 @@ def test_idempotency_key(live_stack: LiveStack, photos: dict[str, bytes]) -> Non
     assert key in other_photo.json()["message"]
 
 
-def test_same_key_while_the_job_is_pending_is_a_409(live_stack: LiveStack, photos: dict[str, bytes]) -> None:
+def test_same_key_while_the_job_is_pending_gives_the_job_back(live_stack: LiveStack, photos: dict[str, bytes]) -> None:
+    """The client that retries is usually one that lost its 202: it gets its job back (issue 12, was a 409)."""
     key = f"pending-{time.time_ns()}"
     photo = photos["flower"]
     job_id = str(uuid.uuid4())
@@ -100,9 +101,10 @@ def test_same_key_while_the_job_is_pending_is_a_409(live_stack: LiveStack, photo
     database = Database(PG_DSN)
     try:
         response = submit(live_stack, photo, "classifier", key)
-        assert response.status_code == 409 and job_id in response.json()["message"]
+        assert response.status_code == 200 and response.json()["id"] == job_id, response.text
+        assert response.json()["status"] == "running" and response.headers["location"] == f"/v1/jobs/{job_id}"
     finally:
-        JobStore(database).finish(job_id, JobStatus.FAILED, {}, "finished by a test")
+        JobStore(database).finish(job_id, 1, JobStatus.FAILED, {}, "finished by a test")
         database.close()
 
 
@@ -127,8 +129,9 @@ def test_jobs_survive_a_bridge_killed_with_sigkill(live_stack: LiveStack, photos
     }
 
     def start() -> subprocess.Popen:
-        proc = subprocess.Popen([sys.executable, "-m", "bridge"], cwd=REPO_ROOT, env=env,
-                                stdout=open(tmp_path / "bridge.log", "ab"), stderr=subprocess.STDOUT)
+        with open(tmp_path / "bridge.log", "ab") as log:  # the child keeps its own descriptor
+            proc = subprocess.Popen([sys.executable, "-m", "bridge"], cwd=REPO_ROOT, env=env, stdout=log,
+                                    stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 30
         while http_status(f"{base}/ping") != 200:
             assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "bridge.log").read_text()[-2000:]
