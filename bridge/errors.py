@@ -7,6 +7,7 @@
     ├── NotFound                 (404)
     ├── RequestTimeout           (408) the body did not arrive in time
     ├── Conflict                 (409)
+    │   └── StillStoring         (409) the same Idempotency-Key's first POST is being stored: retry in a second
     ├── Unprocessable            (422)
     ├── PayloadTooLarge          (413)
     ├── UnsupportedMediaType     (415)
@@ -67,6 +68,11 @@ class RequestTimeout(BridgeError):
 class Conflict(BridgeError):
     status = 409
     kind = "Conflict"
+
+
+class StillStoring(Conflict):
+    kind = "Conflict"
+    headers: ClassVar[dict[str, str]] = {"Retry-After": "1"}
 
 
 class Unprocessable(BridgeError):

@@ -24,7 +24,7 @@ import psycopg2.errors
 from psycopg2.extras import Json
 
 from bridge.db import Database
-from bridge.errors import Conflict, Unprocessable
+from bridge.errors import StillStoring, Unprocessable
 
 CHANNEL = "bridge_jobs"  # NOTIFY channel: a job is due now (submitted, given back, or its model is back)
 STORING_WAIT_MS = 250  # how long a same-key POST waits for the first one's INSERT to commit before its 409
@@ -131,7 +131,7 @@ class JobStore:
                 )
             except psycopg2.errors.LockNotAvailable:
                 # Raised here, not as an outage: the same key's first INSERT is in a transaction not committed yet.
-                raise Conflict(
+                raise StillStoring(
                     f"a job with Idempotency-Key {idempotency_key!r} is being stored right now; retry shortly"
                 ) from None
             row = cur.fetchone()

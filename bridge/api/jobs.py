@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from bridge.api.predictions import NAME_PATTERN, PHOTO_BODY
-from bridge.errors import BadRequest, Conflict, ErrorBody, NotFound
+from bridge.errors import BadRequest, ErrorBody, NotFound
 from bridge.jobs import Job, JobStatus
 from bridge.uploads import read_photo
 
@@ -140,14 +140,10 @@ async def submit_job(
         raise BadRequest(f"deadline must be at most {settings.job_deadline_max_s:g} s")
     upload = await read_photo(request, settings.max_body_bytes, settings.request_body_timeout_s)
     digest = hashlib.sha256(upload.photo).hexdigest()
-    try:
-        job, created = await state.database.call(
-            state.job_store.submit, upload.photo, upload.content_type, model_list, digest, idempotency_key,
-            deadline or settings.job_deadline_s,
-        )
-    except Conflict as exc:
-        exc.headers = {"Retry-After": "1"}
-        raise
+    job, created = await state.database.call(
+        state.job_store.submit, upload.photo, upload.content_type, model_list, digest, idempotency_key,
+        deadline or settings.job_deadline_s,
+    )
     if created:
         state.job_runner.notify()
     body = JobOut.of(job).model_dump(mode="json")

@@ -197,7 +197,7 @@ def test_price_and_similar_items_with_parameters(live_stack: LiveStack, photos: 
     three = requests.put(url, params={"k": "3", "embedding": "true"}, data=photos["chelsea"], timeout=30)
     assert three.status_code == 200, three.text
     body = json_body(three)
-    assert [item["id"] for item in body["items"]][0] == "chelsea-01" and len(body["items"]) == 3
+    assert body["items"][0]["id"] == "chelsea-01" and len(body["items"]) == 3
     assert len(body["embedding"]) == 1280
     assert requests.put(url, params={"k": "0"}, data=photos["chelsea"], timeout=30).status_code == 400
     batched = _send_together(url, [photos["coffee"], photos["flower"], b"broken", photos["rocket"]])
