@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
+import httpx
 import pytest
+from fastapi.testclient import TestClient
+
+from bridge.app import create_app
 
 from bridge.metrics_sink import event_time_ns, to_point
 from bridge.recorder import Policy, Recorder, RecordingFailed, Sink, SinkUnavailable
 from bridge.records import InferenceRecord, summarise_output
+from bridge.settings import Settings
 from bridge.spool import Spool
 from tests.unit.fakes import FakeInflux, FlakyStore, make_record
+from tests.unit.test_bridge_app import PHOTO, PREDICTION, FakeTorchServe, write_keys
 
 
 @pytest.fixture
@@ -251,3 +259,113 @@ def test_an_added_sink_gets_its_thread_health_and_counters_from_its_class(tmp_pa
 def test_sink_names_must_be_unique(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="unique"):
         Recorder([FlakyStore(), FlakyStore()], Spool(tmp_path))
+
+
+# --- the answer never leaves before its record is durable ------------------------------------------------------
+
+def test_the_journal_fsyncs_the_segment_and_its_directory_before_the_future_resolves(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    synced: list[str] = []  # what each fsync / fdatasync was called on, in order
+    for name in ("fsync", "fdatasync"):
+        real = getattr(os, name)
+
+        def counting(fd: int, real: Callable[[int], None] = real) -> None:
+            synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+            real(fd)
+
+        monkeypatch.setattr(os, name, counting)
+    spool = Spool(tmp_path / "spool")
+    recorder = Recorder([FlakyStore()], spool, flush_interval_s=0.01)
+    record = make_record()
+    future = recorder.submit(record)  # before start(): the callback below is attached before it can resolve
+    seen_at_resolution: list[list[str]] = []
+    future.add_done_callback(lambda _: seen_at_resolution.append(list(synced)))
+    recorder.start()
+    try:
+        future.result(timeout=5)
+    finally:
+        recorder.stop()
+
+    (synced_then,) = seen_at_resolution
+    directory = str(spool.directory.resolve())
+    segment_files = [i for i, path in enumerate(synced_then) if Path(path).parent == Path(directory)
+                     and path.endswith(".jsonl.partial")]
+    assert segment_files, f"no fsync of a segment before the answer could leave: {synced_then}"
+    assert directory in synced_then[segment_files[0]:], "the directory (the segment's name) fsync'd after it"
+
+
+class GatedSpool(Spool):
+    """A journal that takes as long as the test says."""
+
+    def __init__(self, directory: Path) -> None:
+        super().__init__(directory)
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def append(self, records: list[InferenceRecord]) -> Path:
+        self.entered.set()
+        self.release.wait(30)
+        return super().append(records)
+
+
+def bridge_with(spool: Spool, store: FlakyStore, tmp_path: Path) -> tuple[TestClient, FakeTorchServe]:
+    """The bridge's app with a fake TorchServe, ``store`` as PostgreSQL and ``spool`` as its journal."""
+    key_file = tmp_path / "key_file.json"
+    write_keys(key_file)
+    fake = FakeTorchServe(key_file)
+    recorder = Recorder([store, FakeInflux()], spool, flush_interval_s=0.01)
+    settings = Settings(torchserve_key_file=key_file, spool_dir=spool.directory, cache=False, telemetry_interval_s=0)
+    app = create_app(settings, recorder=recorder, torchserve_transport=httpx.MockTransport(fake), run_jobs=False)
+    return TestClient(app), fake
+
+
+def test_a_slow_journal_holds_the_answer_until_the_record_is_on_disk(tmp_path: Path) -> None:
+    spool, store = GatedSpool(tmp_path / "spool"), FlakyStore()
+    client, fake = bridge_with(spool, store, tmp_path)
+    with client:
+        answered = threading.Event()
+        responses: list[httpx.Response] = []
+
+        def send() -> None:
+            responses.append(client.put("/predictions/m", content=PHOTO))
+            answered.set()
+
+        sender = threading.Thread(target=send)
+        sender.start()
+        assert spool.entered.wait(10), "the record never reached the journal"
+        assert len(fake.requests) == 1, "the model ran"
+        # How long we watch the answer being held: any answer before the journal returns is a broken promise.
+        assert not answered.wait(0.5), "the answer left before its record was journaled"
+        spool.release.set()
+        assert answered.wait(10)
+        sender.join()
+        (response,) = responses
+        assert response.status_code == 200 and response.json() == PREDICTION
+        # Segments first: one is deleted only once PostgreSQL has its records.
+        on_disk = {r.request_id for segment in spool.segments() for r in spool.read(segment)}
+        assert response.headers["x-request-id"] in on_disk | set(store.rows)
+
+
+def test_a_failing_journal_with_postgres_down_is_a_503_and_no_prediction(tmp_path: Path) -> None:
+    store = FlakyStore()
+    store.down.set()
+    client, fake = bridge_with(DiskFullSpool(tmp_path / "spool"), store, tmp_path)
+    with client:
+        response = client.put("/predictions/m", content=PHOTO)
+        assert len(fake.requests) == 1, "the model ran; its answer must still not leave unrecorded"
+        assert response.status_code == 503 and response.headers["retry-after"] == "1"
+        body = response.json()
+        assert body["type"] == "RecordingUnavailable" and "predictions" not in body and "tabby" not in response.text
+        assert client.app.state.recorder.stats()["journal_failures"] == 1
+    assert store.rows == {}
+
+
+def test_a_failing_journal_without_a_durable_sink_fails_the_ack(tmp_path: Path) -> None:
+    recorder = Recorder([FakeInflux()], DiskFullSpool(tmp_path / "spool"), flush_interval_s=0.01)
+    recorder.start()
+    try:
+        with pytest.raises(RecordingFailed):
+            recorder.submit(make_record()).result(timeout=5)
+    finally:
+        recorder.stop()
