@@ -187,7 +187,7 @@ def test_same_photo_same_version_is_answered_from_the_record(live_stack: LiveSta
     assert json_body(second)["cached"] is True
     assert json_body(second)["predictions"] == json_body(first)["predictions"]
     row = live_stack.row(second.headers["x-request-id"])
-    assert row["source"] == "cache" and row["model_version"] == "1.0"
+    assert row is not None and row["source"] == "cache" and row["model_version"] == "1.0"
 
     bypass = requests.put(url, data=photo, headers=NO_CACHE, timeout=30)
     assert "x-cache" not in bypass.headers and "cached" not in json_body(bypass)
@@ -204,7 +204,7 @@ def test_price_and_similar_items_with_parameters(live_stack: LiveStack, photos: 
     three = requests.put(url, params={"k": "3", "embedding": "true"}, data=photos["chelsea"], timeout=30)
     assert three.status_code == 200, three.text
     body = json_body(three)
-    assert [item["id"] for item in body["items"]][0] == "chelsea-01" and len(body["items"]) == 3
+    assert body["items"][0]["id"] == "chelsea-01" and len(body["items"]) == 3
     assert len(body["embedding"]) == 1280
     assert requests.put(url, params={"k": "0"}, data=photos["chelsea"], timeout=30).status_code == 400
     batched = _send_together(url, [photos["coffee"], photos["flower"], b"broken", photos["rocket"]])

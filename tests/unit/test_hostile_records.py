@@ -84,7 +84,7 @@ def stored(dsn: str, request_ids: list[str]) -> dict[str, dict[str, Any]]:
             cur.execute(
                 "SELECT request_id::text, output, error, top_label, top_score, batch_size, model_version"
                 " FROM inferences WHERE request_id = ANY(%s::uuid[])", (request_ids,))
-            names = [d[0] for d in cur.description]
+            names = [d[0] for d in cur.description or ()]
             return {row[0]: dict(zip(names, row)) for row in cur.fetchall()}
     finally:
         database.close()
@@ -194,8 +194,8 @@ def test_a_record_postgres_refuses_is_quarantined_counted_logged_and_blocks_noth
 
 # --- end to end: a hostile TorchServe answer → the bridge → the recorder → PostgreSQL → /v1/results ------------
 
-def _json_answer(text: str, status: int = 200, **headers: str) -> httpx.Response:
-    return httpx.Response(status, content=text.encode(), headers={"Content-Type": "application/json", **headers})
+def _json_answer(text: str, status: int = 200, headers: dict[str, str] | None = None) -> httpx.Response:
+    return httpx.Response(status, content=text.encode(), headers={"Content-Type": "application/json", **(headers or {})})
 
 
 ESCAPES = r'nul \u0000 lone \ud800 pair \ud83d\ude00 quote \" tab \t nl \n bs \\ end'
@@ -203,17 +203,18 @@ UPSTREAM: dict[str, httpx.Response] = {
     # JSON escapes for every hostile character, NaN/Infinity tokens (Python's json reads them), a version
     # that would break a response header.
     "escapes": _json_answer(
-        '{"predictions": [{"label": "%s", "score": NaN}], "text": "%s", "big": 1e999, "neg": -Infinity,'
-        ' "model": {"name": "m", "version": "1.0\\r\\nX-Evil: 1"}}' % (ESCAPES, ESCAPES)),
-    "error": _json_answer('{"code": 400, "type": "InvalidImage", "message": "%s"}' % ESCAPES, status=400),
+        '{"predictions": [{"label": "ESC", "score": NaN}], "text": "ESC", "big": 1e999, "neg": -Infinity,'
+        ' "model": {"name": "m", "version": "1.0\\r\\nX-Evil: 1"}}'.replace("ESC", ESCAPES)),
+    "error": _json_answer('{"code": 400, "type": "InvalidImage", "message": "ESC"}'.replace("ESC", ESCAPES), 400),
     "not utf-8": httpx.Response(200, content=b"\xff\xfe\x00raw\x00 bytes \xed\xa0\x80",
                                 headers={"Content-Type": "text/plain"}),
     "deep": _json_answer("[" * 100_000 + "]" * 100_000),
-    "huge score": _json_answer('{"predictions": [{"label": "x", "score": 1%s}]}' % ("0" * 400)),
+    "huge score": _json_answer('{"predictions": [{"label": "x", "score": 1' + "0" * 400 + "}]}"),
     "odd label": _json_answer('{"predictions": [{"label": {"a": [1]}, "score": 0.5}], "model": {"version": 2}}'),
     "megabyte": _json_answer(json.dumps({"predictions": [{"label": random_text(MEGABYTE, 4), "score": 0.5}],
                                          "model": {"name": "m", "version": random_text(MEGABYTE, 5)}})),
-    "batch header": _json_answer('{"predictions": [{"label": "x", "score": 0.5}]}', **{"X-Batch-Size": "99999999999"}),
+    "batch header": _json_answer('{"predictions": [{"label": "x", "score": 0.5}]}',
+                                 headers={"X-Batch-Size": "99999999999"}),
 }
 
 
@@ -263,7 +264,7 @@ def test_hostile_torchserve_answers_are_answered_recorded_and_read_back(
     by_name = {name: items[r.headers["x-request-id"]] for name, r in responses.items()}
     assert len(items) == len(UPSTREAM), "every answer recorded, once"
 
-    text = held(json.loads('"%s"' % ESCAPES))
+    text = held(json.loads(f'"{ESCAPES}"'))
     escapes = by_name["escapes"]
     assert escapes["output"] == {"predictions": [{"label": text, "score": None}], "text": text, "big": None,
                                  "neg": None, "model": {"name": "m", "version": "1.0\r\nX-Evil: 1"}}

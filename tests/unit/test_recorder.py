@@ -14,7 +14,6 @@ import pytest
 from fastapi.testclient import TestClient
 
 from bridge.app import create_app
-
 from bridge.metrics_sink import event_time_ns, to_point
 from bridge.recorder import Policy, Recorder, RecordingFailed, Sink, SinkUnavailable
 from bridge.records import InferenceRecord, summarise_output
@@ -316,7 +315,7 @@ class GatedSpool(Spool):
         return super().append(records)
 
 
-def bridge_with(spool: Spool, store: FlakyStore, tmp_path: Path) -> tuple[TestClient, FakeTorchServe]:
+def bridge_with(spool: Spool, store: FlakyStore, tmp_path: Path) -> tuple[TestClient, FakeTorchServe, Recorder]:
     """The bridge's app with a fake TorchServe, ``store`` as PostgreSQL and ``spool`` as its journal."""
     key_file = tmp_path / "key_file.json"
     write_keys(key_file)
@@ -324,12 +323,12 @@ def bridge_with(spool: Spool, store: FlakyStore, tmp_path: Path) -> tuple[TestCl
     recorder = Recorder([store, FakeInflux()], spool, flush_interval_s=0.01)
     settings = Settings(torchserve_key_file=key_file, spool_dir=spool.directory, cache=False, telemetry_interval_s=0)
     app = create_app(settings, recorder=recorder, torchserve_transport=httpx.MockTransport(fake), run_jobs=False)
-    return TestClient(app), fake
+    return TestClient(app), fake, recorder
 
 
 def test_a_slow_journal_holds_the_answer_until_the_record_is_on_disk(tmp_path: Path) -> None:
     spool, store = GatedSpool(tmp_path / "spool"), FlakyStore()
-    client, fake = bridge_with(spool, store, tmp_path)
+    client, fake, _ = bridge_with(spool, store, tmp_path)
     with client:
         answered = threading.Event()
         responses: list[httpx.Response] = []
@@ -357,14 +356,14 @@ def test_a_slow_journal_holds_the_answer_until_the_record_is_on_disk(tmp_path: P
 def test_a_failing_journal_with_postgres_down_is_a_503_and_no_prediction(tmp_path: Path) -> None:
     store = FlakyStore()
     store.down.set()
-    client, fake = bridge_with(DiskFullSpool(tmp_path / "spool"), store, tmp_path)
+    client, fake, recorder = bridge_with(DiskFullSpool(tmp_path / "spool"), store, tmp_path)
     with client:
         response = client.put("/predictions/m", content=PHOTO)
         assert len(fake.requests) == 1, "the model ran; its answer must still not leave unrecorded"
         assert response.status_code == 503 and response.headers["retry-after"] == "1"
         body = response.json()
         assert body["type"] == "RecordingUnavailable" and "predictions" not in body and "tabby" not in response.text
-        assert client.app.state.recorder.stats()["journal_failures"] == 1
+        assert recorder.stats()["journal_failures"] == 1
     assert store.rows == {}
 
 
