@@ -98,6 +98,7 @@ _INT_RANGES = {"smallint": (-(2**15), 2**15 - 1), "integer": (-(2**31), 2**31 - 
 _UNHOLDABLE = re.compile("[\x00\ud800-\udfff]")
 _ELLIPSIS = "…"
 _VALUES = operator.attrgetter(*COLUMN_NAMES)
+_FAST_TEXT_CHARS = min(INDEXED_TEXT_BYTES.values()) // 4  # 4 bytes per character at most in UTF-8
 
 
 def _holdable_text(value: str, found: set[str]) -> str:
@@ -194,6 +195,8 @@ def holdable_row(record: InferenceRecord) -> tuple[str, list[str]]:
                 changes.append(f"{column.name}: {value!r} out of the {sql_type} range, stored as NULL")
             else:
                 fields_.append(str(value))  # PostgreSQL refuses it: the record is quarantined
+        elif type(value) is str and len(value) <= _FAST_TEXT_CHARS and not _UNHOLDABLE.search(value):
+            fields_.append(_quoted(value))  # the usual case: short, clean text
         else:
             fields_.append(_quoted(_text(value, column.name, changes)))
     return ",".join(fields_), changes
