@@ -87,6 +87,10 @@ class Sink(abc.ABC):
     def start(self) -> None:
         """Prepare before the first write (e.g. migrate a schema); raise SinkUnavailable if unreachable now."""
 
+    def counts(self) -> dict[str, int]:
+        """The sink's own counters, shown with the recorder's (none by default)."""
+        return {}
+
     @abc.abstractmethod
     def write(self, records: list[InferenceRecord]) -> None:
         """Write ``records``; raise SinkUnavailable (an outage) or RecordsRejected (bad records), nothing else."""
@@ -181,17 +185,21 @@ class _DurableLane(_Lane):
 
     def write(self, records: list[InferenceRecord]) -> None:
         """Write a batch; records the sink rejects on their merits are quarantined, the others written."""
+        rejected = 0
         try:
             self.sink.write(records)
         except RecordsRejected:
+            # One by one, so that one bad record costs its batch-mates nothing.
             for record in records:
                 try:
                     self.sink.write([record])
                 except RecordsRejected:
-                    logger.exception("record %s refused by %s; quarantined", record.request_id, self.sink.name)
+                    logger.exception("record %s refused by %s; quarantined in %s", record.request_id,
+                                     self.sink.name, self._spool.directory / "rejected")
                     self._spool.quarantine([record])
                     self.counts[self.keys.rejected] += 1
-        self.counts[self.keys.written] += len(records)
+                    rejected += 1
+        self.counts[self.keys.written] += len(records) - rejected
 
     def failed(self, exc: Exception) -> None:
         """Count an outage; log it once per outage (with the traceback if the sink broke its contract)."""
@@ -378,6 +386,7 @@ class Recorder:
         counts = dict(self.counts)
         for lane in self._lanes:
             counts.update(lane.counts)
+            counts.update(lane.sink.counts())
         return counts
 
     def health(self) -> dict[str, object]:
@@ -455,6 +464,10 @@ class Recorder:
     def _store_directly(self, batch: list[_Pending], journal_error: OSError) -> None:
         """The disk failed: the records are durable only if every durable sink takes them now."""
         records = [p.record for p in batch]
+        if not self._durable:  # nowhere else to keep them
+            for pending in batch:
+                pending.durable.set_exception(RecordingFailed(f"could not record: journal failed ({journal_error})"))
+            return
         for lane in self._durable:
             try:
                 lane.write(records)

@@ -3,20 +3,25 @@
 from __future__ import annotations
 
 import json
+import math
+import re
 from typing import Any
 
 from stack.database import InferenceRecord
 
-__all__ = ["InferenceRecord", "summarise_output"]
+__all__ = ["InferenceRecord", "served_version", "summarise_output"]
 
 
 def summarise_output(status: int, body: bytes, content_type: str | None) -> tuple[Any, str | None, float | None, str | None]:
-    """(output JSON, top label, top score, error message) from a prediction's response body."""
+    """(output JSON, top label, top score, error message) from a prediction's response body.
+
+    Whatever the body holds (any bytes, JSON nested beyond Python's limit, huge numbers), this never raises.
+    """
     output: Any = None
     if body and ((content_type or "").startswith("application/json") or body[:1] in (b"{", b"[")):
         try:
             output = json.loads(body)
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON, not UTF-8, or nested too deep to parse
             output = None
     if output is None and body:
         output = {"raw": body[:2000].decode("utf-8", "replace")}
@@ -26,7 +31,38 @@ def summarise_output(status: int, body: bytes, content_type: str | None) -> tupl
     top_label = top_score = None
     predictions = output.get("predictions") if isinstance(output, dict) else None
     if isinstance(predictions, list) and predictions and isinstance(predictions[0], dict):
-        top_label = predictions[0].get("label")
-        score = predictions[0].get("score")
-        top_score = float(score) if isinstance(score, (int, float)) else None
+        label = predictions[0].get("label")
+        top_label = label if isinstance(label, str) else _number_text(label)
+        top_score = _finite(predictions[0].get("score"))
     return output, top_label, top_score, None
+
+
+def served_version(output: Any, requested: str | None) -> str | None:
+    """The version the answer says served it, if it is a plausible version name; else the one requested.
+
+    It becomes a response header (X-Model-Version) and an indexed column: a model answering something else
+    there (a number, a dict, a newline, a megabyte) must not break the answer.
+    """
+    model = output.get("model") if isinstance(output, dict) else None
+    version = model.get("version") if isinstance(model, dict) else None
+    if isinstance(version, str) and _VERSION.fullmatch(version):
+        return version
+    return requested
+
+
+# The pattern of a version in the bridge's paths and filters (bridge.api.predictions.NAME_PATTERN).
+_VERSION = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}")
+
+
+def _number_text(value: Any) -> str | None:
+    return str(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def _finite(value: Any) -> float | None:
+    if not isinstance(value, (int, float)):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:  # an integer beyond a double
+        return None
+    return number if math.isfinite(number) else None

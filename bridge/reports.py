@@ -98,7 +98,7 @@ def label_counts(
 ) -> list[dict[str, Any]]:
     """Successful predictions per top label per time bucket for one model."""
     sql = (
-        "SELECT date_trunc(%s, created_at) AS bucket, top_label, count(*) FROM inferences"
+        "SELECT date_trunc(%s, created_at, 'UTC') AS bucket, top_label, count(*) FROM inferences"
         " WHERE model = %s AND created_at >= %s AND created_at < %s AND status = 200 AND top_label IS NOT NULL"
         " GROUP BY 1, 2 ORDER BY 1, 3 DESC"
     )
@@ -112,7 +112,7 @@ def latency_percentiles(
 ) -> list[dict[str, Any]]:
     """Latency p50/p95/p99 (ms) of successful predictions per version per time bucket."""
     sql = (
-        "SELECT date_trunc(%s, created_at) AS bucket, model_version, count(*),"
+        "SELECT date_trunc(%s, created_at, 'UTC') AS bucket, model_version, count(*),"
         " percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (ORDER BY latency_ms)"
         " FROM inferences WHERE model = %s AND created_at >= %s AND created_at < %s AND status = 200"
         " GROUP BY 1, 2 ORDER BY 1, 2"
@@ -130,7 +130,7 @@ def error_rates(
 ) -> list[dict[str, Any]]:
     """Requests, client errors (4xx), server errors (5xx) and the error rate per version per bucket."""
     sql = (
-        "SELECT date_trunc(%s, created_at) AS bucket, model_version, count(*),"
+        "SELECT date_trunc(%s, created_at, 'UTC') AS bucket, model_version, count(*),"
         " count(*) FILTER (WHERE status BETWEEN 400 AND 499), count(*) FILTER (WHERE status >= 500)"
         " FROM inferences WHERE model = %s AND created_at >= %s AND created_at < %s"
         " GROUP BY 1, 2 ORDER BY 1, 2"

@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from bridge.cache import ResultCache
 from bridge.errors import BridgeError, RecordingUnavailable
 from bridge.recorder import Recorder, RecordingFailed
-from bridge.records import InferenceRecord, summarise_output
+from bridge.records import InferenceRecord, served_version, summarise_output
 from bridge.torchserve import TorchServeClient
 from stack.torchserve import Answer
 
@@ -96,11 +96,8 @@ class PredictionService:
             return Prediction(record, None, exc)
         latency_ms = (time.perf_counter() - started) * 1000.0
         output, top_label, top_score, error = summarise_output(upstream.status, upstream.body, upstream.content_type)
-        served_version = version
-        if isinstance(output, dict) and isinstance(output.get("model"), dict):
-            served_version = output["model"].get("version") or version
         record = InferenceRecord(
-            **common, model_version=served_version, status=upstream.status, latency_ms=latency_ms,  # type: ignore[arg-type]
+            **common, model_version=served_version(output, version), status=upstream.status, latency_ms=latency_ms,  # type: ignore[arg-type]
             batch_size=upstream.batch_size, top_label=top_label, top_score=top_score, output=output, error=error,
         )
         return Prediction(record, upstream, None)

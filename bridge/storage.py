@@ -12,6 +12,16 @@ from stack.database import Database, DatabaseUnavailable, InferenceRecord, migra
 logger = logging.getLogger(__name__)
 
 
+def _refused_on_its_merits(error: BaseException | None) -> bool:
+    """An error PostgreSQL answered about the data (class 54: e.g. an index row too large), not an outage.
+
+    psycopg2 maps these to OperationalError, which the database layer reports as an outage; retrying the
+    same records would block the journal behind them forever.
+    """
+    code = getattr(error, "pgcode", None)
+    return isinstance(code, str) and code.startswith("54")
+
+
 class PostgresSink(Sink):
     """``inferences`` via COPY into a staging table + INSERT ... ON CONFLICT DO NOTHING (replays are no-ops)."""
 
@@ -24,6 +34,7 @@ class PostgresSink(Sink):
     def __init__(self, db: Database) -> None:
         self._db = db
         self._migrated = False
+        self.altered = 0  # records stored with what PostgreSQL cannot hold replaced (docs/recording.md)
 
     @classmethod
     def connect(cls, dsn: str, connect_timeout_s: int = 3) -> PostgresSink:
@@ -46,15 +57,30 @@ class PostgresSink(Sink):
         """Write the records in one transaction; returns the rows inserted (duplicates are skipped)."""
         if not self._migrated:
             self.start()  # the bridge may have started while PostgreSQL was down
+        altered: list[tuple[InferenceRecord, list[str]]] = []
         try:
             with self._db.connection() as conn:
-                return write_inferences(conn, records)
+                inserted = write_inferences(conn, records, lambda record, changes: altered.append((record, changes)))
         except (psycopg2.DataError, psycopg2.IntegrityError) as exc:
             raise RecordsRejected(f"PostgreSQL: {exc}") from exc  # refused on its merits: quarantine, not retry
         except DatabaseUnavailable as exc:
+            if _refused_on_its_merits(exc.__cause__):
+                raise RecordsRejected(f"PostgreSQL: {exc.reason}") from exc
             raise SinkUnavailable(f"PostgreSQL: {exc.reason}") from exc
         except psycopg2.Error as exc:
             raise SinkUnavailable(f"PostgreSQL: {exc}") from exc
+        except (ValueError, TypeError, RecursionError) as exc:  # a record that cannot even be written out
+            raise RecordsRejected(f"record not writable: {exc!r}") from exc
+        # Logged only once committed: a batch that failed is retried (or split), and reported then.
+        for record, changes in altered:
+            logger.warning("record %s stored altered (PostgreSQL cannot hold it as it was): %s",
+                           record.request_id, "; ".join(changes))
+        self.altered += len(altered)
+        return inserted
+
+    def counts(self) -> dict[str, int]:
+        """Records stored altered (``altered`` in /ping's ``recording``)."""
+        return {"altered": self.altered}
 
     def write(self, records: list[InferenceRecord]) -> None:
         """See :meth:`insert`."""

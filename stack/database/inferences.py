@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import operator
+import re
 import types
 import typing
 from collections.abc import Callable
@@ -87,48 +89,147 @@ COLUMNS: tuple[Column, ...] = _columns()
 COLUMN_NAMES: tuple[str, ...] = tuple(c.name for c in COLUMNS)
 
 
-def _dumps(value: object) -> str | None:
-    # PostgreSQL's jsonb rejects \u0000; a model output must never make a record unwritable.
-    return None if value is None else json.dumps(value).replace("\\u0000", "")
-
-
-def _isoformat(value: datetime) -> str:
-    return value.isoformat()
-
-
-_TO_SQL: dict[str, Callable[[Any], Any]] = {"jsonb": _dumps, "timestamp with time zone": _isoformat}
+# What PostgreSQL cannot hold, and what is stored instead (docs/recording.md, "Strings PostgreSQL cannot hold").
+# text and jsonb cannot hold U+0000 (removed); UTF-8 cannot encode a lone surrogate (U+FFFD; a surrogate *pair*
+# becomes the character it encodes); JSON has no NaN/Infinity (null). Columns in a btree index hold at most
+# ~2.7 kB per row: their values are cut at a character boundary and end with "…".
+INDEXED_TEXT_BYTES = {"model": 256, "model_version": 256, "top_label": 1024}
+_INT_RANGES = {"smallint": (-(2**15), 2**15 - 1), "integer": (-(2**31), 2**31 - 1)}
+_UNHOLDABLE = re.compile("[\x00\ud800-\udfff]")
+_ELLIPSIS = "…"
 _VALUES = operator.attrgetter(*COLUMN_NAMES)
-_CONVERT = tuple((i, _TO_SQL[c.sql_type]) for i, c in enumerate(COLUMNS) if c.sql_type in _TO_SQL)
+_FAST_TEXT_CHARS = min(INDEXED_TEXT_BYTES.values()) // 4  # 4 bytes per character at most in UTF-8
 
 
-def _csv_field(value: object) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return repr(value)
-    return '"' + str(value).replace("\x00", "").replace('"', '""') + '"'
+def _holdable_text(value: str, found: set[str]) -> str:
+    """``value`` without NUL, its surrogate pairs joined and its lone surrogates replaced by U+FFFD."""
+    if "\x00" in value:
+        value = value.replace("\x00", "")
+        found.add("NUL removed")
+    if _UNHOLDABLE.search(value):
+        value = value.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
+        found.add("surrogates joined or replaced by U+FFFD")
+    return value
+
+
+def _holdable_json(value: Any, found: set[str]) -> Any:
+    """``value`` with every string (keys too) made holdable and every non-finite float made null."""
+    if isinstance(value, str):
+        return _holdable_text(value, found)
+    if isinstance(value, float):
+        if math.isfinite(value):
+            return value
+        found.add("NaN/Infinity made null")
+        return None
+    if isinstance(value, dict):
+        return {_holdable_text(k, found) if isinstance(k, str) else k: _holdable_json(v, found)
+                for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_holdable_json(v, found) for v in value]
+    return value
+
+
+def _json_text(value: Any, column: str, changes: list[str]) -> str:
+    try:
+        text = json.dumps(value, ensure_ascii=False, allow_nan=False)
+    except (ValueError, TypeError):  # NaN/Infinity, or not JSON at all
+        text = None
+    # json.dumps escapes U+0000 as \u0000 (which jsonb refuses) and leaves lone surrogates raw.
+    if text is not None and "\\u0000" not in text and not _UNHOLDABLE.search(text):
+        return text
+    found: set[str] = set()
+    text = json.dumps(_holdable_json(value, found), ensure_ascii=False, allow_nan=False, default=str)
+    if found:
+        changes.append(f"{column}: {', '.join(sorted(found))}")
+    return text
+
+
+def _text(value: object, column: str, changes: list[str]) -> str:
+    found: set[str] = set()
+    text = _holdable_text(value if isinstance(value, str) else str(value), found)
+    if found:
+        changes.append(f"{column}: {', '.join(sorted(found))}")
+    limit = INDEXED_TEXT_BYTES.get(column)
+    if limit is not None and len(text) * 4 > limit:
+        encoded = text.encode()
+        if len(encoded) > limit:
+            cut = limit - len(_ELLIPSIS.encode())
+            text = encoded[:cut].decode("utf-8", "ignore") + _ELLIPSIS
+            changes.append(f"{column}: cut from {len(encoded)} to {limit} bytes (an indexed column)")
+    return text
+
+
+def _quoted(text: str) -> str:
+    return '"' + text.replace('"', '""') + '"'
+
+
+def holdable_row(record: InferenceRecord) -> tuple[str, list[str]]:
+    """One record as a CSV line for COPY, and what had to change for PostgreSQL to hold it (usually nothing).
+
+    NULL is an unquoted empty field, every text value is quoted (so quotes, commas, tabs, newlines,
+    backslashes and a lone ``\\.`` are data).
+    """
+    changes: list[str] = []
+    fields_: list[str] = []
+    for column, value in zip(COLUMNS, _VALUES(record)):
+        sql_type = column.sql_type
+        if value is None:
+            fields_.append("")
+        elif sql_type == "jsonb":
+            fields_.append(_quoted(_json_text(value, column.name, changes)))
+        elif sql_type == "timestamp with time zone":
+            fields_.append(_quoted(value.isoformat()))
+        elif sql_type == "double precision":
+            number = float(value)
+            if math.isfinite(number):
+                fields_.append(repr(number))
+            else:  # PostgreSQL could hold it, but JSON (the results API) cannot
+                fields_.append("")
+                changes.append(f"{column.name}: {number} stored as NULL")
+        elif sql_type in _INT_RANGES:
+            low, high = _INT_RANGES[sql_type]
+            if isinstance(value, int) and not isinstance(value, bool) and low <= value <= high:
+                fields_.append(str(value))
+            elif column.nullable:
+                fields_.append("")
+                changes.append(f"{column.name}: {value!r} out of the {sql_type} range, stored as NULL")
+            else:
+                fields_.append(str(value))  # PostgreSQL refuses it: the record is quarantined
+        elif type(value) is str and len(value) <= _FAST_TEXT_CHARS and not _UNHOLDABLE.search(value):
+            fields_.append(_quoted(value))  # the usual case: short, clean text
+        else:
+            fields_.append(_quoted(_text(value, column.name, changes)))
+    return ",".join(fields_), changes
 
 
 def csv_row(record: InferenceRecord) -> str:
-    """One record as a CSV line for COPY: NULL is an unquoted empty field, every text value is quoted."""
-    values = list(_VALUES(record))
-    for i, convert in _CONVERT:
-        values[i] = convert(values[i])
-    return ",".join(map(_csv_field, values))
+    """One record as a CSV line for COPY (see :func:`holdable_row`)."""
+    return holdable_row(record)[0]
 
 
-def write_inferences(conn: psycopg2.extensions.connection, records: list[InferenceRecord]) -> int:
+def write_inferences(
+    conn: psycopg2.extensions.connection,
+    records: list[InferenceRecord],
+    altered: Callable[[InferenceRecord, list[str]], None] | None = None,
+) -> int:
     """Insert ``records`` in the connection's transaction; duplicates (replays) are ignored. Returns rows inserted.
 
     The batch is COPY'd into a per-session staging table, then moved with one INSERT ... SELECT ...
     ON CONFLICT DO NOTHING: ~2x the rows/s of a multi-row INSERT (measured, benchmarks/throughput).
+    ``altered(record, changes)`` is told about each record PostgreSQL could not hold as it was.
     """
     columns = ", ".join(COLUMN_NAMES)
+    lines = []
+    for record in records:
+        line, changes = holdable_row(record)
+        if changes and altered is not None:
+            altered(record, changes)
+        lines.append(line + "\n")
     with conn.cursor() as cur:
         cur.execute(
             f"CREATE TEMP TABLE IF NOT EXISTS {TABLE}_staging (LIKE {TABLE} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
         )
-        data = io.StringIO("".join(csv_row(r) + "\n" for r in records))
+        data = io.StringIO("".join(lines))
         cur.copy_expert(f"COPY {TABLE}_staging ({columns}) FROM STDIN WITH (FORMAT csv)", data)
         cur.execute(
             f"INSERT INTO {TABLE} ({columns}) SELECT {columns} FROM {TABLE}_staging ON CONFLICT (request_id) DO NOTHING"

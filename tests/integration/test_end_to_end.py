@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
-import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -168,8 +168,15 @@ def test_multipart_upload_with_one_file(live_stack: LiveStack, photos: dict[str,
     assert json_body(response)["predictions"][0]["label"] in CAT_LABELS
 
 
+def unique_photo(jpeg: bytes) -> bytes:
+    """The same pixels as ``jpeg``, never seen before: a JPEG comment (COM segment) holding a fresh uuid4."""
+    assert jpeg[:2] == b"\xff\xd8", "not a JPEG"
+    comment = f"never seen before: {uuid.uuid4()}".encode()
+    return jpeg[:2] + b"\xff\xfe" + (len(comment) + 2).to_bytes(2, "big") + comment + jpeg[2:]
+
+
 def test_same_photo_same_version_is_answered_from_the_record(live_stack: LiveStack, photos: dict[str, bytes]) -> None:
-    photo = photos["rocket"] + b"\0" * (time.time_ns() % 997 + 1)  # a photo never seen before (same pixels)
+    photo = unique_photo(photos["rocket"])  # unique across runs against the same PostgreSQL
     url = f"{live_stack.bridge}/predictions/classifier"
     first = requests.put(url, data=photo, timeout=30)
     assert first.status_code == 200 and "x-cache" not in first.headers
@@ -180,7 +187,7 @@ def test_same_photo_same_version_is_answered_from_the_record(live_stack: LiveSta
     assert json_body(second)["cached"] is True
     assert json_body(second)["predictions"] == json_body(first)["predictions"]
     row = live_stack.row(second.headers["x-request-id"])
-    assert row["source"] == "cache" and row["model_version"] == "1.0"
+    assert row is not None and row["source"] == "cache" and row["model_version"] == "1.0"
 
     bypass = requests.put(url, data=photo, headers=NO_CACHE, timeout=30)
     assert "x-cache" not in bypass.headers and "cached" not in json_body(bypass)
@@ -204,3 +211,19 @@ def test_price_and_similar_items_with_parameters(live_stack: LiveStack, photos: 
     assert [r.status_code for r in batched] == [200, 200, 400, 200]
     assert [json_body(r)["items"][0]["id"].split("-")[0] for r in (batched[0], batched[1], batched[3])] == [
         "coffee", "flower", "rocket"]
+
+
+def test_requests_with_parameters_are_never_answered_from_the_cache(
+    live_stack: LiveStack, photos: dict[str, bytes]
+) -> None:
+    url = f"{live_stack.bridge}/predictions/similar"
+    photo = unique_photo(photos["chelsea"])
+    answers = [requests.put(url, params={"k": "3"}, data=photo, timeout=30) for _ in range(2)]
+    for answer in answers:
+        assert answer.status_code == 200, answer.text
+        assert "x-cache" not in answer.headers and "cached" not in json_body(answer), "answered from the cache"
+        assert "x-batch-size" in answer.headers, "the model ran (only a real run has a batch)"
+        assert len(json_body(answer)["items"]) == 3
+        row = live_stack.row(answer.headers["x-request-id"])
+        assert row is not None and row["source"] == "sync" and row["batch_size"] is not None
+    assert json_body(answers[0])["items"] == json_body(answers[1])["items"]

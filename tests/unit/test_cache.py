@@ -7,10 +7,20 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
+import httpx
+from fastapi.testclient import TestClient
+
+from bridge.app import create_app
 from bridge.cache import ResultCache
+from bridge.recorder import Recorder
+from bridge.settings import Settings
+from bridge.spool import Spool
 from stack.database import Database
+from tests.unit.fakes import FlakyStore
+from tests.unit.test_bridge_app import PHOTO, PREDICTION, FakeTorchServe, write_keys
 
 
 class FrozenDatabase(Database):
@@ -62,7 +72,8 @@ def test_a_frozen_database_is_a_fast_miss_and_stuck_lookups_are_not_queued_behin
     async def run() -> list[Any]:
         started = time.perf_counter()
         results = await asyncio.gather(*(cache.lookup("ab" * 32, "m", "1.0") for _ in range(5)))
-        assert time.perf_counter() - started < 0.5
+        # What it protects: a lookup costs its 0.05 s deadline, never the frozen database's 5 s hang.
+        assert time.perf_counter() - started < 0.5, "a frozen database made a prediction wait for it"
         return results
 
     try:
@@ -82,3 +93,42 @@ def test_a_recorded_answer_is_a_hit() -> None:
         assert output["predictions"][0]["label"] == "tabby" and cache.hits == 1
     finally:
         db.close()
+
+
+class RememberingCache:
+    """A cache that has every photo: any lookup made is a hit (so a bypass is visible as no lookup at all)."""
+
+    def __init__(self) -> None:
+        self.lookups = 0
+
+    async def lookup(self, sha256: str, model: str, version: str) -> Any:
+        self.lookups += 1
+        return {"predictions": [{"label": "remembered", "score": 1.0}], "model": {"name": model, "version": version}}
+
+
+def test_requests_with_parameters_bypass_the_cache_and_really_run(tmp_path: Path) -> None:
+    key_file = tmp_path / "key_file.json"
+    write_keys(key_file)
+    torchserve = FakeTorchServe(key_file)
+    recorder = Recorder([FlakyStore()], Spool(tmp_path / "spool"), flush_interval_s=0.01)
+    settings = Settings(torchserve_key_file=key_file, spool_dir=tmp_path / "spool", cache=True, telemetry_interval_s=0)
+    app = create_app(settings, recorder=recorder, torchserve_transport=httpx.MockTransport(torchserve), run_jobs=False)
+    cache = RememberingCache()
+
+    def predictions_run() -> int:
+        return sum(r.url.path.startswith("/predictions/") for r in torchserve.requests)
+
+    with TestClient(app) as client:
+        app.state.predictions._cache = cache  # the real one would ask PostgreSQL
+        plain = client.put("/predictions/similar/1.0", content=PHOTO)
+        assert plain.headers["x-cache"] == "HIT" and predictions_run() == 0 and cache.lookups == 1
+
+        for attempt in range(2):
+            with_k = client.put("/predictions/similar/1.0?k=3", content=PHOTO)
+            assert with_k.status_code == 200 and "x-cache" not in with_k.headers, attempt
+            assert with_k.json() == PREDICTION and with_k.headers["x-batch-size"] == "3", "the model's own answer"
+        form = client.post("/predictions/similar/1.0", files={"file": ("a.jpg", PHOTO, "image/jpeg"), "k": (None, "2")})
+        assert form.status_code == 200 and "x-cache" not in form.headers
+        assert predictions_run() == 3, "each request with parameters ran the model"
+        assert cache.lookups == 1, "and none of them even looked in the cache"
+    assert recorder.wait_idle(5)

@@ -2,22 +2,38 @@
 
 from __future__ import annotations
 
+import os
 import threading
+import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
+import httpx
 import pytest
+from fastapi.testclient import TestClient
 
+from bridge.app import create_app
 from bridge.metrics_sink import event_time_ns, to_point
 from bridge.recorder import Policy, Recorder, RecordingFailed, Sink, SinkUnavailable
 from bridge.records import InferenceRecord, summarise_output
+from bridge.settings import Settings
 from bridge.spool import Spool
 from tests.unit.fakes import FakeInflux, FlakyStore, make_record
+from tests.unit.test_bridge_app import PHOTO, PREDICTION, FakeTorchServe, write_keys
 
 
 @pytest.fixture
 def parts(tmp_path: Path) -> tuple[FlakyStore, FakeInflux, Spool]:
     return FlakyStore(), FakeInflux(), Spool(tmp_path / "spool")
+
+
+def wait_for(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
+    """Poll ``condition``; ``timeout_s`` is a bound on a busy 2-core machine, not a measurement."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"not within {timeout_s} s: {what}"
+        time.sleep(0.01)
 
 
 def make_recorder(parts: tuple[FlakyStore, FakeInflux, Spool]) -> Recorder:
@@ -54,10 +70,8 @@ def test_postgres_outage_spools_then_replays_exactly_once(parts: tuple[FlakyStor
         future.result(timeout=5)  # acknowledged: durable on disk although PostgreSQL is down
     on_disk = {r.request_id for segment in spool.segments() for r in spool.read(segment)}
     assert {r.request_id for r in during} <= on_disk
-    deadline = 50
-    while recorder.stats()["store_failures"] == 0 and deadline:
-        threading.Event().wait(0.05)
-        deadline -= 1
+    # Bound: the writer notices the outage on its next batch (flush interval 0.01 s).
+    wait_for(lambda: recorder.stats()["store_failures"] > 0, 10, "the writer noticing PostgreSQL is down")
     assert str(recorder.health()["postgres"]).startswith("unavailable")
 
     store.down.clear()
@@ -98,9 +112,10 @@ def test_influx_outage_buffers_within_bound_and_counts_drops(parts: tuple[FlakyS
     recorder.start()
     for _ in range(150):
         recorder.submit(make_record())
-    threading.Event().wait(0.3)
+    # Bound: PostgreSQL's writer is not slowed by InfluxDB being down; 10 s is generous, not a measurement.
+    wait_for(lambda: len(store.rows) == 150, 10, "an InfluxDB outage must not touch PostgreSQL recording")
+    wait_for(lambda: recorder.health()["points_buffered"] == 100, 10, "the buffer filling to its bound")
     assert recorder.stats()["points_dropped"] == 50
-    assert len(store.rows) == 150, "an InfluxDB outage must not touch PostgreSQL recording"
 
     influx.down.clear()
     assert recorder.wait_idle(5)
@@ -227,10 +242,9 @@ def test_an_added_sink_gets_its_thread_health_and_counters_from_its_class(tmp_pa
     during = [make_record() for _ in range(30)]
     for r in during:
         recorder.submit(r).result(timeout=5)
-    deadline = 50
-    while (recorder.stats()["archive_failures"] == 0 or len(store.rows) < 50) and deadline:
-        threading.Event().wait(0.05)
-        deadline -= 1
+    # Bound: both lanes act on their next batch (flush interval 0.01 s); 10 s protects only against a hang.
+    wait_for(lambda: recorder.stats()["archive_failures"] > 0 and len(store.rows) >= 50, 10,
+             "the archive's outage noticed while PostgreSQL keeps storing")
     health = recorder.health()
     assert str(health["archive"]).startswith("unavailable") and health["postgres"] == "ok"
     assert spool.segments(), "a segment stays until every durable sink has it"
@@ -251,3 +265,113 @@ def test_an_added_sink_gets_its_thread_health_and_counters_from_its_class(tmp_pa
 def test_sink_names_must_be_unique(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="unique"):
         Recorder([FlakyStore(), FlakyStore()], Spool(tmp_path))
+
+
+# --- the answer never leaves before its record is durable ------------------------------------------------------
+
+def test_the_journal_fsyncs_the_segment_and_its_directory_before_the_future_resolves(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    synced: list[str] = []  # what each fsync / fdatasync was called on, in order
+    for name in ("fsync", "fdatasync"):
+        real = getattr(os, name)
+
+        def counting(fd: int, real: Callable[[int], None] = real) -> None:
+            synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+            real(fd)
+
+        monkeypatch.setattr(os, name, counting)
+    spool = Spool(tmp_path / "spool")
+    recorder = Recorder([FlakyStore()], spool, flush_interval_s=0.01)
+    record = make_record()
+    future = recorder.submit(record)  # before start(): the callback below is attached before it can resolve
+    seen_at_resolution: list[list[str]] = []
+    future.add_done_callback(lambda _: seen_at_resolution.append(list(synced)))
+    recorder.start()
+    try:
+        future.result(timeout=5)
+    finally:
+        recorder.stop()
+
+    (synced_then,) = seen_at_resolution
+    directory = str(spool.directory.resolve())
+    segment_files = [i for i, path in enumerate(synced_then) if Path(path).parent == Path(directory)
+                     and path.endswith(".jsonl.partial")]
+    assert segment_files, f"no fsync of a segment before the answer could leave: {synced_then}"
+    assert directory in synced_then[segment_files[0]:], "the directory (the segment's name) fsync'd after it"
+
+
+class GatedSpool(Spool):
+    """A journal that takes as long as the test says."""
+
+    def __init__(self, directory: Path) -> None:
+        super().__init__(directory)
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def append(self, records: list[InferenceRecord]) -> Path:
+        self.entered.set()
+        self.release.wait(30)
+        return super().append(records)
+
+
+def bridge_with(spool: Spool, store: FlakyStore, tmp_path: Path) -> tuple[TestClient, FakeTorchServe, Recorder]:
+    """The bridge's app with a fake TorchServe, ``store`` as PostgreSQL and ``spool`` as its journal."""
+    key_file = tmp_path / "key_file.json"
+    write_keys(key_file)
+    fake = FakeTorchServe(key_file)
+    recorder = Recorder([store, FakeInflux()], spool, flush_interval_s=0.01)
+    settings = Settings(torchserve_key_file=key_file, spool_dir=spool.directory, cache=False, telemetry_interval_s=0)
+    app = create_app(settings, recorder=recorder, torchserve_transport=httpx.MockTransport(fake), run_jobs=False)
+    return TestClient(app), fake, recorder
+
+
+def test_a_slow_journal_holds_the_answer_until_the_record_is_on_disk(tmp_path: Path) -> None:
+    spool, store = GatedSpool(tmp_path / "spool"), FlakyStore()
+    client, fake, _ = bridge_with(spool, store, tmp_path)
+    with client:
+        answered = threading.Event()
+        responses: list[httpx.Response] = []
+
+        def send() -> None:
+            responses.append(client.put("/predictions/m", content=PHOTO))
+            answered.set()
+
+        sender = threading.Thread(target=send)
+        sender.start()
+        assert spool.entered.wait(10), "the record never reached the journal"
+        assert len(fake.requests) == 1, "the model ran"
+        # How long we watch the answer being held: any answer before the journal returns is a broken promise.
+        assert not answered.wait(0.5), "the answer left before its record was journaled"
+        spool.release.set()
+        assert answered.wait(10)
+        sender.join()
+        (response,) = responses
+        assert response.status_code == 200 and response.json() == PREDICTION
+        # Segments first: one is deleted only once PostgreSQL has its records.
+        on_disk = {r.request_id for segment in spool.segments() for r in spool.read(segment)}
+        assert response.headers["x-request-id"] in on_disk | set(store.rows)
+
+
+def test_a_failing_journal_with_postgres_down_is_a_503_and_no_prediction(tmp_path: Path) -> None:
+    store = FlakyStore()
+    store.down.set()
+    client, fake, recorder = bridge_with(DiskFullSpool(tmp_path / "spool"), store, tmp_path)
+    with client:
+        response = client.put("/predictions/m", content=PHOTO)
+        assert len(fake.requests) == 1, "the model ran; its answer must still not leave unrecorded"
+        assert response.status_code == 503 and response.headers["retry-after"] == "1"
+        body = response.json()
+        assert body["type"] == "RecordingUnavailable" and "predictions" not in body and "tabby" not in response.text
+        assert recorder.stats()["journal_failures"] == 1
+    assert store.rows == {}
+
+
+def test_a_failing_journal_without_a_durable_sink_fails_the_ack(tmp_path: Path) -> None:
+    recorder = Recorder([FakeInflux()], DiskFullSpool(tmp_path / "spool"), flush_interval_s=0.01)
+    recorder.start()
+    try:
+        with pytest.raises(RecordingFailed):
+            recorder.submit(make_record()).result(timeout=5)
+    finally:
+        recorder.stop()
