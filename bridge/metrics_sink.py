@@ -39,7 +39,15 @@ def to_point(record: InferenceRecord) -> dict:
     }
 
 
+def _encodable(value: str) -> str:
+    """Lone surrogates (UTF-8 cannot encode them) as '?', line breaks (they end a point) as spaces."""
+    if not value.isascii():
+        value = value.encode("utf-8", "replace").decode("utf-8")
+    return value.replace("\n", " ").replace("\r", " ")
+
+
 def _escape_key(value: str) -> str:
+    value = _encodable(value)
     return value.replace("\\", "\\\\").replace(",", "\\,").replace("=", "\\=").replace(" ", "\\ ")
 
 
@@ -50,7 +58,7 @@ def _field(value: float | str | bool) -> str:
         return f"{value}i"  # integer fields, as the influxdb client writes them (types must not change)
     if isinstance(value, float):
         return repr(value)
-    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return '"' + _encodable(str(value)).replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def to_line(point: dict) -> str:

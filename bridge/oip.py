@@ -299,9 +299,10 @@ def split_body(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
     """The JSON header and the binary tensor data after it (``Inference-Header-Content-Length``)."""
     if header_length is None:
         return body, b""
-    if not header_length.strip().isdigit() or int(header_length) > len(body):
+    length = header_length.strip()
+    if not (length.isascii() and length.isdigit()) or int(length) > len(body):
         raise ProtocolError(f"{HEADER_LENGTH} must be an integer within the body's {len(body)} bytes")
-    size = int(header_length)
+    size = int(length)
     return body[:size], body[size:]
 
 

@@ -22,7 +22,7 @@ async def read_limited(request: Request, max_bytes: int, timeout_s: float) -> by
     """The whole body within ``timeout_s``, refusing more than ``max_bytes`` (by Content-Length, or while streaming)."""
     declared = request.headers.get("content-length")
     if declared is not None:
-        if not declared.isdigit():
+        if not (declared.isascii() and declared.isdigit()):
             raise BadRequest("Content-Length must be a non-negative integer")
         if int(declared) > max_bytes:
             raise PayloadTooLarge(f"body is {declared} bytes; the limit is {max_bytes} bytes")

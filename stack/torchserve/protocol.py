@@ -110,7 +110,7 @@ def inference_answer(response: httpx.Response) -> Answer:
         status=response.status_code,
         body=response.content,
         content_type=response.headers.get("content-type"),
-        batch_size=int(batch) if batch and batch.isdigit() else None,
+        batch_size=int(batch) if batch and batch.isascii() and batch.isdigit() else None,
     )
 
 

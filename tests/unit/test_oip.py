@@ -236,6 +236,9 @@ def test_errors_are_the_protocols_body(env: tuple[TestClient, FakeOipTorchServe,
         (client.post("/v2/models/classifier/infer", content=b"{"), 400),
         (client.post("/v2/models/classifier/infer", content=b""), 400),
         (client.post("/v2/models/classifier/infer", content=b"x" * 10_001), 413),
+        # a superscript two is a digit to str.isdigit() but not to int(): a 400, never a 500
+        (client.post("/v2/models/classifier/infer", content=b"{}",
+                     headers={oip.HEADER_LENGTH: "\u00b2".encode("latin-1")}), 400),
     ):
         assert response.status_code == status, response.text
         assert set(response.json()) == {"error"} and response.json()["error"], response.text

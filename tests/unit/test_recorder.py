@@ -199,6 +199,20 @@ def test_line_protocol_escapes_and_keeps_field_types() -> None:
     )
 
 
+def test_line_protocol_survives_lone_surrogates_and_line_breaks() -> None:
+    from bridge.metrics_sink import to_line
+
+    point = {
+        "measurement": "inference",
+        "tags": {"model": "m\ud800", "status": "200"},
+        "fields": {"request_id": "a\nb\r\udfff"},
+        "time": 1,
+    }
+    line = to_line(point)
+    assert "\n" not in line and "\r" not in line, "a line break would end the point and corrupt the batch"
+    assert line.encode("utf-8") == b'inference,model=m?,status=200 request_id="a b ?" 1'
+
+
 class ArchiveSink(Sink):
     """A second durable sink, added as a new one would be: a name, a policy, ``write``."""
 

@@ -269,3 +269,10 @@ def test_both_faces_send_the_same_requests(fake: Fake) -> None:
     sent = fake.requests[-1]
     assert (sent.method, sent.url, sent.headers["authorization"]) == (sync.method, sync.url, sync.headers["authorization"])
     assert form_fields(sent) == form_fields(sync)
+
+
+def test_a_non_ascii_digit_batch_size_is_ignored_not_a_crash() -> None:
+    from stack.torchserve.protocol import inference_answer
+
+    answer = inference_answer(httpx.Response(200, headers={"X-Batch-Size": "\u00b2".encode("latin-1")}, content=b"{}"))
+    assert answer.batch_size is None
