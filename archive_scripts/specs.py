@@ -17,7 +17,7 @@ from archive_scripts.weights import LITE0_FEATURES, LITE0_INPUT, WeightsInfo, in
 from handlers.image_decoding import TensorSpec
 
 # Handler modules every image archive carries (imported by bare name inside the worker).
-SHARED_MODULES = ("batch_handler.py", "image_decoding.py", "model_architectures.py")
+SHARED_MODULES = ("batch_handler.py", "image_decoding.py", "device_preprocess.py", "model_architectures.py")
 PRICE_HEAD_FILE = "price_head.pt"
 IMAGENET_INPUT = TensorSpec()  # resize 256, crop 224, ImageNet's mean and std: the handler's defaults too
 
