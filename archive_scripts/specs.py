@@ -65,6 +65,9 @@ class Accelerator:
 
 FLAVOURS = ("cpu", "gpu")
 GPU_DEFAULT = Accelerator(precision="fp16", compile=True)
+# TorchServe's per-model worker start-up limit (model-config.yaml startupTimeout) when the model is compiled:
+# several workers compiling at once on a pod's few CPU cores take minutes, not TorchServe's default 120 s.
+COMPILE_STARTUP_TIMEOUT_S = 600
 
 
 @dataclass(frozen=True)
@@ -114,6 +117,8 @@ class ArchiveSpec:
     @property
     def model_config(self) -> dict[str, int]:
         """model-config.yaml's top-level keys: TorchServe's worker and batching settings."""
+        if self.accelerator.compile:  # compiling and warming up before the worker reports ready takes minutes
+            return {**self.workers.model_config(), "startupTimeout": COMPILE_STARTUP_TIMEOUT_S}
         return self.workers.model_config()
 
     @property
