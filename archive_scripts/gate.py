@@ -13,6 +13,7 @@ import multiprocessing
 import tempfile
 import traceback
 from pathlib import Path
+
 from archive_scripts.golden import GoldenCase
 
 FP32_EAGER = {"precision": "fp32", "compile": False}

@@ -29,6 +29,7 @@ import tempfile
 import time
 import traceback
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +62,7 @@ def sync(device: Any) -> None:
         torch.cuda.synchronize(device)
 
 
-def rate(run: Callable[[], Any], images: int, device: Any, seconds: float, min_runs: int = 3) -> dict[str, float]:
+def rate(run: Callable[[], Any], images: int, device: Any, seconds: float, min_runs: int = 3) -> dict[str, Any]:
     """Images/s of ``run`` (``images`` per call): one warm-up call, then calls for about ``seconds``."""
     run()
     sync(device)
@@ -189,14 +190,14 @@ def measure_model(name: str, args: argparse.Namespace, photos: list[bytes], work
         zeros = torch.zeros(size, 3, handler.config.tensor.crop, handler.config.tensor.crop, device=device)
         zeros = zeros.contiguous(memory_format=torch.channels_last)
         row: dict[str, Any] = {
-            "raw_forward": rate(lambda: handler.forward(zeros), size, device, args.seconds),
-            "raw_pipeline": rate(lambda: pipeline(batch_photos), size, device, args.seconds),
+            "raw_forward": rate(partial(handler.forward, zeros), size, device, args.seconds),
+            "raw_pipeline": rate(partial(pipeline, batch_photos), size, device, args.seconds),
         }
         for label, pre in (("handler_device", preprocessor), ("handler_cpu", None)):
             handler.preprocessor = pre
             spent["prepare"] = 0.0
             started = time.perf_counter()
-            stats = rate(lambda: worker.handle(items), size, device, args.seconds)
+            stats: dict[str, Any] = rate(partial(worker.handle, items), size, device, args.seconds)
             total = time.perf_counter() - started
             answers = worker.handle(items)
             assert all(a.status == 200 for a in answers), [a.body for a in answers if a.status != 200]
@@ -204,7 +205,7 @@ def measure_model(name: str, args: argparse.Namespace, photos: list[bytes], work
             row[label] = stats
         for label, pre in (("preprocess_device", preprocessor), ("preprocess_cpu", None)):
             handler.preprocessor = pre
-            row[label] = rate(lambda: prepare(batch_photos), size, device, args.seconds)
+            row[label] = rate(partial(prepare, batch_photos), size, device, args.seconds)
         row["handler_device_vs_raw_pipeline"] = round(
             row["handler_device"]["images_per_s"] / row["raw_pipeline"]["images_per_s"], 3
         )
@@ -243,15 +244,21 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         report["label"],
         "",
-        f"torch {env['torch']}, torchvision {env['torchvision']}, CUDA {env['cuda']}, Python {env['python']}, "
-        f"{env['date']}; {report['mode']} mode, {report['photos']}.",
+        (
+            f"torch {env['torch']}, torchvision {env['torchvision']}, CUDA {env['cuda']}, "
+            f"Python {env['python']}, {env['date']}; {report['mode']} mode, {report['photos']}."
+        ),
         "",
-        "Goals (issue 16): handler with device decode ≥ 0.9× raw PyTorch decode+forward at batch 32; "
-        "device preprocessing ≥ 3× CPU preprocessing per image.",
+        (
+            "Goals (issue 16): handler with device decode ≥ 0.9× raw PyTorch decode+forward at batch 32; "
+            "device preprocessing ≥ 3× CPU preprocessing per image."
+        ),
         "",
-        "| model | precision | batch | raw forward img/s | raw decode+forward img/s | handler, device decode "
-        "img/s (preprocess share) | handler, CPU decode img/s (preprocess share) | handler/raw | "
-        "device/CPU preprocess |",
+        (
+            "| model | precision | batch | raw forward img/s | raw decode+forward img/s | handler, device decode "
+            "img/s (preprocess share) | handler, CPU decode img/s (preprocess share) | handler/raw | "
+            "device/CPU preprocess |"
+        ),
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, model in report["models"].items():
@@ -270,7 +277,7 @@ def markdown(report: dict[str, Any]) -> str:
         lines.append(f"- {name}: max {tol['max']}, mean {tol['mean']}, 99th percentile {tol['p99']}")
     for name, error in report.get("failed", {}).items():
         lines += ["", f"**{name} failed:**", "", "```", error.strip().splitlines()[-1], "```"]
-    lines += ["", f"Initialize (load, compile, warm-up): "
+    lines += ["", "Initialize (load, compile, warm-up): "
               + ", ".join(f"{n} {m['initialize_s']} s" for n, m in report["models"].items()), ""]
     return "\n".join(lines)
 
