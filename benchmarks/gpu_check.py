@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import shutil
 import statistics
@@ -218,12 +219,14 @@ def measure_model(name: str, args: argparse.Namespace, photos: list[bytes], work
     return result
 
 
-def environment(device: Any) -> dict[str, Any]:
-    """What ran the check."""
+def environment(device: Any, load_start: float) -> dict[str, Any]:
+    """What ran the check: the device, the packages, and the machine (benchmarks/machine.py)."""
     import torch
     import torchvision
 
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({platform.processor() or 'x86-64'})"
+    from benchmarks.machine import cpu_name, machine
+
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({cpu_name()})"
     return {
         "device": name,
         "device_type": device.type,
@@ -231,8 +234,7 @@ def environment(device: Any) -> dict[str, Any]:
         "torch": torch.__version__,
         "torchvision": torchvision.__version__,
         "cuda": torch.version.cuda,
-        "cpu_threads": torch.get_num_threads(),
-        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        **machine(load_start),
     }
 
 
@@ -298,16 +300,16 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     args.batch_sizes = [8] if args.quick else [int(b) for b in args.batches.split(",")]
     args.seconds = min(args.seconds, 0.5) if args.quick else args.seconds
-    started = time.perf_counter()
+    started, load_start = time.perf_counter(), os.getloadavg()[0]
     on_gpu = device.type == "cuda"
     report: dict[str, Any] = {
         "label": (
-            f"Measured on a GPU ({environment(device)['device']})." if on_gpu else
+            f"Measured on a GPU ({torch.cuda.get_device_name(device)})." if on_gpu else
             "CPU SMOKE RUN: the device path driven on the CPU to prove the check runs. These are NOT GPU "
             "figures; the GPU figures are unmeasured until this runs on a GPU (benchmarks/gpu_check.sh)."
         ),
         "mode": "quick" if args.quick else "full",
-        "environment": environment(device),
+        "environment": environment(device, load_start),
         "models": {},
         "failed": {},
     }
