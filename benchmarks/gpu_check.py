@@ -252,6 +252,11 @@ def markdown(report: dict[str, Any]) -> str:
         ),
         "",
         (
+            f"Host: {env['cpu']}, {env['cores']} cores, load average {env['load_average_start']} at the start, "
+            f"{env['load_average_end']} at the end."
+        ),
+        "",
+        (
             "Goals (issue 16): handler with device decode ≥ 0.9× raw PyTorch decode+forward at batch 32; "
             "device preprocessing ≥ 3× CPU preprocessing per image."
         ),
@@ -324,6 +329,7 @@ def main(argv: list[str] | None = None) -> int:
                 report["failed"][name] = traceback.format_exc()
                 print(report["failed"][name], file=sys.stderr, flush=True)
             report["elapsed_s"] = round(time.perf_counter() - started, 1)
+            report["environment"] = environment(device, load_start)  # the load average at the end, too
             write(report, args.out, "gpu-check" if on_gpu else "gpu-check-cpu")  # a timeout keeps what was done
     return 1 if report["failed"] else 0
 
