@@ -1,4 +1,5 @@
-"""``python -m archive_scripts [MODEL ...] [--version V] [--weights MODEL=PATH] [--catalogue PATH] [--force]``."""
+"""``python -m archive_scripts [MODEL ...] [--version V] [--weights MODEL=PATH] [--catalogue PATH] [--flavour F]
+[--force]``."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import time
 from pathlib import Path
 
 from archive_scripts.build import REPO_ROOT, GateFailed, build
-from archive_scripts.specs import SPECS, BuildInputs, find_spec
+from archive_scripts.specs import FLAVOURS, SPECS, BuildInputs, find_spec
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -30,6 +31,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help=f"catalogue for {takes_catalogue}: a folder of images (id = file name) or an .npz/.pt of ids + embeddings",
     )
     parser.add_argument("--store", type=Path, default=REPO_ROOT / "model_store", help="model store directory")
+    parser.add_argument(
+        "--flavour", choices=FLAVOURS, default="cpu",
+        help="cpu: fp32, eager (default); gpu: each spec's GPU precision and torch.compile (docs/gpu.md)",
+    )
     parser.add_argument("--force", action="store_true", help="rebuild even when the inputs are unchanged")
     return parser.parse_args(argv)
 
@@ -49,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         names = args.models or [s.name for s in SPECS]
-        specs = [find_spec(name, args.version) for name in names]
+        specs = [find_spec(name, args.version, args.flavour) for name in names]
     except KeyError as exc:
         print(exc.args[0], file=sys.stderr)
         return 2

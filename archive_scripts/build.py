@@ -74,6 +74,7 @@ def code_files(spec: ArchiveSpec) -> list[Path]:
 def fingerprint(spec: ArchiveSpec, inputs: BuildInputs) -> str:
     """A hash of every input of the build, so an unchanged archive is not rebuilt."""
     digest = hashlib.sha256(f"{spec.name}:{spec.version}".encode())
+    digest.update(json.dumps(spec.accelerator.handler_config(), sort_keys=True).encode())  # the build's flavour
     for path in [*code_files(spec), *sorted((REPO_ROOT / "archive_scripts").glob("*.py"))]:
         digest.update(path.name.encode() + sha256_file(path).encode())
     digest.update(json.dumps(package_versions(), sort_keys=True).encode())
@@ -229,6 +230,7 @@ def build(spec: ArchiveSpec, store: Path, inputs: BuildInputs = OURS, force: boo
             "sha256": sha256_file(mar),
             "fingerprint": print_fp,
             "golden": "expected answers" if inputs == BuildInputs() else "answer form only (user inputs)",
+            "accelerator": spec.accelerator.handler_config(),
             **details,
             "packages": package_versions(),
         }

@@ -2,7 +2,9 @@
 
 Runs in a separate (spawned) process so the archive's bare-named modules are imported fresh and a crash
 in the handler cannot take the builder with it. Golden photos go as one batch, plus an unusable item, so
-the gate also proves that one bad item gets its own 4xx while its batch-mates are answered.
+the gate also proves that one bad item gets its own 4xx while its batch-mates are answered. An archive that
+runs in reduced precision or compiled is also loaded as its fp32, eager twin, and its answers must agree
+with the twin's (top-1 label, nearest item, price within the fp32 interval).
 """
 
 from __future__ import annotations
@@ -14,17 +16,29 @@ from pathlib import Path
 
 from archive_scripts.golden import GoldenCase
 
+FP32_EAGER = {"precision": "fp32", "compile": False}
+
 
 def check(mar_path: Path, cases: tuple[GoldenCase, ...]) -> list[str]:
     """Return what is wrong (empty when the archive passes). Runs in the gate's own process."""
-    from archive_scripts.inprocess import LocalWorker
+    import torch
+
+    from archive_scripts.inprocess import ItemResponse, LocalWorker
     from archive_scripts.photos import sample_photo
 
+    items = [{"body": sample_photo(case.photo), **{k: v.encode() for k, v in case.params}} for case in cases]
+    reference: list[ItemResponse] = []
     try:
         with tempfile.TemporaryDirectory(prefix="gate-") as tmp:
             worker = LocalWorker.from_archive(mar_path, Path(tmp))
-            items = [{"body": sample_photo(case.photo), **{k: v.encode() for k, v in case.params}} for case in cases]
+            config = worker.handler.config
+            accelerated = config.precision != "fp32" or config.compile
+            if accelerated and torch.cuda.is_available():
+                worker = LocalWorker.from_model_dir(Path(tmp), gpu_id=0)  # the GPU flavour, gated where it runs
             *answers, bad = worker.handle([*items, {"body": b"not an image"}])
+            if accelerated:
+                twin = LocalWorker.from_model_dir(Path(tmp), worker.context.system_properties["gpu_id"], FP32_EAGER)
+                reference = twin.handle(items)
     except Exception:  # noqa: BLE001 - any failure to load or answer is a gate failure, with its traceback
         return [f"the archive failed to load or answer:\n{traceback.format_exc()}"]
     failures = []
@@ -37,10 +51,17 @@ def check(mar_path: Path, cases: tuple[GoldenCase, ...]) -> list[str]:
         problem = case.expect.failure(answer.body)
         if problem:
             failures.append(f"{case.photo}: {problem}")
+    for case, answer, fp32 in zip(cases, answers, reference):
+        if answer.status == 200 and fp32.status == 200:
+            problem = case.expect.agrees(answer.body, fp32.body)
+            if problem:
+                failures.append(f"{case.photo}: {problem} ({config.precision}, compile {config.compile})")
+        elif fp32.status != 200:
+            failures.append(f"{case.photo}: the fp32 twin answered {fp32.status}: {fp32.body}")
     return failures
 
 
-def run_gate(mar_path: Path, cases: tuple[GoldenCase, ...], timeout_s: float = 300) -> list[str]:
+def run_gate(mar_path: Path, cases: tuple[GoldenCase, ...], timeout_s: float = 900) -> list[str]:
     """Run :func:`check` in a fresh spawned process and return its failures."""
     context = multiprocessing.get_context("spawn")
     with context.Pool(1) as pool:

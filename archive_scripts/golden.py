@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+TIE = 0.01  # fp32 scores this close to the top-1 are a tie that reduced precision may break either way
+
 
 class Expectation(Protocol):
     """Checks one answer body."""
@@ -17,6 +19,10 @@ class Expectation(Protocol):
 
     def relaxed(self) -> Expectation:
         """The same check on the answer's form only: used when a user's weights or catalogue replace ours."""
+        ...
+
+    def agrees(self, body: dict[str, Any], fp32: dict[str, Any]) -> str | None:
+        """How ``body`` (reduced precision or compiled) disagrees with the fp32 answer ``fp32``; None if it agrees."""
         ...
 
 
@@ -40,6 +46,15 @@ class TopLabelIn:
 
     def relaxed(self) -> TopLabelIn:
         return TopLabelIn()
+
+    def agrees(self, body: dict[str, Any], fp32: dict[str, Any]) -> str | None:
+        """The same top-1 label, or one fp32 scored within ``TIE`` of its own top-1 (a near tie may flip)."""
+        got = body["predictions"][0]["label"]
+        scores = {p["label"]: p["score"] for p in fp32["predictions"]}
+        want, best = fp32["predictions"][0]["label"], fp32["predictions"][0]["score"]
+        if got == want or scores.get(got, -1.0) >= best - TIE:
+            return None
+        return f"top-1 {got!r}, fp32 says {want!r} ({best}; {got!r} {scores.get(got, 'not in its top-k')})"
 
 
 @dataclass(frozen=True)
@@ -66,6 +81,11 @@ class NearestItemIs:
     def relaxed(self) -> NearestItemIs:
         return NearestItemIs(None)
 
+    def agrees(self, body: dict[str, Any], fp32: dict[str, Any]) -> str | None:
+        """The same nearest item."""
+        got, want = body["items"][0]["id"], fp32["items"][0]["id"]
+        return None if got == want else f"nearest item {got!r}, fp32 says {want!r}"
+
 
 @dataclass(frozen=True)
 class PriceWithin:
@@ -87,6 +107,12 @@ class PriceWithin:
 
     def relaxed(self) -> PriceWithin:
         return PriceWithin(0.0, float("inf"))
+
+    def agrees(self, body: dict[str, Any], fp32: dict[str, Any]) -> str | None:
+        """A price inside the fp32 answer's interval."""
+        low, high = fp32["interval"]["low"], fp32["interval"]["high"]
+        price = body["price"]
+        return None if low <= price <= high else f"price {price} outside the fp32 interval [{low}, {high}]"
 
 
 @dataclass(frozen=True)

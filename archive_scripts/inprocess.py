@@ -35,13 +35,20 @@ class LocalWorker:
         self.context = context
 
     @classmethod
-    def from_model_dir(cls, model_dir: Path, gpu_id: int | None = None) -> LocalWorker:
-        """Load the handler of an unpacked archive (``MAR-INF/MANIFEST.json`` inside ``model_dir``)."""
+    def from_model_dir(
+        cls, model_dir: Path, gpu_id: int | None = None, handler_overrides: dict[str, Any] | None = None
+    ) -> LocalWorker:
+        """Load the handler of an unpacked archive (``MAR-INF/MANIFEST.json`` inside ``model_dir``).
+
+        ``handler_overrides`` replace keys of model-config.yaml's handler section (e.g. the gate's fp32 twin).
+        """
         manifest = json.loads((model_dir / "MAR-INF" / "MANIFEST.json").read_text())
         model = manifest["model"]
         yaml_config: dict[str, Any] = {}
         if "configFile" in model:
             yaml_config = yaml.safe_load((model_dir / model["configFile"]).read_text()) or {}
+        if handler_overrides:
+            yaml_config = {**yaml_config, "handler": {**yaml_config.get("handler", {}), **handler_overrides}}
         handler_module = Path(model["handler"]).stem
         if str(model_dir) not in sys.path:
             sys.path.insert(0, str(model_dir))

@@ -17,7 +17,7 @@ from archive_scripts.weights import LITE0_FEATURES, LITE0_INPUT, WeightsInfo, in
 from handlers.image_decoding import TensorSpec
 
 # Handler modules every image archive carries (imported by bare name inside the worker).
-SHARED_MODULES = ("batch_handler.py", "image_decoding.py", "model_architectures.py")
+SHARED_MODULES = ("batch_handler.py", "image_decoding.py", "device_preprocess.py", "model_architectures.py")
 PRICE_HEAD_FILE = "price_head.pt"
 IMAGENET_INPUT = TensorSpec()  # resize 256, crop 224, ImageNet's mean and std: the handler's defaults too
 
@@ -47,6 +47,30 @@ class Workers:
 
 
 @dataclass(frozen=True)
+class Accelerator:
+    """How the forward pass runs (model-config.yaml's handler section): autocast precision and torch.compile.
+
+    The defaults (fp32, eager) are what every archive of the default flavour carries; the ``gpu`` flavour
+    (``python -m archive_scripts --flavour gpu``) writes each spec's ``gpu`` setting instead. A setting other
+    than the defaults makes the golden gate also check that the answers agree with fp32 (archive_scripts.gate).
+    """
+
+    precision: str = "fp32"  # fp32 | fp16 | bf16 (autocast)
+    compile: bool = False
+
+    def handler_config(self) -> dict[str, Any]:
+        """The handler-section keys."""
+        return {"precision": self.precision, "compile": self.compile}
+
+
+FLAVOURS = ("cpu", "gpu")
+GPU_DEFAULT = Accelerator(precision="fp16", compile=True)
+# TorchServe's per-model worker start-up limit (model-config.yaml startupTimeout) when the model is compiled:
+# several workers compiling at once on a pod's few CPU cores take minutes, not TorchServe's default 120 s.
+COMPILE_STARTUP_TIMEOUT_S = 600
+
+
+@dataclass(frozen=True)
 class BuildInputs:
     """What a user supplies for one build: their weights, their catalogue (each optional)."""
 
@@ -73,6 +97,8 @@ class ArchiveSpec:
     make_weights: Callable[[Path, BuildInputs], WeightsInfo]
     golden: tuple[GoldenCase, ...]
     workers: Workers = Workers()
+    accelerator: Accelerator = Accelerator()  # what this build writes (see flavoured())
+    gpu: Accelerator = GPU_DEFAULT  # the gpu flavour's setting
     preprocess: TensorSpec = IMAGENET_INPUT
     topk: int | None = 5  # None: the handler has no top-k (the key is left out of model-config.yaml)
     handler_options: dict[str, Any] = field(default_factory=dict)  # keys of the handler's own config_keys
@@ -91,13 +117,27 @@ class ArchiveSpec:
     @property
     def model_config(self) -> dict[str, int]:
         """model-config.yaml's top-level keys: TorchServe's worker and batching settings."""
+        if self.accelerator.compile:  # compiling and warming up before the worker reports ready takes minutes
+            return {**self.workers.model_config(), "startupTimeout": COMPILE_STARTUP_TIMEOUT_S}
         return self.workers.model_config()
 
     @property
     def handler_config(self) -> dict[str, Any]:
         """model-config.yaml's handler section, less the architecture."""
         topk = {} if self.topk is None else {"topk": self.topk}
-        return {"threads": self.workers.threads, **topk, **input_config(self.preprocess), **self.handler_options}
+        return {
+            "threads": self.workers.threads,
+            **topk,
+            **input_config(self.preprocess),
+            **self.accelerator.handler_config(),
+            **self.handler_options,
+        }
+
+    def flavoured(self, flavour: str) -> ArchiveSpec:
+        """This spec as the ``cpu`` (fp32, eager: the default) or ``gpu`` flavour builds it."""
+        if flavour not in FLAVOURS:
+            raise KeyError(f"no flavour {flavour!r}; known: {', '.join(FLAVOURS)}")
+        return replace(self, accelerator=self.gpu if flavour == "gpu" else Accelerator())
 
 
 def _weights_or(
@@ -219,9 +259,9 @@ SPECS: tuple[ArchiveSpec, ...] = (
 # resnet18 --version 2.0 --weights resnet18=PATH`).
 
 
-def find_spec(name: str, version: str | None = None) -> ArchiveSpec:
-    """The spec called ``name`` (as ``version`` when given); a clear error listing the known ones otherwise."""
+def find_spec(name: str, version: str | None = None, flavour: str = "cpu") -> ArchiveSpec:
+    """The spec called ``name`` (as ``version`` when given, of ``flavour``); a clear error listing the known ones."""
     for spec in SPECS:
         if spec.name == name:
-            return replace(spec, version=version) if version else spec
+            return (replace(spec, version=version) if version else spec).flavoured(flavour)
     raise KeyError(f"no archive spec named {name!r}; known: {', '.join(s.name for s in SPECS)}")

@@ -13,17 +13,18 @@ import binascii
 import json
 import logging
 import os
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from device_preprocess import DevicePreprocessor, ItemErrors, cpu_batch, to_device
 from image_decoding import (
     DecodeLimits,
     EmptyImage,
     ImageError,
     TensorSpec,
     UnsupportedContent,
-    image_to_tensor,
 )
 from model_architectures import load_model
 from torch import nn
@@ -34,6 +35,7 @@ logger = logging.getLogger(__name__)
 
 JSON = "application/json"
 BATCH_SIZE_HEADER = "X-Batch-Size"
+PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}  # autocast dtype
 
 
 @dataclass(frozen=True)
@@ -47,7 +49,15 @@ class HandlerConfig:
     labels_file: str = "index_to_name.json"
     tensor: TensorSpec = field(default_factory=TensorSpec)
     limits: DecodeLimits = field(default_factory=DecodeLimits)
+    precision: str = "fp32"  # fp16 / bf16: the forward pass under autocast
+    compile: bool = False  # torch.compile the model (warmed up before the worker reports ready)
+    decode_on_device: bool = True  # on a GPU worker, JPEGs are decoded and preprocessed on the GPU
+    device: str | None = None  # run on this device instead of gpu_id's (tests, benchmarks: "cpu" drives the device path)
     extra: dict[str, Any] = field(default_factory=dict)  # keys a subclass declared in its config_keys
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"handler precision must be one of {sorted(PRECISIONS)}, got {self.precision!r}")
 
     @classmethod
     def from_yaml(cls, section: dict[str, Any], extra_keys: tuple[str, ...] = ()) -> HandlerConfig:
@@ -60,7 +70,10 @@ class HandlerConfig:
             **{k: int(section.pop(yaml_key)) for k, yaml_key in limit_keys.items() if yaml_key in section}
         )
         extra = {k: section.pop(k) for k in extra_keys if k in section}
-        known = {"architecture", "threads", "num_classes", "topk", "labels_file"}
+        known = {
+            "architecture", "threads", "num_classes", "topk", "labels_file", "precision", "compile",
+            "decode_on_device", "device",
+        }
         unknown = set(section) - known
         if unknown:
             raise ValueError(f"unknown keys in model-config.yaml handler section: {sorted(unknown)}")
@@ -147,7 +160,8 @@ class BatchImageHandler(BaseHandler):
         self.config = HandlerConfig.from_yaml(yaml_config.get("handler", {}), self.config_keys)
         self.metadata: dict[str, Any] = yaml_config.get("metadata", {})
         torch.set_num_threads(self.config.threads)
-        self.device = self.select_device(properties.get("gpu_id"))
+        config = self.config
+        self.device = torch.device(config.device) if config.device else self.select_device(properties.get("gpu_id"))
         model_dir = properties["model_dir"]
         self.model_dir = model_dir
         self.model_name = self.manifest["model"]["modelName"]
@@ -156,14 +170,50 @@ class BatchImageHandler(BaseHandler):
         # torch's stubs have no overload for (device, memory_format=...), which Module.to accepts at run time.
         model = self.load_model(model_dir).to(self.device, memory_format=torch.channels_last)  # type: ignore[call-overload]
         self.model = model.eval()
+        # The device path wherever there is a device to decode on: a GPU, or one named in the config.
+        on_device = config.decode_on_device and (self.device.type == "cuda" or config.device is not None)
+        self.preprocessor = DevicePreprocessor(config.tensor, config.limits, self.device) if on_device else None
+        if config.compile:
+            self.model = torch.compile(self.model, dynamic=True)
+        if config.compile or config.precision != "fp32":
+            self.warm_up(int(properties.get("batch_size") or 1))
         self.initialized = True
         logger.info(
-            "%s %s ready on %s with %d torch thread(s)",
+            "%s %s ready on %s with %d torch thread(s), %s%s, preprocessing on %s",
             self.model_name,
             self.model_version,
             self.device,
             torch.get_num_threads(),
+            config.precision,
+            ", compiled" if config.compile else "",
+            self.device if self.preprocessor else "cpu",
         )
+
+    def warm_up(self, batch_size: int) -> None:
+        """Compile (and autotune) before the worker reports ready: the full batch, then one item."""
+        crop = self.config.tensor.crop
+        for size in sorted({batch_size, 1}, reverse=True):
+            zeros = torch.zeros(size, 3, crop, crop, device=self.device).contiguous(memory_format=torch.channels_last)
+            self.forward(zeros)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def autocast(self) -> AbstractContextManager[Any]:
+        """The configured precision: autocast to fp16 / bf16, or nothing for fp32."""
+        dtype = PRECISIONS[self.config.precision]
+        return torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None)
+
+    def forward(self, batch: torch.Tensor) -> torch.Tensor:
+        """The model on a batch already on the device, in the configured precision; fp32 outputs on the CPU."""
+        with torch.inference_mode(), self.autocast():
+            return self.model(batch).float().cpu()
+
+    def prepare_batch(self, photos: list[bytes]) -> tuple[torch.Tensor | None, ItemErrors]:
+        """Model input on the device for the usable photos (in order), and each photo's error or None."""
+        if self.preprocessor is not None:
+            return self.preprocessor(photos)
+        tensors, errors = cpu_batch(photos, self.config.tensor, self.config.limits)
+        return (to_device(torch.stack(tensors), self.device) if tensors else None), errors
 
     @staticmethod
     def select_device(gpu_id: int | None) -> torch.device:
@@ -183,22 +233,25 @@ class BatchImageHandler(BaseHandler):
         if self._is_describe():
             return [json.dumps(self.describe()).encode()]
         responses: list[bytes | None] = [None] * len(data)
-        tensors: list[torch.Tensor] = []
+        photos: list[bytes] = []
         params: list[Any] = []
-        valid: list[int] = []
+        items: list[int] = []
         for idx, row in enumerate(data):
             try:
                 item_params = self.item_params(row)
-                photo = payload_bytes(row, self.param_names)
-                tensors.append(image_to_tensor(photo, self.config.tensor, self.config.limits))
+                photos.append(payload_bytes(row, self.param_names))
                 params.append(item_params)
-                valid.append(idx)
+                items.append(idx)
             except (ImageError, ItemError) as exc:
                 responses[idx] = self._error(context, idx, exc)
-        if tensors:
-            with torch.inference_mode():
-                batch = torch.stack(tensors).to(self.device, non_blocking=True, memory_format=torch.channels_last)
-                outputs = self.model(batch).float().cpu()
+        batch, errors = self.prepare_batch(photos)
+        valid = [idx for idx, error in zip(items, errors) if error is None]
+        params = [p for p, error in zip(params, errors) if error is None]
+        for idx, error in zip(items, errors):
+            if error is not None:
+                responses[idx] = self._error(context, idx, error)
+        if batch is not None:
+            outputs = self.forward(batch)
             for idx, result in zip(valid, self.postprocess_batch(outputs, params)):
                 body = {
                     **result,
@@ -235,6 +288,9 @@ class BatchImageHandler(BaseHandler):
             "architecture": self.config.architecture,
             "device": str(self.device),
             "threads": self.config.threads,
+            "precision": self.config.precision,
+            "compile": self.config.compile,
+            "preprocessing": str(self.device) if self.preprocessor else "cpu",
             "input": {"resize": self.config.tensor.resize, "crop": self.config.tensor.crop},
             "limits": vars(self.config.limits),
             "metadata": self.metadata,

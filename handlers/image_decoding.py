@@ -75,6 +75,24 @@ def decode_image(data: bytes, limits: DecodeLimits = DecodeLimits(), min_size: i
     ``min_size`` lets large JPEGs be decoded at a reduced scale (Pillow's ``draft``) as long as both
     sides stay at least that large — much faster, and the model resizes anyway.
     """
+    img = open_image(data, limits)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            if min_size and img.format == "JPEG":
+                img.draft("RGB", (min_size, min_size))
+            img.load()
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
+        raise ImageDimensionsTooLarge(f"image dimensions are too large: {exc}") from exc
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise ImageError(f"image is truncated or corrupt ({exc})") from exc
+    with contextlib.suppress(Exception):  # a malformed EXIF block must not fail an otherwise good photo
+        img = ImageOps.exif_transpose(img) or img
+    return to_rgb(img)
+
+
+def open_image(data: bytes, limits: DecodeLimits = DecodeLimits()) -> Image.Image:
+    """Parse only the header of ``data`` (format, mode, size, EXIF) after the byte and pixel limits, or raise."""
     if not data:
         raise EmptyImage("empty body: send the image bytes (JPEG, PNG, GIF, WebP, BMP or TIFF)")
     if len(data) > limits.max_bytes:
@@ -84,9 +102,6 @@ def decode_image(data: bytes, limits: DecodeLimits = DecodeLimits(), min_size: i
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img: Image.Image = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
             _check_dimensions(img.size, limits)
-            if min_size and img.format == "JPEG":
-                img.draft("RGB", (min_size, min_size))
-            img.load()
     except ImageError:
         raise
     except UnidentifiedImageError as exc:
@@ -97,9 +112,7 @@ def decode_image(data: bytes, limits: DecodeLimits = DecodeLimits(), min_size: i
         raise ImageDimensionsTooLarge(f"image dimensions are too large: {exc}") from exc
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise ImageError(f"image is truncated or corrupt ({exc})") from exc
-    with contextlib.suppress(Exception):  # a malformed EXIF block must not fail an otherwise good photo
-        img = ImageOps.exif_transpose(img) or img
-    return to_rgb(img)
+    return img
 
 
 def _check_dimensions(size: tuple[int, int], limits: DecodeLimits) -> None:

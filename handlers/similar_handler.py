@@ -28,8 +28,7 @@ class SimilarItemsHandler(BatchImageHandler):
         """Load the embedder, then the catalogue index shipped in the archive, checked against the embedder."""
         super().initialize(context)
         crop = self.config.tensor.crop
-        with torch.inference_mode():
-            dimension = self.model(torch.zeros(1, 3, crop, crop, device=self.device)).shape[1]
+        dimension = self.forward(torch.zeros(1, 3, crop, crop, device=self.device)).shape[1]
         index_file = self.config.extra.get("index_file", "catalogue_index.pt")
         self.index = SimilarityIndex.load(os.path.join(self.model_dir, index_file), dimension=dimension)
         max_k = int(self.config.extra.get("max_k", 50))

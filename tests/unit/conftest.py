@@ -20,7 +20,9 @@ for _path in (HANDLERS_DIR, REPO_ROOT):
     if str(_path) not in sys.path:
         sys.path.insert(0, str(_path))
 
-HANDLER_FILES = ("classifier_handler.py", "batch_handler.py", "image_decoding.py", "model_architectures.py")
+HANDLER_FILES = (
+    "classifier_handler.py", "batch_handler.py", "image_decoding.py", "device_preprocess.py", "model_architectures.py",
+)
 
 ModelDirFactory = Callable[..., Path]
 

@@ -138,3 +138,30 @@ def test_every_spec_has_golden_cases_and_a_unique_archive_name() -> None:
     assert {s.name for s in SPECS} == {"classifier", "resnet18", "similar", "price"}
     assert all(spec.golden for spec in SPECS)
     assert len({s.archive_name for s in SPECS}) == len(SPECS)
+
+
+def test_flavours_write_precision_and_compile_into_the_handler_section() -> None:
+    from archive_scripts.specs import SPECS, Accelerator
+
+    for spec in SPECS:
+        cpu, gpu = find_spec(spec.name), find_spec(spec.name, flavour="gpu")
+        assert cpu.accelerator == Accelerator() and (cpu.handler_config["precision"], cpu.handler_config["compile"]) == (
+            "fp32", False
+        )
+        assert (gpu.handler_config["precision"], gpu.handler_config["compile"]) == (spec.gpu.precision, spec.gpu.compile)
+        assert "startupTimeout" not in cpu.model_config
+        assert ("startupTimeout" in gpu.model_config) == spec.gpu.compile
+    with pytest.raises(KeyError, match="flavour"):
+        find_spec("resnet18", flavour="tpu")
+
+
+def test_reduced_precision_archive_is_gated_against_its_fp32_twin(tmp_path: Path) -> None:
+    from archive_scripts.specs import Accelerator
+
+    bf16 = replace(RESNET, version="7.0", accelerator=Accelerator(precision="bf16"))
+    assert build(bf16, tmp_path) == "built"
+    manifest = json.loads((tmp_path / "manifest.json").read_text())[bf16.archive_name]
+    assert manifest["accelerator"] == {"precision": "bf16", "compile": False}
+    with zipfile.ZipFile(tmp_path / bf16.archive_name) as archive:
+        assert "precision: bf16" in archive.read("model-config.yaml").decode()
+        assert "device_preprocess.py" in archive.namelist()

@@ -25,6 +25,7 @@ SIMILAR_FILES = (
     "similar_handler.py",
     "batch_handler.py",
     "image_decoding.py",
+    "device_preprocess.py",
     "model_architectures.py",
     "similarity_index.py",
 )
