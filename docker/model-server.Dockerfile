@@ -57,7 +57,10 @@ RUN pip freeze > /tmp/runtime-constraints.txt \
 COPY handlers/ handlers/
 COPY archive_scripts/ archive_scripts/
 # Nothing reaches the store unless it answered its golden photos (see archive_scripts/build.py).
-RUN python -m archive_scripts --store /build/model_store
+# ARCHIVE_FLAVOUR=gpu: fp16 autocast + torch.compile per model, gated against an fp32 twin (docs/gpu.md); a
+# GPU image also needs a CUDA TORCH_INDEX_URL, and gcc + libc6-dev in the runtime for compiled kernels.
+ARG ARCHIVE_FLAVOUR=cpu
+RUN python -m archive_scripts --flavour "$ARCHIVE_FLAVOUR" --store /build/model_store
 
 # ---- runtime -------------------------------------------------------------------------------------------------
 FROM ${PYTHON_IMAGE} AS runtime
