@@ -362,8 +362,8 @@ def zip_slip_entries(token: str) -> list[str]:
 
 
 def files_named(token: str, roots: list[Path]) -> set[Path]:
-    """Every path under ``roots`` whose name contains ``token`` (the checkout's .venv and .git skipped)."""
-    skip = {REPO_ROOT / ".venv", REPO_ROOT / ".git"}
+    """Every path under ``roots`` whose name contains ``token`` (the checkout's virtualenvs and .git skipped)."""
+    skip = {REPO_ROOT / ".venv", REPO_ROOT / ".venv-clients", REPO_ROOT / ".git"}
     found = set()
     for root in roots:
         for directory, subdirs, files in os.walk(root):
