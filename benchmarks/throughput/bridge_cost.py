@@ -326,7 +326,8 @@ def pyspy(pid: int, out: Path | None, rate: int = 200, idle: bool = False) -> It
 
 
 def measure(model: str, concurrency: int, warmup_s: float, duration_s: float, idle_s: float, with_hey: bool,
-            profile: Path | None, run_dir: Path, bridge_env: dict[str, str] | None = None) -> dict[str, Any]:
+            profile: Path | None, run_dir: Path, bridge_env: dict[str, str] | None = None,
+            profile_idle: Path | None = None) -> dict[str, Any]:
     """Everything above on one fresh private stack; a JSON-able document."""
     photos = run_dir / "photos"
     make_photos(photos)
@@ -341,7 +342,8 @@ def measure(model: str, concurrency: int, warmup_s: float, duration_s: float, id
         time.sleep(3)  # start-up work (first key read, pools) out of the idle window
         if idle_s > 0:
             log(f"idle {idle_s:g} s ...")
-            doc["idle_percent_of_core"] = idle(processes, idle_s)
+            with pyspy(stack.bridge.pid or 0, profile_idle):
+                doc["idle_percent_of_core"] = idle(processes, idle_s)
         log(f"through the bridge, {concurrency} in flight ...")
         with pyspy(stack.bridge.pid or 0, profile):
             doc["bridge"] = loadgen(bridge_url, "PUT", nocache, photos, concurrency, warmup_s, duration_s, processes)
@@ -401,6 +403,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--idle", type=float, default=30.0, help="seconds of no traffic measured first (0: skip)")
     p.add_argument("--hey", action="store_true", help="also load the bridge with hey")
     p.add_argument("--profile", type=Path, help="py-spy speedscope profile of the bridge during its run")
+    p.add_argument("--profile-idle", type=Path, help="py-spy speedscope profile of the bridge while idle")
     p.add_argument("--bridge-env", action="append", default=[], help="BRIDGE_X=value for the bridge (repeatable)")
     p.add_argument("--out", type=Path, help="write the JSON document here")
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
@@ -409,7 +412,7 @@ def main(argv: list[str] | None = None) -> int:
     run_dir.chmod(0o755)
     try:
         doc = measure(args.model, args.concurrency, args.warmup, args.duration, args.idle, args.hey, args.profile,
-                      run_dir, env)
+                      run_dir, env, args.profile_idle)
     except StackError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
