@@ -351,9 +351,11 @@ def measure(model: str, concurrency: int, warmup_s: float, duration_s: float, id
         doc["direct"] = loadgen(direct_url, "PUT", [f"Authorization: Bearer {ts.inference_key()}"], photos,
                                 concurrency, warmup_s, duration_s, processes)
         if with_hey:
-            log(f"hey through the bridge, {concurrency} in flight ...")
-            doc["bridge_hey"] = hey(bridge_url, "PUT", nocache, min(photos.glob("*.jpg")), concurrency, duration_s,
-                                    processes)
+            log(f"hey: through the bridge, then TorchServe direct, {concurrency} in flight ...")
+            photo = min(photos.glob("*.jpg"))
+            doc["bridge_hey"] = hey(bridge_url, "PUT", nocache, photo, concurrency, duration_s, processes)
+            doc["direct_hey"] = hey(direct_url, "PUT", [f"Authorization: Bearer {ts.inference_key()}"], photo,
+                                    concurrency, duration_s, processes)
         doc["ratios"] = ratios(doc)
     return doc
 
@@ -368,10 +370,10 @@ def ratios(doc: dict[str, Any]) -> dict[str, Any]:
         per = run["cpu_ms_per_request"]
         if per.get("bridge") is not None and per.get("frontend"):
             out[f"{name}_vs_frontend_same_run"] = round(per["bridge"] / per["frontend"], 2)
-        direct = doc["direct"]["cpu_ms_per_request"].get("frontend")
+        direct = (doc.get("direct") or doc.get("direct_hey") or {}).get("cpu_ms_per_request", {}).get("frontend")
         if per.get("bridge") is not None and direct:
             out[f"{name}_vs_frontend_direct"] = round(per["bridge"] / direct, 2)
-    b, d = doc["bridge"].get("requests_per_s"), doc["direct"].get("requests_per_s")
+    b, d = (doc.get("bridge") or {}).get("requests_per_s"), (doc.get("direct") or {}).get("requests_per_s")
     if b and d:
         out["throughput_bridge_vs_direct"] = round(b / d, 3)
     return out
@@ -382,7 +384,7 @@ def render(doc: dict[str, Any]) -> str:
     lines = [f"model {doc['model']}, {doc['concurrency']} in flight, {doc['duration_s']:g} s per run"]
     if "idle_percent_of_core" in doc:
         lines.append("idle, % of a core: " + ", ".join(f"{k} {v:.2f}" for k, v in doc["idle_percent_of_core"].items()))
-    for name in ("bridge", "bridge_hey", "direct"):
+    for name in ("bridge", "bridge_hey", "direct", "direct_hey"):
         run = doc.get(name)
         if run:
             per = ", ".join(f"{k} {v:.2f}" for k, v in run["cpu_ms_per_request"].items() if v is not None)
