@@ -7,8 +7,8 @@ import re
 from dataclasses import dataclass
 
 from fastapi import Request
-from starlette.requests import ClientDisconnect
 from starlette.datastructures import UploadFile
+from starlette.requests import ClientDisconnect
 
 from bridge.errors import BadRequest, EmptyBody, PayloadTooLarge, RequestTimeout
 

@@ -114,27 +114,41 @@ class KeepAlivePool(httpx.AsyncBaseTransport):
         head = [f"{request.method} {url.raw_path.decode('ascii')} HTTP/1.1\r\n".encode()]
         head += [name + b": " + value + b"\r\n" for name, value in request.headers.raw]
         data = b"".join(head) + b"\r\n" + request.content
-        async with self._slots:
-            for _ in range(2):
-                conn = await self._connection(origin, timeout.get("connect"))
-                try:
-                    status, headers, body, keep_alive = await asyncio.wait_for(
-                        conn.send(data), timeout.get("read") or DEFAULT_TIMEOUT_S)
-                except _Stale:
-                    self._all.discard(conn)
-                    continue
-                except TimeoutError as exc:
-                    self._discard(conn)
-                    raise httpx.ReadTimeout("TorchServe did not answer in time", request=request) from exc
-                except BaseException:
-                    self._discard(conn)  # cancelled or broken mid-answer: its state is unknown
-                    raise
-                if keep_alive and not conn.closed:
-                    conn.reused = True
-                    self._idle.setdefault(origin, collections.deque()).append(conn)
-                else:
-                    self._discard(conn)
-                return httpx.Response(status, headers=headers, content=body, request=request)
+        if self._slots.locked():  # every connection busy: wait for one no longer than the pool timeout
+            try:
+                await asyncio.wait_for(self._slots.acquire(), timeout.get("pool"))
+            except TimeoutError as exc:
+                raise httpx.PoolTimeout("no connection to TorchServe freed in time", request=request) from exc
+        else:
+            await self._slots.acquire()
+        try:
+            return await self._exchange(request, origin, data, timeout)
+        finally:
+            self._slots.release()
+
+    async def _exchange(self, request: httpx.Request, origin: tuple[str, int], data: bytes,
+                        timeout: dict[str, Any]) -> httpx.Response:
+        """Send on a reused or new connection; once more on a new one if the reused one was stale."""
+        for _ in range(2):
+            conn = await self._connection(origin, timeout.get("connect"))
+            try:
+                status, headers, body, keep_alive = await asyncio.wait_for(
+                    conn.send(data), timeout.get("read") or DEFAULT_TIMEOUT_S)
+            except _Stale:
+                self._all.discard(conn)
+                continue
+            except TimeoutError as exc:
+                self._discard(conn)
+                raise httpx.ReadTimeout("TorchServe did not answer in time", request=request) from exc
+            except BaseException:
+                self._discard(conn)  # cancelled or broken mid-answer: its state is unknown
+                raise
+            if keep_alive and not conn.closed:
+                conn.reused = True
+                self._idle.setdefault(origin, collections.deque()).append(conn)
+            else:
+                self._discard(conn)
+            return httpx.Response(status, headers=headers, content=body, request=request)
         raise httpx.RemoteProtocolError("TorchServe closed the connection twice before answering", request=request)
 
     async def _connection(self, origin: tuple[str, int], connect_s: float | None) -> _Connection:

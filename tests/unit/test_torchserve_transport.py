@@ -192,3 +192,24 @@ def test_a_cancelled_request_drops_its_connection() -> None:
         assert server.connections == 2
 
     asyncio.run(main())
+
+
+def test_waiting_for_a_busy_pool_is_bounded_by_the_pool_timeout() -> None:
+    async def slow(req: bytes, _r: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        await asyncio.sleep(0.5)
+        writer.write(answer(b"{}"))
+        return True
+
+    async def main() -> None:
+        async with Server(slow) as url:
+            pool = KeepAlivePool(max_connections=1)
+            first = asyncio.create_task(pool.handle_async_request(request(url)))
+            await asyncio.sleep(0.05)
+            waiting = request(url)
+            waiting.extensions["timeout"] = {**waiting.extensions["timeout"], "pool": 0.1}
+            with pytest.raises(httpx.PoolTimeout):
+                await pool.handle_async_request(waiting)
+            assert (await first).status_code == 200
+            await pool.aclose()
+
+    asyncio.run(main())
