@@ -2,7 +2,7 @@
 
     .venv/bin/python -m benchmarks.throughput [--quick] [--concurrency 1 8 32] [--duration S] [--warmup S]
                                                [--passes N] [--rows prototype torchserve_stock ...]
-                                               [--no-recording] [--keep]
+                                               [--no-recording] [--no-serving-path] [--keep]
 
 One invocation measures, on the same real JPEG photos (640×480 and 1600×1200):
 
@@ -10,7 +10,10 @@ One invocation measures, on the same real JPEG photos (640×480 and 1600×1200):
 2. the seed's prototype design (a faithful baseline, not our code path): ThreadingHTTPServer, 1 image/forward;
 3. TorchServe with its stock ``image_classifier`` handler (archive built here, in a temporary store);
 4. TorchServe with our handler, called directly with its token;
-5. the full stack: our bridge in front of (4), recording to PostgreSQL and InfluxDB.
+5. the full stack: our bridge in front of (4), recording to PostgreSQL and InfluxDB;
+6. the serving path's own cost: CPU ms per request of the bridge and of TorchServe's frontend read from /proc
+   per process, ``hey`` beside our load generator, idle CPU, and a null model's ceiling
+   (:mod:`benchmarks.throughput.bridge_cost`, on a private stack on free ports).
 
 Load for 2–5 comes from a separate process (:mod:`benchmarks.throughput.loadgen`) holding 1, 8 and 32
 requests in flight. Each load is measured in passes (3 by default); in every pass the limit runs again and
@@ -83,6 +86,7 @@ class Plan:
     limit_duration_s: float
     rows: tuple[str, ...]
     recording: bool
+    serving_path: bool
     quick: bool
 
     @property
@@ -95,7 +99,13 @@ class Plan:
         sweep = len(self.limit_layouts) * (self.limit_warmup_s + self.limit_duration_s + 5)
         rounds = len(self.concurrencies) * self.passes
         per_round = len(self.rows) * (self.warmup_s + self.pass_s + 1) + self.limit_warmup_s + self.pass_s + 5
-        return sweep + rounds * per_round + 10 * len(self.rows) + (40 if self.quick else 90) * self.recording
+        path = (self.idle_s + 5 * (self.warmup_s + self.pass_s) + 30) * self.serving_path
+        return sweep + rounds * per_round + 10 * len(self.rows) + (40 if self.quick else 90) * self.recording + path
+
+    @property
+    def idle_s(self) -> float:
+        """Seconds of no traffic over which the serving path's idle CPU is measured."""
+        return 10.0 if self.quick else 30.0
 
 
 FULL_LAYOUTS = tuple(Layout(p, t, b) for p, t in ((2, 1), (1, 2)) for b in (1, 8, 16))
@@ -114,6 +124,8 @@ def parse_args(argv: list[str]) -> tuple[Plan, argparse.Namespace]:
     p.add_argument("--rows", nargs="+", choices=report.SERVED_ROWS, default=list(report.SERVED_ROWS),
                    help="served rows to run (default: all); the limit always runs")
     p.add_argument("--no-recording", action="store_true", help="skip the recording-path benchmark")
+    p.add_argument("--no-serving-path", action="store_true",
+                   help="skip the serving path's own cost (idle CPU, null model, hey)")
     p.add_argument("--prototype-threads", type=int, default=os.cpu_count() or 1,
                    help="torch threads of the prototype baseline (default: every core, torch's own default)")
     p.add_argument("--out", type=Path, default=RESULTS_DIR,
@@ -131,6 +143,7 @@ def parse_args(argv: list[str]) -> tuple[Plan, argparse.Namespace]:
         limit_duration_s=4.0 if quick else 10.0,
         rows=tuple(r for r in report.SERVED_ROWS if r in args.rows),
         recording=not args.no_recording,
+        serving_path=not args.no_serving_path,
         quick=quick,
     )
     if any(c < 1 for c in plan.concurrencies) or plan.duration_s <= 0 or plan.warmup_s < 0 or plan.passes < 1:
@@ -299,6 +312,9 @@ def serve_and_measure(plan: Plan, run_dir: Path, photos_dir: Path, archive: Path
         log(f"limit used for the ratios: {limit.images_per_s:.1f} img/s (mean of the best layout's "
             f"{1 + len(limit.repeats)} runs)")
 
+        if plan.serving_path:
+            extras["serving_path"] = {"runs": [hey_resnet(targets, photos_dir, plan)]}
+
         for target in targets:
             processes = target.group.memory()
             if target.row == "full_stack":  # its TorchServe is the previous row's: list only what the bridge adds
@@ -322,6 +338,46 @@ def serve_and_measure(plan: Plan, run_dir: Path, photos_dir: Path, archive: Path
         servers.stop_all()
     extras["limit_details"] = limit_details
     return limit, runs, extras
+
+
+HEY_ROLES = {"bridge": "bridge", "TorchServe frontend (Java)": "frontend", "TorchServe worker": "workers"}
+
+
+def hey_resnet(targets: list[Target], photos_dir: Path, plan: Plan) -> dict[str, Any]:
+    """``hey`` (a load generator we did not write) against the bridge and TorchServe direct, resnet18."""
+    from benchmarks.throughput.bridge_cost import Processes, hey
+
+    concurrency = report.COST_GOAL_CONCURRENCY
+    doc: dict[str, Any] = {"model": "resnet18", "concurrency": concurrency, "duration_s": plan.pass_s}
+    photo = min(photos_dir.glob("*.jpg"))
+    for target in targets:
+        name = {"full_stack": "bridge_hey", "torchserve_ours": "direct_hey"}.get(target.row)
+        if name is None:
+            continue
+        roles: dict[str, list[int]] = {}
+        for pid, (role, _) in target.group.processes().items():
+            if role in HEY_ROLES:
+                roles.setdefault(HEY_ROLES[role], []).append(pid)
+        log(f"hey → {report.ROWS[target.row]}, {concurrency} in flight, {plan.pass_s:g} s ...")
+        run = hey(target.url, target.method, target.headers(), photo, concurrency, plan.pass_s, Processes(roles))
+        log(f"  {run['requests_per_s']} req/s (hey's own figure {run['hey_requests_per_s']}), CPU ms/request "
+            + ", ".join(f"{k} {v:.2f}" for k, v in run["cpu_ms_per_request"].items() if v is not None))
+        doc[name] = run
+    return doc
+
+
+def serving_path(run_dir: Path, plan: Plan) -> dict[str, Any]:
+    """The null model on a private stack: idle CPU, the ceiling in requests/s per core, with ours and hey."""
+    from benchmarks.throughput.bridge_cost import measure
+
+    heading(f"serving path: idle {plan.idle_s:g} s, then a null model (answers at once) at "
+            f"{report.COST_GOAL_CONCURRENCY} in flight, through the bridge and direct")
+    doc = measure("null", report.COST_GOAL_CONCURRENCY, plan.warmup_s, plan.pass_s, plan.idle_s, True, None,
+                  run_dir / "serving_path")
+    from benchmarks.throughput.bridge_cost import render
+
+    print(render(doc), flush=True)
+    return doc
 
 
 def _terminate(signum: int, frame: FrameType | None) -> None:
@@ -352,6 +408,8 @@ def main(argv: list[str] | None = None) -> int:
         log(f"{len(photos)} photos: " + ", ".join(sorted({f"{p['width']}×{p['height']}" for p in photos})))
 
         limit, runs, extras = serve_and_measure(plan, run_dir, photos_dir, archive, weights, our_config, args)
+        if plan.serving_path:
+            extras.setdefault("serving_path", {"runs": []})["runs"].append(serving_path(run_dir, plan))
         machine["load_average_end"] = round(os.getloadavg()[0], 2)
 
         heading("results: throughput and latency (ratios to the limit measured in this run)")
@@ -362,6 +420,13 @@ def main(argv: list[str] | None = None) -> int:
         print_table(report.COLD_HEADER, report.cold_start_lines(extras["cold_start"]))
         print()
         print_table(report.MEMORY_HEADER, report.memory_lines(extras["memory"]))
+        print()
+        print_table(report.PROCESS_COST_HEADER, report.process_cost_lines(runs))
+        if "serving_path" in extras:
+            print()
+            print_table(report.SERVING_PATH_HEADER, report.serving_path_lines(extras["serving_path"]))
+            print()
+            print_table(report.IDLE_HEADER, report.idle_lines(extras["serving_path"]))
 
         recording = None
         if plan.recording:
@@ -435,7 +500,21 @@ def _write_outputs(document: dict[str, Any], limit: Limit, runs: list[Measuremen
         report.render_markdown(report.COLD_HEADER, report.cold_start_lines(extras["cold_start"])),
         "",
         report.render_markdown(report.MEMORY_HEADER, report.memory_lines(extras["memory"])),
+        "",
+        ("CPU per request by process, read from /proc for each process over the measured window "
+        "(the bridge's recording threads included):"),
+        "",
+        report.render_markdown(report.PROCESS_COST_HEADER, report.process_cost_lines(runs)),
     ]
+    if "serving_path" in extras:
+        parts += [
+            "", ("The serving path's own cost: hey (Debian's, a load generator we did not write) beside ours, and a "
+            "null model (a handler that answers at once) for the ceiling in requests per CPU-second of the serving "
+            "processes:"), "",
+            report.render_markdown(report.SERVING_PATH_HEADER, report.serving_path_lines(extras["serving_path"])),
+            "",
+            report.render_markdown(report.IDLE_HEADER, report.idle_lines(extras["serving_path"])),
+        ]
     if recording:
         parts += ["", report.render_markdown(report.RECORDING_HEADER, report.recording_lines(recording))]
     parts += ["", report.render_markdown(report.GOAL_HEADER, report.goal_lines(goals)), ""]

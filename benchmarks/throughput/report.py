@@ -386,7 +386,8 @@ def results_document(
 ) -> dict[str, Any]:
     """Everything measured, as one JSON-able document (ratios and goals included)."""
     value = limit.images_per_s
-    goals = serving_goals(runs, limit) + (recording_goals(recording) if recording else [])
+    goals = (serving_goals(runs, limit) + cost_goals(runs, extras.get("serving_path"))
+             + (recording_goals(recording) if recording else []))
     return _finite({
         "machine": machine,
         "settings": settings,
@@ -463,3 +464,94 @@ def recording_lines(recording: dict[str, Any]) -> list[tuple[str, ...]]:
              f"(PostgreSQL write {r['store_delay_s']:g} s, InfluxDB write {r['sink_delay_s']:g} s)"),
         ))
     return lines
+
+
+# --- the serving path's own cost (CPU per request by process, idle, null model, hey) -------------------------------
+
+BRIDGE_ROLE = "bridge"
+FRONTEND_ROLE = "TorchServe frontend (Java)"
+WORKER_ROLE = "TorchServe worker"
+COST_GOAL_CONCURRENCY = 8  # the issue's load for the bridge-vs-frontend CPU goal
+
+
+def role_ms_per_request(m: Measurement, role: str) -> float:
+    """CPU ms per answered request of one kind of process (from the /proc breakdown of ``m``'s window)."""
+    seconds = m.cpu_breakdown.get(role)
+    return seconds * 1000.0 / m.ok if seconds is not None and m.ok else math.nan
+
+
+PROCESS_COST_HEADER = ("row", "in flight", "img/s", "bridge CPU ms/req", "frontend CPU ms/req",
+                       "workers CPU ms/req", "bridge ÷ frontend")
+
+
+def process_cost_lines(runs: list[Measurement]) -> list[tuple[str, ...]]:
+    """CPU per request of the bridge, TorchServe's frontend and its workers, for the rows that have them."""
+    lines: list[tuple[str, ...]] = []
+    for row in ("torchserve_stock", "torchserve_ours", "full_stack"):
+        for m in sorted((m for m in runs if m.row == row), key=lambda m: m.concurrency or 0):
+            bridge, frontend = role_ms_per_request(m, BRIDGE_ROLE), role_ms_per_request(m, FRONTEND_ROLE)
+            lines.append((ROWS[row], str(m.concurrency), _num(m.images_per_s), _num(bridge, 2), _num(frontend, 2),
+                          _num(role_ms_per_request(m, WORKER_ROLE), 1), _num(ratio(bridge, frontend), 2)))
+    return lines
+
+
+SERVING_PATH_HEADER = ("model", "path", "load generator", "in flight", "req/s", "p50 ms", "bridge CPU ms/req",
+                       "frontend CPU ms/req", "workers CPU ms/req", "req per CPU-second", "bridge RSS MiB",
+                       "frontend RSS MiB")
+PATHS = {"bridge": "bridge → TorchServe", "bridge_hey": "bridge → TorchServe", "direct": "TorchServe alone",
+         "direct_hey": "TorchServe alone"}
+
+
+def serving_path_lines(cost: dict[str, Any]) -> list[tuple[str, ...]]:
+    """One line per run of the serving-path measurements (``bridge_cost`` documents and hey runs)."""
+    lines: list[tuple[str, ...]] = []
+    for doc in cost.get("runs", []):
+        for name, path in PATHS.items():
+            run = doc.get(name)
+            if not run:
+                continue
+            per, rss = run["cpu_ms_per_request"], run["rss_mib"]
+            lines.append((doc["model"], path, run["tool"], str(doc["concurrency"]), _num(run["requests_per_s"]),
+                          _num(_nan_none(run.get("p50_ms"))), _num(_nan_none(per.get("bridge")), 2),
+                          _num(_nan_none(per.get("frontend")), 2), _num(_nan_none(per.get("workers")), 2),
+                          _num(_nan_none(run.get("requests_per_core_s")), 0), _num(_nan_none(rss.get("bridge")), 0),
+                          _num(_nan_none(rss.get("frontend")), 0)))
+    return lines
+
+
+IDLE_HEADER = ("process (no traffic)", "% of a core")
+
+
+def idle_lines(cost: dict[str, Any]) -> list[tuple[str, ...]]:
+    """Idle CPU of each process of the serving path."""
+    idle = next((d["idle_percent_of_core"] for d in cost.get("runs", []) if "idle_percent_of_core" in d), {})
+    return [(role, _num(value, 2)) for role, value in idle.items()]
+
+
+def _nan_none(value: Any) -> float:
+    return math.nan if value is None else float(value)
+
+
+def cost_goals(runs: list[Measurement], cost: dict[str, Any] | None) -> list[Goal]:
+    """Bridge CPU per request ≤ 0.5× the frontend's (same run, 8 in flight, uncached); idle bridge ≤ 1 % of a core."""
+    goals: list[Goal] = []
+    full = at(runs, "full_stack", COST_GOAL_CONCURRENCY) or peak(runs, "full_stack")
+    if full is None:
+        goals.append(Goal("bridge CPU per request vs TorchServe's frontend", "≤ 0.50× frontend", "n/a", None))
+    else:
+        bridge, frontend = role_ms_per_request(full, BRIDGE_ROLE), role_ms_per_request(full, FRONTEND_ROLE)
+        value = ratio(bridge, frontend)
+        goals.append(Goal(
+            "bridge CPU per request vs TorchServe's frontend", "≤ 0.50× frontend",
+            f"{_fmt_ratio(value)} (bridge {_num(bridge, 2)} ms, frontend {_num(frontend, 2)} ms per request; "
+            f"{full.concurrency} in flight, uncached, same run)",
+            None if math.isnan(value) else value <= 0.5, noise_note([full.others_cores]),
+        ))
+    idle = next((d["idle_percent_of_core"] for d in (cost or {}).get("runs", []) if "idle_percent_of_core" in d), None)
+    if idle is None or "bridge" not in idle:
+        goals.append(Goal("idle bridge", "≤ 1 % of a core", "n/a", None))
+    else:
+        goals.append(Goal("idle bridge", "≤ 1 % of a core",
+                          f"{idle['bridge']:.2f} % (TorchServe's frontend {idle.get('frontend', math.nan):.2f} %)",
+                          idle["bridge"] <= 1.0))
+    return goals

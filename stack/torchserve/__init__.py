@@ -4,7 +4,8 @@
 - ``protocol``: every rule of talking to TorchServe, without I/O — keys on each request (renewed a quarter of
   their life before expiry, a refused key retried with the file re-read), parameters as form fields beside the
   photo, worker failures read as outages, the management calls.
-- ``client``: ``Client`` (sync, httpx.Client) and ``AsyncClient`` (httpx.AsyncClient) driving the protocol.
+- ``client``: ``Client`` (sync, httpx.Client) and ``AsyncClient`` (async, on ``transport.KeepAlivePool``, an
+  asyncio HTTP/1.1 keep-alive pool parsed by httptools) driving the protocol.
 - ``errors``: what it raises (``TorchServeUnavailable``, ``TorchServeTimeout``, ``KeyRejected``, ``NotFound``, ...).
 
     with Client("http://127.0.0.1:8080", "http://127.0.0.1:8081", key_file) as ts:

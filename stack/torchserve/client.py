@@ -1,5 +1,6 @@
 """The two faces of :class:`~stack.torchserve.protocol.Protocol`: ``Client`` (httpx.Client, for servingctl,
-tests and scripts) and ``AsyncClient`` (httpx.AsyncClient, for the bridge). They only send what a flow
+tests and scripts) and ``AsyncClient`` (for the bridge: the flows' requests handed straight to an httpx
+transport, by default :class:`~stack.torchserve.transport.KeepAlivePool`). They only send what a flow
 yields; every rule lives in the protocol.
 """
 
@@ -14,6 +15,7 @@ import httpx
 
 from stack.torchserve.keys import Keys
 from stack.torchserve.protocol import KEY_ATTEMPTS, Answer, Flow, Pause, Protocol
+from stack.torchserve.transport import KeepAlivePool
 
 T = TypeVar("T")
 
@@ -123,17 +125,26 @@ class Client(_Face):
 
 
 class AsyncClient(_Face):
-    """TorchServe, asynchronously (httpx.AsyncClient); the same methods as :class:`Client`, awaited."""
+    """TorchServe, asynchronously; the same methods as :class:`Client`, awaited.
+
+    Requests go to the transport directly, not through httpx.AsyncClient: the flows build complete requests
+    (keys, timeouts) and follow no redirects or cookies, so the client's layers would only cost CPU.
+    """
 
     def __init__(self, *args: Any, max_connections: int = 100, transport: httpx.AsyncBaseTransport | None = None,
                  **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
-        self._http = httpx.AsyncClient(limits=limits, transport=transport)
+        self._transport = transport or KeepAlivePool(max_connections)
 
     async def close(self) -> None:
         """Release pooled connections."""
-        await self._http.aclose()
+        await self._transport.aclose()
+
+    async def _send(self, request: httpx.Request) -> httpx.Response:
+        response = await self._transport.handle_async_request(request)
+        response.request = request
+        await response.aread()
+        return response
 
     async def run(self, flow: Flow[T]) -> T:
         """Drive ``flow`` as :meth:`Client.run` does, awaiting each request."""
@@ -150,7 +161,7 @@ class AsyncClient(_Face):
                     if isinstance(step, Pause):
                         await asyncio.sleep(step.seconds)
                     else:
-                        reply = await self._http.send(step)
+                        reply = await self._send(step)
                 except httpx.RequestError as exc:
                     error = exc
         finally:

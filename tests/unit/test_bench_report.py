@@ -183,3 +183,30 @@ def test_merge_adds_passes_up() -> None:
     assert merged.passes == [20.0, 40.0]
     with pytest.raises(ValueError):
         report.merge([], [])
+
+
+def test_cpu_per_request_by_process_and_the_cost_goals() -> None:
+    full = m("full_stack", 8, 50.0, window_s=10.0)  # 500 answers
+    full.cpu_breakdown = {"bridge": 0.5, "TorchServe frontend (Java)": 1.25, "TorchServe worker": 10.0}
+    ours = m("torchserve_ours", 8, 50.0)
+    ours.cpu_breakdown = {"TorchServe frontend (Java)": 1.0}
+    assert report.role_ms_per_request(full, "bridge") == pytest.approx(1.0)
+    lines = report.process_cost_lines([full, ours])
+    assert [line[0] for line in lines] == [report.ROWS["torchserve_ours"], report.ROWS["full_stack"]]
+    assert lines[1][3:] == ("1.00", "2.50", "20.0", "0.40")
+    assert lines[0][3] == "-"  # no bridge in front of TorchServe direct
+    cost = {"runs": [{"model": "null", "concurrency": 8, "idle_percent_of_core": {"bridge": 0.4, "frontend": 0.3},
+                      "bridge": {"tool": "loadgen", "requests_per_s": 300.0, "p50_ms": 20.0,
+                                 "cpu_ms_per_request": {"bridge": 1.2, "frontend": 2.0, "workers": 0.4},
+                                 "requests_per_core_s": 250.0, "rss_mib": {"bridge": 70.0, "frontend": 300.0}},
+                      "direct_hey": {"tool": "hey", "requests_per_s": 900.0, "p50_ms": None,
+                                     "cpu_ms_per_request": {"bridge": None, "frontend": 0.8, "workers": 0.3},
+                                     "requests_per_core_s": 900.0, "rss_mib": {"bridge": 70.0, "frontend": 300.0}}}]}
+    goals = report.cost_goals([full, ours], cost)
+    assert [g.met for g in goals] == [True, True]  # 1.0 / 2.5 = 0.40 ≤ 0.5; 0.4 % ≤ 1 %
+    assert "0.40×" in goals[0].measured
+    assert report.cost_goals([], {})[0].met is None and report.cost_goals([], None)[1].met is None
+    path = report.serving_path_lines(cost)
+    assert [(line[1], line[2]) for line in path] == [("bridge → TorchServe", "loadgen"), ("TorchServe alone", "hey")]
+    assert path[1][5] == "-" and path[1][6] == "-"  # hey's p50 unknown, no bridge
+    assert report.idle_lines(cost) == [("bridge", "0.40"), ("frontend", "0.30")]
