@@ -11,6 +11,7 @@ from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from stack.configuration import STATE_DIR_DEFAULT_TEXT, default_state_dir
+from stack.routing import Box, Routes, parse_routes
 
 # A list from the environment: a JSON list, or comma-separated as before lists were lists (BRIDGE_API_KEYS=a,b).
 Names = Annotated[tuple[str, ...], NoDecode]
@@ -38,6 +39,12 @@ class Settings(BaseSettings):
         "http://127.0.0.1:8081", description="TorchServe's management API (token renewal, default versions, workers)"
     )
     torchserve_metrics_url: str = Field("http://127.0.0.1:8082/metrics", description="TorchServe's Prometheus metrics")
+    routes: dict[str, Box] = Field(
+        default_factory=dict,
+        description="model → its model server box, JSON: {\"classifier\": {\"url\", \"management_url\", "
+        "\"metrics_url\", \"key_file\"}, ...}; \"*\": every other model (stack/routing.py)",
+        json_schema_extra={"default_text": "empty: every model to the one TorchServe of the `torchserve_*` settings"},
+    )
     telemetry_interval_s: float = Field(
         10.0, description="seconds between TorchServe scrapes + bridge metrics written to InfluxDB; 0 = off"
     )
@@ -83,6 +90,17 @@ class Settings(BaseSettings):
         json_schema_extra={"default_text": "`<state_dir>/spool`"},
     )
     influx_buffer_points: int = Field(100_000, description="bound on points held while InfluxDB is down")
+
+    @field_validator("routes", mode="before")
+    @classmethod
+    def _routes(cls, value: Any) -> Any:
+        return parse_routes(value)
+
+    def routing(self) -> Routes:
+        """The routes, with the ``torchserve_*`` settings as the one box when no model is routed."""
+        single = Box(url=self.torchserve_url, management_url=self.torchserve_management_url,
+                     metrics_url=self.torchserve_metrics_url, key_file=self.torchserve_key_file)
+        return Routes(self.routes, single)
 
     @field_validator("api_keys", "job_models", mode="before")
     @classmethod
