@@ -90,5 +90,6 @@ def parse_routes(value: Any) -> dict[str, Box]:
     if isinstance(value, str):
         value = json.loads(value) if value.strip() else {}
     if not isinstance(value, Mapping):
-        raise ValueError("routes must be a JSON object: model name → {url, management_url, metrics_url, key_file}")
+        # ValueError, not TypeError: pydantic reports a validator's ValueError as a bad setting.
+        raise ValueError("routes must be a JSON object: model name → {url, management_url, metrics_url, key_file}")  # noqa: TRY004
     return {str(model): box if isinstance(box, Box) else Box.model_validate(box) for model, box in value.items()}
