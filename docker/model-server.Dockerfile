@@ -73,9 +73,11 @@ RUN mkdir -p /usr/share/man/man1 \
  && rm -rf /var/lib/apt/lists/*
 
 # Non-root user; its home is the only writable app path: TorchServe's config copy and key file, tmp, logs.
+# torchserve/ exists in the image so that an empty volume mounted there (the key dir the bridges and servingctl
+# mount read-only) starts owned by `serving`.
 RUN groupadd --gid 1000 serving \
  && useradd --uid 1000 --gid 1000 --home-dir /var/lib/serving --no-create-home --shell /usr/sbin/nologin serving \
- && install -d -o serving -g serving -m 0750 /var/lib/serving
+ && install -d -o serving -g serving -m 0750 /var/lib/serving /var/lib/serving/torchserve
 
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
