@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -69,7 +70,8 @@ def port_free(port: int) -> bool:
 def ports_of(prefix: str) -> list[int]:
     base = [8000, 8001, 8002, 5432, 8086, 8088]
     for port in BOX_PORTS.values():
-        base += [port, port + 1, port + 2, port - 1010, port - 1009]  # inference, management, metrics, gRPC x2
+        # inference, management, metrics, gRPC x2, the first workers' sockets
+        base += [port, port + 1, port + 2, port - 1010, port - 1009, port + 1000, port + 1001]
     return [int(f"{prefix}{p}") for p in base]
 
 
@@ -136,14 +138,18 @@ class Topology:
 
 
 @pytest.fixture(scope="module")
-def topology(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Topology]:
+def topology() -> Iterator[Topology]:
     """Images built, private databases up, the compose project started; everything removed afterwards."""
     assert docker_stack.images() == 0
     prefix = next((p for p in ("4", "3", "5", "2") if all(port_free(port) for port in ports_of(p))), None)
     if prefix is None:
         pytest.fail("no port prefix with every port free (4xxxx, 3xxxx, 5xxxx, 2xxxx)")
-    root = tmp_path_factory.mktemp("topology")
-    os.chmod(root, 0o755)  # PostgreSQL runs as `postgres` under it
+    # Under the checkout's .state (pytest's tmp dir is private to root; PostgreSQL runs as `postgres` under it).
+    root = REPO_ROOT / ".state" / "containers" / "topology"
+    shutil.rmtree(root, ignore_errors=True)
+    root.mkdir(parents=True)
+    for path in (root, root.parent):
+        path.chmod(0o755)
     settings = StackSettings(state_dir=root)
     postgres = PrivatePostgres(root / "postgres", port=int(f"{prefix}5432"), settings=settings)
     influx = InfluxDB(settings, "influxdb", root, int(f"{prefix}8086"), int(f"{prefix}8088"))

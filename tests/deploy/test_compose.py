@@ -109,7 +109,7 @@ def test_each_box_serves_one_model_on_ports_of_its_own(full: dict[str, Any]) -> 
         env = full["services"][name]["environment"]
         assert env["SERVING_MODELS"] == f"{name.removeprefix('box-')}_v1.0.mar"
         ports = {v for k, v in env.items() if k.startswith("SERVING_TS_") and k.endswith("_PORT")}
-        assert len(ports) == 5 and not ports & seen, name
+        assert len(ports) == 6 and not ports & seen, name  # inference, management, metrics, gRPC x2, workers
         seen |= ports
         assert full["services"][name]["restart"] == "unless-stopped"
     assert full["services"]["box-resnet18"]["profiles"] == ["benchmark"]

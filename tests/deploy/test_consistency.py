@@ -148,7 +148,7 @@ def test_no_torchserve_port_is_exposed(compose_config: dict[str, Any],
     # The boxes' TorchServe ports are their own, none the local stack's (8080-8082, 7070-7071).
     box_ports = {int(v) for b in BOXES for k, v in compose_config["services"][b]["environment"].items()
                  if k.endswith("_PORT")}
-    assert len(box_ports) == 5 * len(BOXES) and not box_ports & ts_ports
+    assert len(box_ports) == 6 * len(BOXES) and not box_ports & ts_ports
     for overlay in OVERLAYS:
         deployment = find(rendered[overlay], "Deployment", "serving")
         exposed = {p["containerPort"] for c in deployment["spec"]["template"]["spec"]["containers"]
