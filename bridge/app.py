@@ -1,4 +1,4 @@
-"""The bridge's ASGI application: ``create_app()`` wires settings, TorchServe, the recorder and routes."""
+"""The bridge's ASGI application: ``create_app()`` wires settings, the model servers (routed), the recorder and routes."""
 
 from __future__ import annotations
 
@@ -22,11 +22,11 @@ from bridge.job_runner import JobRunner
 from bridge.jobs import JobStore
 from bridge.metrics_sink import InfluxSink
 from bridge.recorder import Recorder
+from bridge.routing import Router
 from bridge.service import PredictionService
 from bridge.settings import Settings
 from bridge.sinks import build_recorder
 from bridge.telemetry import Telemetry
-from bridge.torchserve import TorchServeClient
 
 logger = logging.getLogger(__name__)
 
@@ -48,14 +48,8 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        client = TorchServeClient(
-            settings.torchserve_url,
-            settings.torchserve_management_url,
-            settings.torchserve_key_file,
-            settings.torchserve_timeout_s,
-            settings.max_connections,
-            transport=torchserve_transport,
-        )
+        client = Router(settings.routing(), settings.torchserve_timeout_s, settings.max_connections,
+                        transport=torchserve_transport)
         rec = recorder or build_recorder(settings)
         rec.start()
         database = Database(settings.pg_dsn, settings.pg_connect_timeout_s, call_timeout_s=settings.db_timeout_s)
@@ -82,7 +76,7 @@ def create_app(
                 settings.influx_host, settings.influx_port, settings.influx_database, settings.influx_timeout_s
             )
             telemetry = Telemetry(
-                client, settings.torchserve_metrics_url, telemetry_sink.write_points,
+                client, telemetry_sink.write_points,
                 partial(bridge_stats, app), settings.telemetry_interval_s,
             )
             telemetry.start()

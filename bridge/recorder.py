@@ -9,6 +9,11 @@ A prediction is answered once its record is fsync'd to the local spool — never
 for a sink. While a durable sink is down or slow, segments simply stay on disk and are replayed (oldest
 first, idempotently by request id) when it answers again, also after a restart or a crash.
 
+Several bridges may share one spool directory (a volume): each writes its own segments, and each adopts the
+segments older than ``adopt_after_s`` that nobody stored — those of an instance that was removed (``docker rm
+-f``, eviction, a crash) before its sink had them. So an acknowledged record outlives its instance as long as
+one bridge on that volume runs (docs/deployment.md, "Records when a bridge is removed").
+
 A sink is one :class:`Sink` subclass (a name, a policy, ``write``) plus one line in ``bridge/sinks.py``;
 its thread, health entry and counters come from here. Sinks raise :class:`SinkError` only.
 """
@@ -146,8 +151,10 @@ class _DurableLane(_Lane):
 
     unavailable = "unavailable (journaling to the spool)"
 
-    def __init__(self, recorder: Recorder, sink: Sink, flush_interval_s: float, retry_interval_s: float) -> None:
+    def __init__(self, recorder: Recorder, sink: Sink, flush_interval_s: float, retry_interval_s: float,
+                 adopt_after_s: float | None = None) -> None:
         super().__init__(sink, flush_interval_s, retry_interval_s)
+        self._adopt_after_s = adopt_after_s
         self._recorder = recorder
         self._spool = recorder.spool
         self.segments: queue.SimpleQueue[tuple[Path, list[InferenceRecord]]] = queue.SimpleQueue()
@@ -162,7 +169,7 @@ class _DurableLane(_Lane):
     def loop(self) -> None:
         """Replay what a previous run (or crash) left, then write each new segment; retry while down."""
         self.replay()
-        last_retry = time.monotonic()
+        last_retry = last_adoption = time.monotonic()
         while not self.stopping.is_set():
             try:
                 segment, records = self.segments.get(timeout=self._flush_interval_s)
@@ -181,6 +188,12 @@ class _DurableLane(_Lane):
                 last_retry = time.monotonic()
                 self.busy = True
                 self.replay()
+                self.busy = False
+            elif (self.healthy and self._adopt_after_s is not None
+                  and time.monotonic() - last_adoption >= min(self._retry_interval_s, self._adopt_after_s)):
+                last_adoption = time.monotonic()
+                self.busy = True
+                self.replay(older_than_s=self._adopt_after_s)
                 self.busy = False
 
     def write(self, records: list[InferenceRecord]) -> None:
@@ -209,9 +222,13 @@ class _DurableLane(_Lane):
                            exc, exc_info=not isinstance(exc, SinkError))
         self.healthy = False
 
-    def replay(self) -> None:
-        """Write every segment on disk this sink has not stored, oldest first; healthy again once all went in."""
-        for segment in self._spool.segments():
+    def replay(self, older_than_s: float | None = None) -> None:
+        """Write every segment on disk this sink has not stored, oldest first; healthy again once all went in.
+
+        ``older_than_s``: only segments at least that old — adopting those a removed bridge left on a shared spool.
+        """
+        adopted = 0
+        for segment in self._spool.segments(older_than_s):
             if self._recorder.stored_by(segment, self):
                 continue
             try:
@@ -225,6 +242,10 @@ class _DurableLane(_Lane):
                 return
             self._recorder.segment_stored(segment, self)
             self.counts[self.keys.replayed] += len(records)
+            adopted += len(records)
+        if older_than_s is not None and adopted:
+            logger.info("%s: adopted %d records a stopped bridge left in %s", self.sink.name, adopted,
+                        self._spool.directory)
         if not self.healthy:
             logger.info("%s is back; spool replayed", self.sink.name)
         self.healthy = True
@@ -319,6 +340,7 @@ class Recorder:
         batch_size: int = 500,
         flush_interval_s: float = 0.05,
         retry_interval_s: float = 2.0,
+        adopt_after_s: float | None = None,
     ) -> None:
         names = [s.name for s in sinks]
         if len(set(names)) != len(names):
@@ -327,7 +349,8 @@ class Recorder:
         self._batch_size = batch_size
         self._flush_interval_s = flush_interval_s
         self._durable = [
-            _DurableLane(self, s, flush_interval_s, retry_interval_s) for s in sinks if s.policy is Policy.DURABLE
+            _DurableLane(self, s, flush_interval_s, retry_interval_s, adopt_after_s)
+            for s in sinks if s.policy is Policy.DURABLE
         ]
         self._best_effort = [
             _BestEffortLane(s, flush_interval_s, retry_interval_s) for s in sinks if s.policy is Policy.BEST_EFFORT

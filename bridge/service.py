@@ -1,4 +1,4 @@
-"""Predictions: forward to TorchServe, time it, record it durably, answer.
+"""Predictions: forward to the model's box (bridge.routing), time it, record it durably, answer.
 
 ``run()`` performs one inference and describes it; ``record()`` journals that description under a request
 id and returns once it is durable. The sync route does both for every request; the job runner chooses
@@ -18,7 +18,7 @@ from bridge.cache import ResultCache
 from bridge.errors import BridgeError, RecordingUnavailable
 from bridge.recorder import Recorder, RecordingFailed
 from bridge.records import InferenceRecord, served_version, summarise_output
-from bridge.torchserve import TorchServeClient
+from bridge.routing import Router
 from stack.torchserve import Answer
 
 JSON = "application/json"
@@ -42,7 +42,7 @@ class Prediction:
 class PredictionService:
     """The one path every inference takes, so every inference is recorded."""
 
-    def __init__(self, client: TorchServeClient, recorder: Recorder, cache: ResultCache | None = None) -> None:
+    def __init__(self, client: Router, recorder: Recorder, cache: ResultCache | None = None) -> None:
         self._client = client
         self._recorder = recorder
         self._cache = cache

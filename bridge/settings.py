@@ -11,6 +11,7 @@ from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from stack.configuration import STATE_DIR_DEFAULT_TEXT, default_state_dir
+from stack.routing import Box, Routes, parse_routes
 
 # A list from the environment: a JSON list, or comma-separated as before lists were lists (BRIDGE_API_KEYS=a,b).
 Names = Annotated[tuple[str, ...], NoDecode]
@@ -38,6 +39,12 @@ class Settings(BaseSettings):
         "http://127.0.0.1:8081", description="TorchServe's management API (token renewal, default versions, workers)"
     )
     torchserve_metrics_url: str = Field("http://127.0.0.1:8082/metrics", description="TorchServe's Prometheus metrics")
+    routes: dict[str, Box] = Field(
+        default_factory=dict,
+        description="model → its model server box, JSON: {\"classifier\": {\"url\", \"management_url\", "
+        "\"metrics_url\", \"key_file\"}, ...}; \"*\": every other model (stack/routing.py)",
+        json_schema_extra={"default_text": "empty: every model to the one TorchServe of the `torchserve_*` settings"},
+    )
     telemetry_interval_s: float = Field(
         10.0, description="seconds between TorchServe scrapes + bridge metrics written to InfluxDB; 0 = off"
     )
@@ -102,12 +109,27 @@ class Settings(BaseSettings):
     record_batch_size: int = Field(500, description="records per journal segment / PostgreSQL insert")
     record_flush_interval_s: float = Field(0.05, description="how long an idle writer waits for records")
     record_retry_interval_s: float = Field(2.0, description="how often an unavailable PostgreSQL / InfluxDB is retried")
+    record_adopt_after_s: float = Field(
+        30.0, description="journal segments older than this that no bridge stored — left by a removed bridge sharing "
+        "the spool volume — are written by this one; 0 = off"
+    )
     spool_dir: Path = Field(
         default_factory=lambda data: data["state_dir"] / "spool",
         description="the journal: records not yet in PostgreSQL survive restarts here",
         json_schema_extra={"default_text": "`<state_dir>/spool`"},
     )
     influx_buffer_points: int = Field(100_000, description="bound on points held while InfluxDB is down")
+
+    @field_validator("routes", mode="before")
+    @classmethod
+    def _routes(cls, value: Any) -> Any:
+        return parse_routes(value)
+
+    def routing(self) -> Routes:
+        """The routes, with the ``torchserve_*`` settings as the one box when no model is routed."""
+        single = Box(url=self.torchserve_url, management_url=self.torchserve_management_url,
+                     metrics_url=self.torchserve_metrics_url, key_file=self.torchserve_key_file)
+        return Routes(self.routes, single)
 
     @field_validator("api_keys", "job_models", mode="before")
     @classmethod

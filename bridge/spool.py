@@ -1,8 +1,12 @@
-"""The recorder's durable local journal: batches of records fsync'd to disk until every durable sink has them."""
+"""The recorder's durable journal: batches of records fsync'd to disk until every durable sink has them.
+
+The directory may be shared by several bridges (a volume): segment names are unique per writer.
+"""
 
 from __future__ import annotations
 
 import os
+import secrets
 import threading
 import time
 from pathlib import Path
@@ -18,12 +22,14 @@ class Spool:
         self.directory.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         self._sequence = 0
+        # Bridges in containers are all pid 1 or so: a random writer id keeps names unique on a shared volume.
+        self._writer = f"{os.getpid()}-{secrets.token_hex(4)}"
 
     def append(self, records: list[InferenceRecord]) -> Path:
         """Write ``records`` as a new segment and fsync it (and the directory) before returning its path."""
         with self._lock:
             self._sequence += 1
-            name = f"{time.time_ns():020d}-{os.getpid()}-{self._sequence:06d}.jsonl"
+            name = f"{time.time_ns():020d}-{self._writer}-{self._sequence:06d}.jsonl"
         tmp = self.directory / f".{name}.partial"
         with open(tmp, "w", encoding="utf-8") as f:
             f.write("\n".join(r.to_json() for r in records) + "\n")
@@ -46,9 +52,20 @@ class Spool:
             f.flush()
             os.fsync(f.fileno())
 
-    def segments(self) -> list[Path]:
-        """Complete segments, oldest first."""
-        return sorted(p for p in self.directory.glob("*.jsonl"))
+    def segments(self, older_than_s: float | None = None) -> list[Path]:
+        """Complete segments, oldest first (``older_than_s``: only those written at least that long ago)."""
+        found = sorted(p for p in self.directory.glob("*.jsonl"))
+        if older_than_s is None:
+            return found
+        cutoff = time.time() - older_than_s
+        old = []
+        for path in found:
+            try:
+                if path.stat().st_mtime <= cutoff:
+                    old.append(path)
+            except FileNotFoundError:
+                continue  # stored meanwhile, by its writer or another bridge
+        return old
 
     @staticmethod
     def read(segment: Path) -> list[InferenceRecord]:

@@ -1,7 +1,8 @@
 """Operational metrics into InfluxDB, on an interval: TorchServe's (scraped) and the bridge's own.
 
 Per-inference points (latency, status, batch size per model and version) are written by the recorder.
-This adds, every ``interval_s``:
+This adds, every ``interval_s``, from each model server box (bridge.routing; the scraped points are tagged
+``box`` with its inference address):
 
 - every sample of TorchServe's Prometheus endpoint (:8082/metrics), one measurement per metric name,
   labels as tags (``model_name``/``ModelName`` → ``model``, ``model_version``/``ModelVersion`` → ``version``);
@@ -27,7 +28,8 @@ from typing import Any
 
 import httpx
 
-from bridge.torchserve import TorchServeClient
+from bridge.routing import Router
+from stack.routing import Box
 
 logger = logging.getLogger(__name__)
 
@@ -109,19 +111,17 @@ class Telemetry:
 
     def __init__(
         self,
-        client: TorchServeClient,
-        metrics_url: str,
+        router: Router,
         write_points: Callable[[list[dict[str, Any]]], None],
         bridge_stats: Callable[[], Awaitable[dict[str, Any]]],
         interval_s: float = 10.0,
     ) -> None:
-        self._client = client
-        self._metrics_url = metrics_url
+        self._router = router
         self._write_points = write_points
         self._bridge_stats = bridge_stats
         self._interval_s = interval_s
         self._previous: dict[tuple[str, str], ModelCounters] = {}
-        self._last_scrape_at = 0.0
+        self._last_scrape_at: dict[Box, float] = {}
         self._http = httpx.AsyncClient(timeout=5.0)
         self._task: asyncio.Task[None] | None = None
         self._host = socket.gethostname()
@@ -146,18 +146,20 @@ class Telemetry:
             await asyncio.sleep(self._interval_s)
 
     async def collect_once(self) -> int:
-        """One round: scrape, derive, write. Returns the number of points written (0 on failure)."""
+        """One round: scrape every box, derive, write. Returns the number of points written (0 on failure)."""
         now = time.time()
         points: list[dict[str, Any]] = []
-        try:
-            descriptions = await self._client.describe_all_models()
-            points += self._worker_points(descriptions, now)
-            defaults = {d["modelName"]: d["modelVersion"] for d in descriptions if d.get("isDefault")}
-            points += await self._torchserve_points(now, defaults)
-            self.scrapes += 1
-        except Exception as exc:  # noqa: BLE001 - a failed scrape is counted and logged, never fatal
-            self.scrape_failures += 1
-            logger.warning("scraping TorchServe failed (%d so far): %s", self.scrape_failures, exc)
+        for box in self._router.routes.boxes():
+            try:
+                descriptions = await self._router.describe_box(box)
+                points += self._worker_points(descriptions, now, box)
+                defaults = {d["modelName"]: d["modelVersion"] for d in descriptions if d.get("isDefault")}
+                if box.metrics_url:
+                    points += await self._torchserve_points(now, defaults, box)
+                self.scrapes += 1
+            except Exception as exc:  # noqa: BLE001 - a failed scrape is counted and logged, never fatal
+                self.scrape_failures += 1
+                logger.warning("scraping box %s failed (%d so far): %s", box.name, self.scrape_failures, exc)
         points.append(self._point("bridge", {"host": self._host}, await self._bridge_fields(), now))
         try:
             await asyncio.to_thread(self._write_points, points)
@@ -176,11 +178,14 @@ class Telemetry:
     def _point(measurement: str, tags: dict[str, str], fields: dict[str, Any], at: float) -> dict[str, Any]:
         return {"measurement": measurement, "tags": tags, "fields": fields, "time": int(at * 1e9)}
 
-    async def _torchserve_points(self, now: float, defaults: dict[str, str]) -> list[dict[str, Any]]:
-        response = await self._http.get(self._metrics_url)
+    async def _torchserve_points(self, now: float, defaults: dict[str, str], box: Box) -> list[dict[str, Any]]:
+        assert box.metrics_url is not None
+        response = await self._http.get(box.metrics_url)
         response.raise_for_status()
-        samples = parse_prometheus(response.text)
-        points = [self._point(s.name, tags_of(s.labels), {"value": s.value}, now) for s in samples]
+        # A box's samples of models it is not routed for are another box's business (or nobody's).
+        samples = [s for s in parse_prometheus(response.text)
+                   if "model" not in tags_of(s.labels) or self._router.routes.serves(box, tags_of(s.labels)["model"])]
+        points = [self._point(s.name, {**tags_of(s.labels), "box": box.name}, {"value": s.value}, now) for s in samples]
         counters: dict[tuple[str, str], ModelCounters] = {}
         wanted = {metric: key for key, metric in DERIVED.items()}
         for s in samples:
@@ -191,8 +196,9 @@ class Telemetry:
         # TorchServe labels requests sent without a version "default"; the handler knows its real version.
         # Counters are diffed per label set, then merged under the version that actually served them.
         merged: dict[tuple[str, str], dict[str, float]] = {}
-        seconds = now - self._last_scrape_at if self._last_scrape_at else self._interval_s
-        self._last_scrape_at = now
+        last = self._last_scrape_at.get(box)
+        seconds = now - last if last else self._interval_s
+        self._last_scrape_at[box] = now
         for (model, version), current in counters.items():
             delta = deltas(self._previous.get((model, version)), current)
             self._previous[(model, version)] = current
@@ -204,17 +210,18 @@ class Telemetry:
                 total[k] += v
         for (model, version), delta in merged.items():
             fields = derived_fields(delta, seconds)
-            points.append(self._point("torchserve_model", {"model": model, "version": version}, fields, now))
+            points.append(self._point("torchserve_model", {"model": model, "version": version, "box": box.name},
+                                      fields, now))
         return points
 
-    def _worker_points(self, descriptions: list[dict[str, Any]], now: float) -> list[dict[str, Any]]:
+    def _worker_points(self, descriptions: list[dict[str, Any]], now: float, box: Box) -> list[dict[str, Any]]:
         points = []
         for description in descriptions:
             workers: dict[str, int] = {}
             for worker in description.get("workers", []):
                 status = worker.get("status", "UNKNOWN")
                 workers[status] = workers.get(status, 0) + 1
-            tags = {"model": description["modelName"], "version": description["modelVersion"]}
+            tags = {"model": description["modelName"], "version": description["modelVersion"], "box": box.name}
             fields = {
                 "workers": float(sum(workers.values())),
                 **{f"workers_{status.lower()}": float(n) for status, n in workers.items()},

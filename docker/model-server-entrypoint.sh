@@ -45,7 +45,7 @@ done
 
 {
     # Everything but what this box sets below.
-    grep -vE '^[[:space:]]*(inference_address|management_address|metrics_address|grpc_inference_address|grpc_management_address|grpc_inference_port|grpc_management_port|load_models|model_store|allowed_urls)[[:space:]]*=' \
+    grep -vE '^[[:space:]]*(inference_address|management_address|metrics_address|grpc_inference_address|grpc_management_address|grpc_inference_port|grpc_management_port|initial_worker_port|load_models|model_store|allowed_urls)[[:space:]]*=' \
         "$APP_DIR/config.properties"
     printf '\n# --- this box (docker/model-server-entrypoint.sh)\n'
     printf 'inference_address=http://%s:%s\n' "$HOST" "${SERVING_TS_INFERENCE_PORT:-8080}"
@@ -54,6 +54,8 @@ done
     printf 'grpc_inference_address=%s\ngrpc_management_address=%s\n' "$HOST" "$HOST"
     printf 'grpc_inference_port=%s\n' "${SERVING_TS_GRPC_INFERENCE_PORT:-7070}"
     printf 'grpc_management_port=%s\n' "${SERVING_TS_GRPC_MANAGEMENT_PORT:-7071}"
+    # Workers talk to the frontend over TCP from this port up: boxes sharing the host's network need their own.
+    printf 'initial_worker_port=%s\n' "${SERVING_TS_WORKER_PORT:-9000}"
     printf 'load_models=%s\n' "$models"
     printf 'model_store=%s\n' "$MODEL_STORE"
     # Only this image's model store may be registered from (the regex's backslash is escaped for Java).

@@ -76,9 +76,11 @@ RUN mkdir -p /usr/share/man/man1 \
  && rm -rf /var/lib/apt/lists/*
 
 # Non-root user; its home is the only writable app path: TorchServe's config copy and key file, tmp, logs.
+# torchserve/ exists in the image so that an empty volume mounted there (the key dir the bridges and servingctl
+# mount read-only) starts owned by `serving`.
 RUN groupadd --gid 1000 serving \
  && useradd --uid 1000 --gid 1000 --home-dir /var/lib/serving --no-create-home --shell /usr/sbin/nologin serving \
- && install -d -o serving -g serving -m 0750 /var/lib/serving
+ && install -d -o serving -g serving -m 0750 /var/lib/serving /var/lib/serving/torchserve
 
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
@@ -92,7 +94,8 @@ ENV PATH=/opt/venv/bin:$PATH \
     SERVING_TS_MANAGEMENT_PORT=8081 \
     SERVING_TS_METRICS_PORT=8082 \
     SERVING_TS_GRPC_INFERENCE_PORT=7070 \
-    SERVING_TS_GRPC_MANAGEMENT_PORT=7071
+    SERVING_TS_GRPC_MANAGEMENT_PORT=7071 \
+    SERVING_TS_WORKER_PORT=9000
 
 COPY --from=deps /opt/venv /opt/venv
 

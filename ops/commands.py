@@ -213,7 +213,7 @@ def deploy(ctx: Context, archive: str, set_default: bool = False, workers: int =
                       f"set-default {model} {version}`, or retire it first to deploy it again")
     shown = "".join(f", {k}={v}" for k, v in overrides.items())
     ctx.say(f"registering {archive} ({model} {version}{shown}) ...")
-    status = ctx.torchserve.register(archive, workers, overrides)
+    status = ctx.torchserve.register(model, archive, workers, overrides)
     try:
         registered = _version_or_404(ctx.torchserve.describe(model), version)
         ctx.say(f"  {status} ({registered.workers_text()}, {time.monotonic() - started:.1f} s)")

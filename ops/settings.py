@@ -12,6 +12,7 @@ from pydantic_core import ErrorDetails
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from stack.configuration import STATE_DIR_DEFAULT_TEXT, default_state_dir, env_names, source_checkout
+from stack.routing import Box, Routes, parse_routes
 
 
 def _login_name() -> str:
@@ -51,6 +52,11 @@ class Settings(BaseSettings):
         description="TorchServe's key_file.json (management, inference and API keys)",
         json_schema_extra={"default_text": "`<state_dir>/torchserve/key_file.json`"},
     )
+    routes: str = Field(
+        "", description="model → its model server box, the bridge's BRIDGE_ROUTES JSON (stack/routing.py); each "
+        "model is managed on its box",
+        json_schema_extra={"default_text": "empty: every model on the one TorchServe above"},
+    )
     model_store: Path = Field(
         default_factory=_model_store,
         description="the model store TorchServe registers archives from (deploy takes file names in it)",
@@ -83,6 +89,17 @@ class Settings(BaseSettings):
     @classmethod
     def _no_trailing_slash(cls, url: str) -> str:
         return url.rstrip("/")
+
+    @field_validator("routes")
+    @classmethod
+    def _routes_parse(cls, routes: str) -> str:
+        parse_routes(routes)  # refused now rather than at the first call
+        return routes
+
+    def routing(self) -> Routes:
+        """The routes, with the management/inference/key-file settings as the one box when no model is routed."""
+        single = Box(url=self.inference_url, management_url=self.management_url, key_file=self.key_file)
+        return Routes(parse_routes(self.routes), single)
 
     @classmethod
     def from_values(cls, flags: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> Settings:

@@ -18,6 +18,7 @@ import httpx
 from ops.errors import KeyRejected, NotFound, OpsError, TorchServeDown
 from ops.settings import Settings
 from stack import torchserve
+from stack.routing import Box, Unrouted
 
 KEY_ATTEMPTS = 2  # one retry with the key file re-read, then say the key file may be stale
 
@@ -107,23 +108,38 @@ class Prediction:
 
 
 class TorchServe:
-    """TorchServe's management API (and inference API for golden checks), authenticated from its key file."""
+    """The model server boxes' management APIs (and inference APIs for golden checks), each authenticated from its
+    own key file; every call goes to the box the routes (stack.routing, ``--routes``) give its model."""
 
     def __init__(self, settings: Settings, transport: httpx.BaseTransport | None = None) -> None:
         self._settings = settings
-        self._client = torchserve.Client(
-            settings.inference_url, settings.management_url, settings.key_file, timeout_s=settings.timeout,
-            sync_timeout_s=settings.sync_timeout, key_attempts=KEY_ATTEMPTS, transport=transport,
-        )
-        self._address = urlsplit(settings.management_url).netloc or settings.management_url
+        self._routes = settings.routing()
+        self._clients = {
+            box: torchserve.Client(
+                box.url, box.management_url, box.key_file, timeout_s=settings.timeout,
+                sync_timeout_s=settings.sync_timeout, key_attempts=KEY_ATTEMPTS, transport=transport,
+            )
+            for box in self._routes.boxes()
+        }
 
     def close(self) -> None:
         """Release pooled connections."""
-        self._client.close()
+        for client in self._clients.values():
+            client.close()
+
+    def _box(self, model: str) -> Box:
+        try:
+            return self._routes.box(model)
+        except Unrouted as exc:
+            raise NotFound(f"{exc}; routed models: {', '.join(sorted(self._routes.routes)) or 'none'}") from exc
+
+    def _client(self, model: str) -> torchserve.Client:
+        return self._clients[self._box(model)]
 
     @contextmanager
-    def _errors(self) -> Iterator[None]:
+    def _errors(self, box: Box) -> Iterator[None]:
         """TorchServe's failures as servingctl's errors, worded with what to do next."""
+        address = urlsplit(box.management_url).netloc or box.management_url
         try:
             yield
         except torchserve.TorchServeUnreachable as exc:
@@ -132,11 +148,11 @@ class TorchServe:
             raise TorchServeDown(exc.message) from exc
         except torchserve.KeyFileUnreadable as exc:
             # TorchServe deletes its key file on stop: tell "down" apart from "wrong --key-file".
-            if not self._client.reachable():
-                raise TorchServeDown(f"TorchServe is not running on {self._address}; start it with `make up`") from exc
+            if not self._clients[box].reachable():
+                raise TorchServeDown(f"TorchServe is not running on {address}; start it with `make up`") from exc
             raise KeyRejected(
-                f"TorchServe's key file {self._settings.key_file} is missing or unreadable, yet something answers on "
-                f"{self._address}: pass the running TorchServe's key file with --key-file (or SERVINGCTL_KEY_FILE)"
+                f"TorchServe's key file {box.key_file} is missing or unreadable, yet something answers on "
+                f"{address}: pass the running TorchServe's key file with --key-file (or SERVINGCTL_KEY_FILE)"
             ) from exc
         except torchserve.KeyRejected as exc:
             raise KeyRejected(
@@ -165,44 +181,47 @@ class TorchServe:
     # --- the management API ---------------------------------------------------------------------------
 
     def list_models(self) -> list[str]:
-        """Names of the registered models."""
-        with self._errors():
-            return self._client.models()
+        """Names of the registered models, each from the box it is routed to."""
+        names: list[str] = []
+        for box, client in self._clients.items():
+            with self._errors(box):
+                names += [name for name in client.models() if self._routes.serves(box, name)]
+        return names
 
     def describe(self, model: str) -> ModelInfo:
         """Every version of ``model``, its workers and batch settings, and the default version."""
-        with self._errors():
-            every = self._client.describe(model, "all")
-            default = self._client.describe(model)
+        with self._errors(self._box(model)):
+            every = self._client(model).describe(model, "all")
+            default = self._client(model).describe(model)
         versions = tuple(sorted((VersionInfo.from_json(v) for v in every), key=lambda v: _version_key(v.version)))
         return ModelInfo(name=model, default=str(default[0]["modelVersion"]), versions=versions)
 
-    def register(self, archive: str, initial_workers: int, overrides: dict[str, int] | None = None) -> str:
-        """Register an archive of the model store (synchronously: returns once its workers are up).
+    def register(self, model: str, archive: str, initial_workers: int, overrides: dict[str, int] | None = None) -> str:
+        """Register an archive of the model store on ``model``'s box (synchronously: once its workers are up).
 
         ``overrides`` (batch_size, max_batch_delay, response_timeout) take precedence over the archive's
         model-config.yaml for this version; its minWorkers/maxWorkers take precedence over initial_workers.
         """
-        with self._errors():
+        with self._errors(self._box(model)):
             try:
-                return self._client.register(archive, initial_workers, overrides)
+                return self._client(model).register(archive, initial_workers, overrides)
             except torchserve.ManagementRefused as exc:
                 raise OpsError(f"TorchServe refused to register {archive} ({exc.status} {exc.kind}): {exc.detail}") from exc
 
     def unregister(self, model: str, version: str) -> None:
         """Unregister one version (its workers stop)."""
-        with self._errors():
-            self._client.unregister(model, version)
+        with self._errors(self._box(model)):
+            self._client(model).unregister(model, version)
 
     def set_default(self, model: str, version: str) -> None:
         """Make ``version`` the one ``/predictions/{model}`` serves."""
-        with self._errors():
-            self._client.set_default(model, version)
+        with self._errors(self._box(model)):
+            self._client(model).set_default(model, version)
 
     def scale(self, model: str, version: str | None, min_workers: int, max_workers: int) -> None:
         """Set a version's worker range and wait until TorchServe has scaled it."""
-        with self._errors():
-            self._client.scale(model, version, min_workers, max_workers)
+        with self._errors(self._box(model)):
+            self._client(model).scale(model, version, min_workers, max_workers)
 
     # --- the inference API ----------------------------------------------------------------------------
 
@@ -211,9 +230,9 @@ class TorchServe:
 
         A worker failing on it is an answer too (a failed golden check), not an outage.
         """
-        with self._errors():
+        with self._errors(self._box(model)):
             try:
-                answer = self._client.predict(model, version, body, params=params)
+                answer = self._client(model).predict(model, version, body, params=params)
             except torchserve.WorkerFailed as exc:
                 return Prediction(status=exc.status, body=None, text=exc.message)
         text = answer.body[:500].decode("utf-8", errors="replace")

@@ -10,7 +10,8 @@
   used when it is present (pulled, or loaded by the user); otherwise one is made from Debian's packages
   (debootstrap of bookworm with python3.11 + venv + pip, the host's CA bundle trusted by pip) and imported
   under a local name, once.
-- ``images``: ``up`` + ``base`` + an image of torch wheels (made once from the host's pip), then builds ``serving-api`` and ``serving-model``.
+- ``images``: ``up`` + ``base`` + an image of torch wheels (made once from the host's pip), then builds ``serving-api``,
+  ``serving-model`` and ``serving-balancer`` (nginx from Debian: the bridges' one address on a host).
 
 Debian's CLI ``/usr/bin/docker`` (20.10) is used, not whatever ``docker`` is first on PATH: it builds with BuildKit
 without the buildx plugin (``DOCKER_BUILDKIT=1``), which ``COPY --chmod`` and ``RUN --mount`` need.
@@ -43,6 +44,7 @@ IMAGE_CA_BUNDLE = "/etc/ssl/certs/host-ca-bundle.crt"
 LOCAL_TORCH_WHEELS = "serving-local/torch-wheels"
 API_IMAGE = "serving-api"
 MODEL_IMAGE = "serving-model"
+BALANCER_IMAGE = "serving-balancer"
 START_TIMEOUT_S = 60.0
 
 
@@ -297,7 +299,11 @@ class Image:
     dockerfile: str
 
 
-IMAGES = (Image(API_IMAGE, "docker/api.Dockerfile"), Image(MODEL_IMAGE, "docker/model-server.Dockerfile"))
+IMAGES = (
+    Image(API_IMAGE, "docker/api.Dockerfile"),
+    Image(MODEL_IMAGE, "docker/model-server.Dockerfile"),
+    Image(BALANCER_IMAGE, "docker/balancer.Dockerfile"),
+)
 
 
 def build(image: Image, base: str, extra_args: Sequence[str] = ()) -> float:
@@ -306,7 +312,9 @@ def build(image: Image, base: str, extra_args: Sequence[str] = ()) -> float:
     say(f"building {image.name} from {image.dockerfile} (base {base}) ...")
     env = {**os.environ, "DOCKER_BUILDKIT": "1", "BUILDKIT_PROGRESS": "plain"}
     result = docker(
+        # PYTHON_IMAGE for the Python images, BASE_IMAGE (Debian) for the balancer: the base is Debian bookworm.
         "build", "--network", "host", "--file", image.dockerfile, "--build-arg", f"PYTHON_IMAGE={base}",
+        "--build-arg", f"BASE_IMAGE={base}",
         *extra_args, "--tag", image.name, str(REPO_ROOT), check=False, capture=False, env=env,
     )
     if result.returncode != 0:
@@ -347,7 +355,7 @@ def main(argv: list[str]) -> int:
     except DockerError as exc:
         print(f"docker: error: {exc}", file=sys.stderr)
         return 1
-    print("usage: python -m stack.docker up|status|down|base|images [serving-api|serving-model ...]", file=sys.stderr)
+    print("usage: python -m stack.docker up|status|down|base|images [serving-api|serving-model|serving-balancer ...]", file=sys.stderr)
     return 2
 
 

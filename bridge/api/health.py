@@ -5,24 +5,28 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from bridge.errors import BridgeError
-
 router = APIRouter(tags=["health"])
 
 
 @router.get("/ping", summary="Health of the bridge, TorchServe and the recording path")
 async def ping(request: Request) -> JSONResponse:
     """``Healthy`` (200) when TorchServe answers its own ping; recording backlog in detail."""
-    try:
-        upstream = await request.app.state.torchserve.ping()
-        torchserve = "Healthy" if upstream.status == 200 else f"Unhealthy ({upstream.status})"
-    except BridgeError as exc:
-        torchserve = f"Unreachable ({exc.message})"
-    healthy = torchserve == "Healthy"
+    # "TorchServe": every required box of the routes (bridge.routing); the spec keeps its wording.
+    boxes = await request.app.state.torchserve.health()
+    failing = [b for b in boxes if b.box.required and not b.healthy]
+    healthy = not failing
+    if healthy:
+        torchserve = "Healthy"
+    elif len(boxes) == 1:
+        torchserve = failing[0].status
+    else:
+        torchserve = "; ".join(f"{b.box.name}: {b.status}" for b in failing)
     return JSONResponse(
         {
             "status": "Healthy" if healthy else "Unhealthy",
             "torchserve": torchserve,
+            "boxes": {b.box.name: {"models": request.app.state.torchserve.routes.models(b.box) or ["*"],
+                                   "status": b.status} for b in boxes},
             "recording": request.app.state.recorder.health(),
             "cache": _cache_stats(request),
         },

@@ -96,10 +96,7 @@ async def live() -> dict[str, bool]:
             response_description='`{"ready": true}` when TorchServe answers its ping; else 503 `{"ready": false}`')
 async def ready(request: Request) -> JSONResponse:
     """Ready when TorchServe is healthy (no API key); 503 with ``{"ready": false}`` otherwise."""
-    try:
-        healthy = (await request.app.state.torchserve.ping()).status == 200
-    except BridgeError:
-        healthy = False
+    healthy = await request.app.state.torchserve.ready()
     return JSONResponse({"ready": healthy}, status_code=200 if healthy else 503)
 
 
@@ -110,16 +107,18 @@ async def server_metadata(request: Request) -> dict[str, Any]:
 
 
 async def _registered(request: Request, model: str) -> list[dict[str, Any]]:
-    """TorchServe's descriptions of every registered version of ``model`` (cached briefly)."""
+    """Its box's descriptions of every registered version of ``model`` (cached briefly, per model)."""
     state = request.app.state
-    cached = getattr(state, "oip_models", None)
+    if getattr(state, "oip_models", None) is None:
+        state.oip_models = {}
+    cached = state.oip_models.get(model)
     if cached is None or time.monotonic() - cached[1] > MODELS_TTL_S:
         try:
-            descriptions = await state.torchserve.describe_all_models()
+            descriptions = await state.torchserve.describe_models(model)
         except (httpx.HTTPError, ValueError, KeyError, IndexError) as exc:
             raise UpstreamUnavailable("TorchServe's management API did not answer; retry shortly") from exc
-        cached = state.oip_models = (descriptions, time.monotonic())
-    return [d for d in cached[0] if d.get("modelName") == model]
+        cached = state.oip_models[model] = (descriptions, time.monotonic())
+    return list(cached[0])
 
 
 async def _version_entry(request: Request, model: str, version: str | None) -> tuple[list[str], dict[str, Any]]:

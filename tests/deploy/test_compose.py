@@ -3,6 +3,7 @@ specification's JSON schema, with the services, volumes, health gates and creden
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 from pathlib import Path
@@ -21,7 +22,9 @@ from tests.deploy.conftest import (
     tool,
 )
 
-SERVICES = {"serving", "postgres", "influxdb", "grafana"}
+BOXES = {"box-classifier", "box-similar", "box-price", "box-resnet18"}
+BRIDGES = {"bridge-1", "bridge-2"}
+SERVICES = {"balancer", *BRIDGES, *BOXES, "postgres", "influxdb", "grafana"}
 
 
 def seconds(duration: str) -> float:
@@ -44,7 +47,14 @@ def env_file_keys(path: Path) -> dict[str, str]:
 
 def test_compose_config_renders_without_a_daemon(compose_config: dict[str, Any]) -> None:
     assert compose_config["name"] == "photo-serving"
-    assert set(compose_config["services"]) == SERVICES
+    # resnet18's box is in the benchmark profile: not started by a plain `up`.
+    assert set(compose_config["services"]) == SERVICES - {"box-resnet18"}
+
+
+def test_the_benchmark_profile_adds_the_resnet18_box(compose_env: dict[str, str]) -> None:
+    result = run([*compose_command(), "--env-file", str(ENV_EXAMPLE), "-f", str(COMPOSE_FILE), "--profile",
+                  "benchmark", "config", "--services"], env=compose_env)
+    assert set(result.stdout.split()) == SERVICES
 
 
 def test_docker_compose_version_is_available(compose_env: dict[str, str]) -> None:
@@ -66,59 +76,122 @@ def test_compose_file_matches_the_compose_specification_schema() -> None:
     run([tool("check-jsonschema"), "--builtin-schema", "vendor.compose-spec", str(COMPOSE_FILE)])
 
 
-def test_serving_is_the_one_image_built_from_the_repository(compose_config: dict[str, Any]) -> None:
-    serving = compose_config["services"]["serving"]
-    assert Path(serving["build"]["context"]).resolve() == REPO_ROOT
-    assert serving["build"]["dockerfile"] == "docker/api.Dockerfile"
-    assert serving["image"].rsplit("/", 1)[-1].split(":")[0] == "serving"
-    # The bridge is the only published port; TorchServe's stay on the container's loopback.
-    assert [p["target"] for p in serving["ports"]] == [8000]
+@pytest.fixture(scope="module")
+def full(compose_env: dict[str, str]) -> dict[str, Any]:
+    """`docker compose config` with the benchmark profile: every service."""
+    result = run([*compose_command(), "--env-file", str(ENV_EXAMPLE), "-f", str(COMPOSE_FILE), "--profile",
+                  "benchmark", "config", "--format", "json"], env=compose_env)
+    return dict(json.loads(result.stdout))
+
+
+def test_two_images_of_the_repository_and_the_balancer(full: dict[str, Any]) -> None:
+    services = full["services"]
+    for name in BRIDGES:
+        assert services[name]["image"].split(":")[0] == "serving-api", name
+    for name in BOXES:
+        assert services[name]["image"].split(":")[0] == "serving-model", name
+    assert services["balancer"]["image"].split(":")[0] == "serving-balancer"
+
+
+def test_host_networking_and_loopback_everywhere(full: dict[str, Any]) -> None:
+    for name, service in full["services"].items():
+        assert service["network_mode"] == "host", name
+        assert not service.get("ports"), f"{name}: host networking publishes nothing; services bind 127.0.0.1"
+    assert full["services"]["balancer"]["environment"]["BALANCER_LISTEN"] == "127.0.0.1:8000"
+    for name in BRIDGES:
+        assert full["services"][name]["environment"]["BRIDGE_HOST"] == "127.0.0.1"
+    assert full["services"]["grafana"]["environment"]["GF_SERVER_HTTP_ADDR"] == "127.0.0.1"
+
+
+def test_each_box_serves_one_model_on_ports_of_its_own(full: dict[str, Any]) -> None:
+    seen: set[str] = set()
+    for name in BOXES:
+        env = full["services"][name]["environment"]
+        assert env["SERVING_MODELS"] == f"{name.removeprefix('box-')}_v1.0.mar"
+        ports = {v for k, v in env.items() if k.startswith("SERVING_TS_") and k.endswith("_PORT")}
+        assert len(ports) == 6 and not ports & seen, name  # inference, management, metrics, gRPC x2, workers
+        seen |= ports
+        assert full["services"][name]["restart"] == "unless-stopped"
+    assert full["services"]["box-resnet18"]["profiles"] == ["benchmark"]
+
+
+def test_the_bridges_route_each_model_to_its_box_with_its_key(full: dict[str, Any]) -> None:
+    from stack.routing import parse_routes
+
+    balancer = full["services"]["balancer"]["environment"]["BALANCER_UPSTREAMS"].split(",")
+    bridge_ports = {full["services"][name]["environment"]["BRIDGE_PORT"] for name in BRIDGES}
+    assert {u.split(":")[1] for u in balancer} == bridge_ports and len(bridge_ports) == 2
+    routes = {full["services"][name]["environment"]["BRIDGE_ROUTES"] for name in BRIDGES}
+    assert len(routes) == 1, "every bridge has the same routes"
+    parsed = parse_routes(routes.pop())
+    for name in BOXES:
+        model = name.removeprefix("box-")
+        env = full["services"][name]["environment"]
+        box = parsed[model]
+        assert box.url == f"http://127.0.0.1:{env['SERVING_TS_INFERENCE_PORT']}"
+        assert box.management_url == f"http://127.0.0.1:{env['SERVING_TS_MANAGEMENT_PORT']}"
+        assert box.metrics_url == f"http://127.0.0.1:{env['SERVING_TS_METRICS_PORT']}/metrics"
+        # The box writes its key file into its own volume; every bridge mounts that volume read-only.
+        (key_volume,) = [v for v in full["services"][name]["volumes"] if v["target"] == "/var/lib/serving/torchserve"]
+        for bridge in BRIDGES:
+            mounts = {v["target"]: v for v in full["services"][bridge]["volumes"]}
+            mount = mounts[str(box.key_file.parent)]
+            assert mount["source"] == key_volume["source"] and mount["read_only"] is True
+        assert box.required is (model != "resnet18")
 
 
 def test_start_order_is_gated_on_real_health_checks(compose_config: dict[str, Any]) -> None:
     services = compose_config["services"]
-    gates = {name: dep["condition"] for name, dep in services["serving"]["depends_on"].items()}
-    assert gates == {"postgres": "service_healthy", "influxdb": "service_healthy"}
+    for name in BRIDGES:
+        gates = {dep: spec["condition"] for dep, spec in services[name]["depends_on"].items()}
+        assert gates == {"postgres": "service_healthy", "influxdb": "service_healthy"}
+        # the bridges keep the image's own HEALTHCHECK (/ping: 200 only when every required box answers)
+        assert "healthcheck" not in services[name]
+    for name in BOXES - {"box-resnet18"}:
+        assert "healthcheck" not in services[name]  # the image's: every model of the box has a READY worker
     assert {name: dep["condition"] for name, dep in services["grafana"]["depends_on"].items()} == {
         "influxdb": "service_healthy"
     }
     assert "pg_isready" in " ".join(services["postgres"]["healthcheck"]["test"])
     assert "http://127.0.0.1:8086/ping" in services["influxdb"]["healthcheck"]["test"]
     assert any("/api/health" in part for part in services["grafana"]["healthcheck"]["test"])
-    # serving keeps the image's own HEALTHCHECK (bridge /ping): not overridden, not disabled.
-    assert "healthcheck" not in services["serving"]
 
 
 def test_the_bridge_gets_time_to_drain(compose_config: dict[str, Any]) -> None:
-    serving = compose_config["services"]["serving"]
-    assert seconds(serving["stop_grace_period"]) >= 40
-    assert serving.get("stop_signal", "SIGTERM") == "SIGTERM"
+    for name in BRIDGES:
+        bridge = compose_config["services"][name]
+        assert seconds(bridge["stop_grace_period"]) >= 30
+        assert bridge.get("stop_signal", "SIGTERM") == "SIGTERM"
 
 
-def test_named_volumes_hold_every_piece_of_state(compose_config: dict[str, Any]) -> None:
+def test_named_volumes_hold_every_piece_of_state(full: dict[str, Any]) -> None:
     def mounts(service: str) -> dict[str, str]:
-        return {v["target"]: v["source"] for v in compose_config["services"][service]["volumes"]
-                if v["type"] == "volume"}
+        return {v["target"]: v["source"] for v in full["services"][service]["volumes"] if v["type"] == "volume"}
 
     assert mounts("postgres") == {"/var/lib/postgresql/data": "pg-data"}
     assert mounts("influxdb") == {"/var/lib/influxdb": "influx-data"}
     assert mounts("grafana") == {"/var/lib/grafana": "grafana-data"}
-    assert mounts("serving") == {"/var/lib/serving/spool": "serving-spool"}
-    assert set(compose_config["volumes"]) == {"pg-data", "influx-data", "grafana-data", "serving-spool"}
+    for name in BRIDGES:  # one journal shared by the bridges: a removed bridge's records are adopted
+        assert mounts(name)["/var/lib/serving/spool"] == "bridge-journal"
+    assert set(full["volumes"]) == {"pg-data", "influx-data", "grafana-data", "bridge-journal",
+                                    *(f"{b.removeprefix('box-')}-keys" for b in BOXES)}
 
 
-def test_serving_runs_read_only_with_writable_state(compose_config: dict[str, Any]) -> None:
-    serving = compose_config["services"]["serving"]
-    assert serving["read_only"] is True
-    tmpfs = {entry.split(":")[0]: entry for entry in serving["tmpfs"]}
-    assert set(tmpfs) == {"/tmp", "/var/lib/serving"}
-    assert "uid=1000" in tmpfs["/var/lib/serving"]  # the image's `serving` user (USER 1000:1000)
-    assert serving["cap_drop"] == ["ALL"]
+def test_our_containers_run_read_only_with_writable_state(full: dict[str, Any]) -> None:
+    for name in {"balancer", *BRIDGES, *BOXES}:
+        service = full["services"][name]
+        assert service["read_only"] is True and service["cap_drop"] == ["ALL"], name
+    for name in BOXES:
+        tmpfs = {entry.split(":")[0]: entry for entry in full["services"][name]["tmpfs"]}
+        assert set(tmpfs) == {"/tmp", "/var/lib/serving"}
+        assert "uid=1000" in tmpfs["/var/lib/serving"]  # the image's `serving` user (USER 1000:1000)
 
 
 def test_databases_and_influx_are_not_published(compose_config: dict[str, Any]) -> None:
     for name in ("postgres", "influxdb"):
         assert not compose_config["services"][name].get("ports"), name
+    assert "listen_addresses=127.0.0.1" in compose_config["services"]["postgres"]["command"]
+    assert compose_config["services"]["influxdb"]["environment"]["INFLUXDB_HTTP_BIND_ADDRESS"] == "127.0.0.1:8086"
 
 
 def test_database_names_and_versions(compose_config: dict[str, Any]) -> None:
@@ -127,9 +200,18 @@ def test_database_names_and_versions(compose_config: dict[str, Any]) -> None:
     assert services["postgres"]["environment"]["POSTGRES_DB"] == "serving"
     assert services["influxdb"]["image"].startswith("influxdb:1.8")
     assert services["influxdb"]["environment"]["INFLUXDB_DB"] == "serving"
-    env = services["serving"]["environment"]
-    assert env["BRIDGE_INFLUX_HOST"] == "influxdb" and env["BRIDGE_INFLUX_DATABASE"] == "serving"
-    assert re.fullmatch(r"postgresql://[^:@/]+:[^@/]+@postgres:5432/serving", env["BRIDGE_PG_DSN"])
+    for name in BRIDGES:
+        env = services[name]["environment"]
+        assert env["BRIDGE_INFLUX_HOST"] == "127.0.0.1" and env["BRIDGE_INFLUX_DATABASE"] == "serving"
+        assert re.fullmatch(r"postgresql://[^:@/]+:[^@/]+@127\.0\.0\.1:5432/serving", env["BRIDGE_PG_DSN"])
+
+
+def test_a_port_prefix_moves_every_port(compose_env: dict[str, str], tmp_path: Path) -> None:
+    env_file = tmp_path / "prefixed.env"
+    env_file.write_text(ENV_EXAMPLE.read_text() + "\nSERVING_PORT_PREFIX=4\n")
+    result = run([*compose_command(), "--env-file", str(env_file), "-f", str(COMPOSE_FILE), "config"], env=compose_env)
+    ports = {int(p) for p in re.findall(r"(?:127\.0\.0\.1:|PORT: \"?)(\d{4,5})\b", result.stdout)}
+    assert ports and all(40000 <= p < 50000 for p in ports), sorted(p for p in ports if not 40000 <= p < 50000)
 
 
 def test_credentials_come_only_from_the_env_file() -> None:
@@ -160,7 +242,9 @@ def test_grafana_is_provisioned_with_influxdb_and_the_dashboards(compose_config:
 
     datasources = yaml.safe_load((provisioning / "datasources" / "influxdb.yaml").read_text())["datasources"]
     (influx,) = [d for d in datasources if d["type"] == "influxdb"]
-    assert influx["url"] == "http://influxdb:8086"  # the Compose service and InfluxDB's port
+    # Grafana expands ${INFLUXDB_URL} from its environment: InfluxDB's loopback address and port
+    assert influx["url"] == "${INFLUXDB_URL}"
+    assert grafana["environment"]["INFLUXDB_URL"] == "http://127.0.0.1:8086"
     assert influx["jsonData"]["dbName"] == compose_config["services"]["influxdb"]["environment"]["INFLUXDB_DB"]
     assert influx["uid"]  # fixed, so dashboards can refer to it
 

@@ -1,4 +1,4 @@
-"""Compose, Kubernetes, KServe, the image and the local stack agree: one image name, the bridge on 8000 with
+"""Compose, Kubernetes, KServe, the images and the local stack agree: the images make images builds, the bridge on 8000 with
 its health check at /ping, TorchServe's ports on loopback only, and only environment variables the bridge
 actually reads (bridge.settings.Settings). And hadolint passes on both Dockerfiles (docker/api.Dockerfile: the
 bridge; docker/model-server.Dockerfile: TorchServe with the models)."""
@@ -29,7 +29,8 @@ from tests.deploy.conftest import (
     tool,
 )
 
-DOCKERFILES = {"api": REPO_ROOT / "docker" / "api.Dockerfile", "model": REPO_ROOT / "docker" / "model-server.Dockerfile"}
+DOCKERFILES = {"api": REPO_ROOT / "docker" / "api.Dockerfile", "model": REPO_ROOT / "docker" / "model-server.Dockerfile",
+               "balancer": REPO_ROOT / "docker" / "balancer.Dockerfile"}
 DOCKERFILE = DOCKERFILES["api"].read_text()  # the bridge's image: what compose and Kubernetes publish on 8000
 MODEL_DOCKERFILE = DOCKERFILES["model"].read_text()
 MODEL_ENTRYPOINT = (REPO_ROOT / "docker" / "model-server-entrypoint.sh").read_text()
@@ -51,20 +52,35 @@ def image_repository(image: str) -> str:
     return image.rsplit("/", 1)[-1].split(":")[0]
 
 
-# --- one image ------------------------------------------------------------------------------------------------
+# --- two images (and the balancer) ---------------------------------------------------------------------------
 
 
-def test_one_image_name_everywhere(compose_config: dict[str, Any], rendered: dict[str, list[dict[str, Any]]]) -> None:
-    compose_image = compose_config["services"]["serving"]["image"]
-    k8s_images = {o: container(find(rendered[o], "Deployment", "serving"), "serving")["image"] for o in OVERLAYS}
-    # The bridge's image is built as serving-api (stack/docker.py, make images); compose and Kubernetes still
-    # call it `serving` until the one-box-per-model topology renames them (issue 13).
+BRIDGES = ("bridge-1", "bridge-2")
+BOXES = ("box-classifier", "box-similar", "box-price")
+
+
+def test_compose_runs_the_images_make_images_builds(compose_config: dict[str, Any]) -> None:
+    from stack import docker as docker_stack
+
+    built = {image.name: image.dockerfile for image in docker_stack.IMAGES}
+    assert built == {"serving-api": "docker/api.Dockerfile", "serving-model": "docker/model-server.Dockerfile",
+                     "serving-balancer": "docker/balancer.Dockerfile"}
     assert re.search(r"docker build -f docker/api\.Dockerfile -t serving-api \.", DOCKERFILE)
     assert re.search(r"docker build -f docker/model-server\.Dockerfile -t serving-model \.", MODEL_DOCKERFILE)
-    assert {image_repository(i) for i in [compose_image, *k8s_images.values()]} == {"serving"}
-    # Compose's default tag, the .env.example tag and the CPU overlay's tag are the same release.
+    services = compose_config["services"]
+    images = {name: image_repository(services[name]["image"]) for name in (*BRIDGES, *BOXES, "balancer")}
+    assert images == {**dict.fromkeys(BRIDGES, "serving-api"), **dict.fromkeys(BOXES, "serving-model"),
+                      "balancer": "serving-balancer"}
+    tags = {services[name]["image"].split(":")[1] for name in images}
     default_tag = re.search(r"\$\{SERVING_TAG:-([^}]+)\}", COMPOSE_FILE.read_text())
-    assert default_tag and compose_image == f"serving:{default_tag[1]}" == k8s_images["cpu"]
+    assert default_tag and tags == {default_tag[1]}, "one release: every image of the topology has the same tag"
+
+
+def test_kubernetes_keeps_one_image_name_across_overlays(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    # The Kubernetes layout still runs the bridge and TorchServe in one pod (issue 13 item 5 splits it per model).
+    k8s_images = {o: container(find(rendered[o], "Deployment", "serving"), "serving")["image"] for o in OVERLAYS}
+    assert {image_repository(i) for i in k8s_images.values()} == {"serving"}
+    assert re.fullmatch(r"serving:[^-]+", k8s_images["cpu"])
     # The GPU tag names the CUDA wheel index the Dockerfile documents for GPU builds.
     cuda = re.fullmatch(r"serving:.+-(cu\d+)", k8s_images["gpu"])
     assert cuda and f"/whl/{cuda[1]}" in MODEL_DOCKERFILE
@@ -80,7 +96,11 @@ def test_bridge_port_everywhere(compose_config: dict[str, Any], rendered: dict[s
     assert re.search(rf"^EXPOSE {BRIDGE_PORT}$", DOCKERFILE, re.MULTILINE)
     assert re.search(rf"BRIDGE_PORT={BRIDGE_PORT}\b", DOCKERFILE)
     assert f"http://127.0.0.1:{BRIDGE_PORT}{HEALTH_PATH}" in inspect.getsource(stack.services.Bridge)
-    assert [p["target"] for p in compose_config["services"]["serving"]["ports"]] == [BRIDGE_PORT]
+    # compose: host networking, the bridges on the balancer's port + 1 and + 2, the balancer on 8000
+    balancer = compose_config["services"]["balancer"]["environment"]
+    assert balancer["BALANCER_LISTEN"].endswith(f":{BRIDGE_PORT}")
+    assert [int(compose_config["services"][b]["environment"]["BRIDGE_PORT"]) for b in BRIDGES] == [
+        BRIDGE_PORT + 1, BRIDGE_PORT + 2]
     for overlay in OVERLAYS:
         serving = container(find(rendered[overlay], "Deployment", "serving"), "serving")
         assert [(p["name"], p["containerPort"]) for p in serving["ports"]] == [("http", BRIDGE_PORT)]
@@ -123,9 +143,12 @@ def test_the_bridge_reaches_torchserve_on_loopback() -> None:
 def test_no_torchserve_port_is_exposed(compose_config: dict[str, Any],
                                       rendered: dict[str, list[dict[str, Any]]]) -> None:
     ts_ports = torchserve_ports()
-    serving = compose_config["services"]["serving"]
-    assert not {p["target"] for p in serving.get("ports", [])} & ts_ports
-    assert not {int(p) for p in serving.get("expose", [])} & ts_ports
+    for name, service in compose_config["services"].items():
+        assert not service.get("ports") and not service.get("expose"), name  # host networking: nothing published
+    # The boxes' TorchServe ports are their own, none the local stack's (8080-8082, 7070-7071).
+    box_ports = {int(v) for b in BOXES for k, v in compose_config["services"][b]["environment"].items()
+                 if k.endswith("_PORT")}
+    assert len(box_ports) == 6 * len(BOXES) and not box_ports & ts_ports
     for overlay in OVERLAYS:
         deployment = find(rendered[overlay], "Deployment", "serving")
         exposed = {p["containerPort"] for c in deployment["spec"]["template"]["spec"]["containers"]
@@ -138,10 +161,15 @@ def test_no_torchserve_port_is_exposed(compose_config: dict[str, Any],
 def test_no_deployment_points_the_bridge_away_from_loopback(compose_config: dict[str, Any],
                                                             rendered: dict[str, list[dict[str, Any]]],
                                                             secret_template: dict[str, Any]) -> None:
+    from stack.routing import parse_routes
+
     for env in deployment_environments(compose_config, rendered, secret_template).values():
         for name in ("BRIDGE_TORCHSERVE_URL", "BRIDGE_TORCHSERVE_MANAGEMENT_URL"):
             if name in env:
                 assert urlsplit(env[name]).hostname == "127.0.0.1", name
+        for box in parse_routes(env.get("BRIDGE_ROUTES", "")).values():  # compose: host networking, loopback
+            for url in (box.url, box.management_url, box.metrics_url or box.url):
+                assert urlsplit(url).hostname == "127.0.0.1", url
 
 
 # --- the bridge's environment ---------------------------------------------------------------------------------
@@ -149,8 +177,8 @@ def test_no_deployment_points_the_bridge_away_from_loopback(compose_config: dict
 
 def deployment_environments(compose_config: dict[str, Any], rendered: dict[str, list[dict[str, Any]]],
                             secret_template: dict[str, Any]) -> dict[str, dict[str, str]]:
-    """Every environment the serving container gets, by where it is defined."""
-    envs = {"compose": dict(compose_config["services"]["serving"]["environment"])}
+    """Every environment the bridge's container gets, by where it is defined."""
+    envs = {f"compose-{b}": dict(compose_config["services"][b]["environment"]) for b in BRIDGES}
     for overlay in OVERLAYS:
         objects = rendered[overlay]
         serving = container(find(objects, "Deployment", "serving"), "serving")
@@ -179,7 +207,7 @@ def test_databases_are_configured_in_every_deployment(compose_config: dict[str, 
                                                       secret_template: dict[str, Any]) -> None:
     envs = deployment_environments(compose_config, rendered, secret_template)
     k8s = {**envs["k8s-cpu"], **envs["k8s-secret"]}
-    for where, env in (("compose", envs["compose"]), ("k8s", k8s)):
+    for where, env in (*((b, envs[f"compose-{b}"]) for b in BRIDGES), ("k8s", k8s)):
         # The entry point warns when these are unset: the defaults point at the container itself.
         assert {"BRIDGE_PG_DSN", "BRIDGE_INFLUX_HOST"} <= set(env), where
         assert env.get("BRIDGE_INFLUX_DATABASE", Settings.model_fields["influx_database"].default) == "serving"

@@ -12,6 +12,7 @@ import threading
 import time
 import zipfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -151,6 +152,13 @@ class FakeTorchServe:
 @pytest.fixture()
 def fake(tmp_path: Path) -> Iterator[tuple[FakeTorchServe, str]]:
     """A fake TorchServe listening on a free loopback port: (its state, its URL)."""
+    with fake_box(tmp_path) as box:
+        yield box
+
+
+@contextmanager
+def fake_box(tmp_path: Path) -> Iterator[tuple[FakeTorchServe, str]]:
+    """The ``fake`` fixture's TorchServe (one more for a test of several boxes)."""
     key_file = tmp_path / "key_file.json"
     write_keys(key_file)
     state = FakeTorchServe(key_file)
@@ -589,3 +597,28 @@ def test_python_dash_m_ops_runs_the_cli() -> None:
     result = subprocess.run([sys.executable, "-m", "ops", "--help"], check=False, cwd=REPO_ROOT, capture_output=True,
                             text=True, timeout=60)
     assert result.returncode == 0 and "usage: servingctl" in result.stdout
+
+
+# --- routes: one box per model ----------------------------------------------------------------------------
+
+
+def test_with_routes_each_model_is_managed_on_its_own_box(cli: Cli, fake: tuple[FakeTorchServe, str],
+                                                          tmp_path: Path) -> None:
+    box_a, url_a = fake
+    other = tmp_path / "other"
+    other.mkdir()
+    with fake_box(other) as (box_b, url_b):
+        box_b.models.pop("classifier")
+        box_b.add("classifier", "3.0", default=True)  # box B also loads a resnet18 it is not routed for
+        routes = {"resnet18": {"url": url_a, "management_url": url_a, "key_file": str(box_a.key_file)},
+                  "classifier": {"url": url_b, "management_url": url_b, "key_file": str(box_b.key_file)}}
+        env = {"SERVINGCTL_ROUTES": json.dumps(routes)}
+        listing = cli("models", "--json", environ=env)
+        assert listing.code == 0, listing.err
+        shown = {(m["model"], m["default"]) for m in json.loads(listing.out)}
+        assert shown == {("resnet18", "1.0"), ("classifier", "3.0")}
+        assert cli("scale", "classifier", "--min", "2", "--max", "2", environ=env).code == 0
+        assert ("PUT", "/models/classifier") in box_b.mutations() and not box_a.mutations()
+        unrouted = cli("describe", "similar", environ=env)
+        assert unrouted.code != 0 and "not routed" in unrouted.err
+

@@ -389,3 +389,41 @@ def test_a_failing_journal_without_a_durable_sink_fails_the_ack(tmp_path: Path) 
             recorder.submit(make_record()).result(timeout=5)
     finally:
         recorder.stop()
+
+
+def test_a_segment_left_by_a_removed_bridge_on_a_shared_spool_is_adopted(tmp_path: Path) -> None:
+    shared = tmp_path / "shared-spool"
+    survivor_store = FlakyStore()
+    survivor = Recorder([survivor_store], Spool(shared), flush_interval_s=0.01, retry_interval_s=0.05,
+                        adopt_after_s=0.3)
+    survivor.start()
+    try:
+        # What a bridge killed after acknowledging (journaling) but before its PostgreSQL insert leaves behind.
+        orphans = [make_record() for _ in range(3)]
+        segment = Spool(shared).append(orphans)
+        time.sleep(0.1)
+        assert segment.exists(), "a young segment may be its live writer's: not adopted yet"
+        deadline = time.monotonic() + 5
+        while segment.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert {r.request_id for r in orphans} <= set(survivor_store.rows)
+        assert not segment.exists() and survivor.stats()["replayed"] == 3
+    finally:
+        survivor.stop()
+
+
+def test_two_bridges_on_one_spool_write_every_record_once_each(tmp_path: Path) -> None:
+    shared = tmp_path / "shared-spool"
+    store = FlakyStore()
+    bridges = [Recorder([store], Spool(shared), flush_interval_s=0.01, retry_interval_s=0.05, adopt_after_s=0.2)
+               for _ in range(2)]
+    for bridge in bridges:
+        bridge.start()
+    records = [make_record() for _ in range(200)]
+    futures = [bridges[i % 2].submit(r) for i, r in enumerate(records)]
+    for future in futures:
+        future.result(5)
+    assert all(bridge.wait_idle(5) for bridge in bridges)
+    for bridge in bridges:
+        bridge.stop()
+    assert set(store.rows) == {r.request_id for r in records} and not Spool(shared).segments()
