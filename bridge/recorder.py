@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import abc
 import collections
+import contextlib
 import enum
 import logging
 import queue
@@ -119,13 +120,12 @@ class _Lane:
 
     unavailable = "unavailable"
 
-    def __init__(self, sink: Sink, flush_interval_s: float, retry_interval_s: float) -> None:
+    def __init__(self, sink: Sink, retry_interval_s: float) -> None:
         self.sink = sink
         self.keys = sink.keys or SinkKeys.named(sink.name)
         self.healthy = True
         self.busy = False
         self.counts = dict.fromkeys(self._counters(), 0)
-        self._flush_interval_s = flush_interval_s
         self._retry_interval_s = retry_interval_s
         self.stopping = threading.Event()
         self.thread = threading.Thread(target=self.loop, name=f"recorder-{sink.name}", daemon=True)
@@ -141,6 +141,10 @@ class _Lane:
         """The sink's thread."""
         raise NotImplementedError
 
+    def stop(self) -> None:
+        """Ask the thread to finish (it sleeps until there is work, so it must be woken)."""
+        self.stopping.set()
+
     def idle(self) -> bool:
         """Nothing in flight."""
         return not self.busy
@@ -151,13 +155,18 @@ class _DurableLane(_Lane):
 
     unavailable = "unavailable (journaling to the spool)"
 
-    def __init__(self, recorder: Recorder, sink: Sink, flush_interval_s: float, retry_interval_s: float,
-                 adopt_after_s: float | None = None) -> None:
-        super().__init__(sink, flush_interval_s, retry_interval_s)
+    def __init__(self, recorder: Recorder, sink: Sink, retry_interval_s: float, adopt_after_s: float | None = None) -> None:
+        super().__init__(sink, retry_interval_s)
         self._adopt_after_s = adopt_after_s
         self._recorder = recorder
         self._spool = recorder.spool
-        self.segments: queue.SimpleQueue[tuple[Path, list[InferenceRecord]]] = queue.SimpleQueue()
+        # None wakes the thread to stop: it blocks on this queue, with no timer while the sink is healthy.
+        self.segments: queue.SimpleQueue[tuple[Path, list[InferenceRecord]] | None] = queue.SimpleQueue()
+
+    def stop(self) -> None:
+        """Wake the thread to finish."""
+        super().stop()
+        self.segments.put(None)
 
     def _counters(self) -> tuple[str, ...]:
         return *super()._counters(), self.keys.replayed
@@ -171,10 +180,11 @@ class _DurableLane(_Lane):
         self.replay()
         last_retry = last_adoption = time.monotonic()
         while not self.stopping.is_set():
-            try:
-                segment, records = self.segments.get(timeout=self._flush_interval_s)
+            try:  # sleeps until a segment arrives; wakes on its own only to retry a sink that is down, or to adopt
+                item = self.segments.get(timeout=self._wake_after_s())
             except queue.Empty:
-                segment = None
+                item = None
+            segment, records = item if item is not None else (None, [])
             # A segment already gone was replayed from disk meanwhile.
             if segment is not None and self.healthy and not self._recorder.stored_by(segment, self):
                 self.busy = True
@@ -195,6 +205,20 @@ class _DurableLane(_Lane):
                 self.busy = True
                 self.replay(older_than_s=self._adopt_after_s)
                 self.busy = False
+
+    def forget_queued(self) -> None:
+        """Drop queued segments and the stop wake-up (each segment is also on disk, where replay finds it)."""
+        with contextlib.suppress(queue.Empty):
+            while True:
+                self.segments.get_nowait()
+
+    def _wake_after_s(self) -> float | None:
+        """None (sleep until a segment arrives) unless the sink is down or other instances' segments are adopted."""
+        if not self.healthy:
+            return self._retry_interval_s
+        if self._adopt_after_s is not None:
+            return min(self._retry_interval_s, self._adopt_after_s)
+        return None
 
     def write(self, records: list[InferenceRecord]) -> None:
         """Write a batch; records the sink rejects on their merits are quarantined, the others written."""
@@ -256,10 +280,16 @@ class _BestEffortLane(_Lane):
 
     unavailable = "unavailable (buffering)"
 
-    def __init__(self, sink: Sink, flush_interval_s: float, retry_interval_s: float) -> None:
-        super().__init__(sink, flush_interval_s, retry_interval_s)
+    def __init__(self, sink: Sink, retry_interval_s: float) -> None:
+        super().__init__(sink, retry_interval_s)
         self._buffer: collections.deque[InferenceRecord] = collections.deque()
         self._lock = threading.Lock()
+        self._filled = threading.Event()  # set when the buffer gains records (or to stop): no polling timer
+
+    def stop(self) -> None:
+        """Wake the thread to finish."""
+        super().stop()
+        self._filled.set()
 
     def _counters(self) -> tuple[str, ...]:
         return *super()._counters(), self.keys.dropped
@@ -280,6 +310,7 @@ class _BestEffortLane(_Lane):
                 self._buffer.popleft()
                 self.counts[self.keys.dropped] += 1
             self._buffer.append(record)
+        self._filled.set()
 
     def loop(self) -> None:
         """Write the buffer in batches; after a failure wait the retry interval."""
@@ -287,8 +318,10 @@ class _BestEffortLane(_Lane):
             with self._lock:
                 batch = [self._buffer.popleft() for _ in range(min(len(self._buffer), self.sink.batch_limit))]
                 self.busy = bool(batch)
+                if not batch:
+                    self._filled.clear()
             if not batch:
-                time.sleep(self._flush_interval_s)
+                self._filled.wait()
                 continue
             self.write(batch)
             self.busy = False
@@ -338,7 +371,6 @@ class Recorder:
         sinks: list[Sink],
         spool: Spool,
         batch_size: int = 500,
-        flush_interval_s: float = 0.05,
         retry_interval_s: float = 2.0,
         adopt_after_s: float | None = None,
     ) -> None:
@@ -347,16 +379,14 @@ class Recorder:
             raise ValueError(f"sink names must be unique: {names}")
         self.spool = spool
         self._batch_size = batch_size
-        self._flush_interval_s = flush_interval_s
         self._durable = [
-            _DurableLane(self, s, flush_interval_s, retry_interval_s, adopt_after_s)
-            for s in sinks if s.policy is Policy.DURABLE
+            _DurableLane(self, s, retry_interval_s, adopt_after_s) for s in sinks if s.policy is Policy.DURABLE
         ]
-        self._best_effort = [
-            _BestEffortLane(s, flush_interval_s, retry_interval_s) for s in sinks if s.policy is Policy.BEST_EFFORT
-        ]
+        self._best_effort = [_BestEffortLane(s, retry_interval_s) for s in sinks if s.policy is Policy.BEST_EFFORT]
         self._lanes: list[_Lane] = [*self._durable, *self._best_effort]
-        self._incoming: queue.SimpleQueue[_Pending] = queue.SimpleQueue()
+        # The journal thread blocks on this queue (None wakes it to stop); what arrives while it fsyncs is the
+        # next batch, so many answers share one fsync without any timer.
+        self._incoming: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
         self._stored: dict[Path, set[str]] = {}  # segment → durable sinks that have it (this process)
         self._stored_lock = threading.Lock()
         self._stopping = threading.Event()
@@ -390,13 +420,15 @@ class Recorder:
     def stop(self, timeout_s: float = 10.0) -> None:
         """Journal what is queued, try the durable sinks once more, flush the others; the rest stays on disk."""
         self._stopping.set()
+        self._incoming.put(None)
         for lane in self._lanes:
-            lane.stopping.set()
+            lane.stop()
         for thread in (self._journal_thread, *(lane.thread for lane in self._lanes)):
             if thread.is_alive():
                 thread.join(timeout_s)
         self._journal_batch(self._drain_incoming(10**9, block=False))
         for durable in self._durable:
+            durable.forget_queued()  # its thread is gone; what it had queued is on disk, for the replay below
             if durable.healthy:
                 durable.replay()
         for best_effort in self._best_effort:
@@ -452,10 +484,13 @@ class Recorder:
     def _drain_incoming(self, limit: int, block: bool = True) -> list[_Pending]:
         batch: list[_Pending] = []
         try:
-            if block:
-                batch.append(self._incoming.get(timeout=self._flush_interval_s))
-            while len(batch) < limit:
-                batch.append(self._incoming.get_nowait())
+            item = self._incoming.get() if block else self._incoming.get_nowait()
+            while True:
+                if item is not None:  # None: the wake-up from stop()
+                    batch.append(item)
+                if len(batch) >= limit:
+                    break
+                item = self._incoming.get_nowait()
         except queue.Empty:
             pass
         return batch

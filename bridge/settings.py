@@ -107,7 +107,6 @@ class Settings(BaseSettings):
     )
 
     record_batch_size: int = Field(500, description="records per journal segment / PostgreSQL insert")
-    record_flush_interval_s: float = Field(0.05, description="how long an idle writer waits for records")
     record_retry_interval_s: float = Field(2.0, description="how often an unavailable PostgreSQL / InfluxDB is retried")
     record_adopt_after_s: float = Field(
         30.0, description="journal segments older than this that no bridge stored — left by a removed bridge sharing "

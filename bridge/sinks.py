@@ -24,7 +24,6 @@ def build_recorder(settings: Settings) -> Recorder:
         build_sinks(settings),
         Spool(settings.spool_dir),
         batch_size=settings.record_batch_size,
-        flush_interval_s=settings.record_flush_interval_s,
         retry_interval_s=settings.record_retry_interval_s,
         adopt_after_s=settings.record_adopt_after_s or None,
     )

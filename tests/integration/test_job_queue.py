@@ -138,8 +138,7 @@ class Harness:
     def __init__(self, dsn: str, tmp: Path, torchserve: ScriptedTorchServe, **runner: Any) -> None:
         self.db = Database(dsn)
         self.store = JobStore(self.db)
-        self.recorder = Recorder([PostgresSink.connect(dsn)], Spool(tmp / f"spool-{uuid.uuid4().hex[:6]}"),
-                                 flush_interval_s=0.01)
+        self.recorder = Recorder([PostgresSink.connect(dsn)], Spool(tmp / f"spool-{uuid.uuid4().hex[:6]}"))
         self.recorder.start()
         predictions = PredictionService(torchserve, self.recorder)  # type: ignore[arg-type]
         options: dict[str, Any] = {"lease_s": 30.0, "backoff_base_s": 0.2, "backoff_cap_s": 1.0, "idle_check_s": 5.0,

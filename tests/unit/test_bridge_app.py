@@ -71,7 +71,7 @@ def bridge_under_test(
     write_keys(key_file)
     fake = fake_class(key_file)
     store = FlakyStore()
-    recorder = Recorder([store, FakeInflux()], Spool(tmp_path / "spool"), flush_interval_s=0.01)
+    recorder = Recorder([store, FakeInflux()], Spool(tmp_path / "spool"))
     config = Settings(
         torchserve_key_file=key_file, spool_dir=tmp_path / "spool", cache=False, telemetry_interval_s=0, **settings
     )

@@ -110,7 +110,7 @@ def test_requests_with_parameters_bypass_the_cache_and_really_run(tmp_path: Path
     key_file = tmp_path / "key_file.json"
     write_keys(key_file)
     torchserve = FakeTorchServe(key_file)
-    recorder = Recorder([FlakyStore()], Spool(tmp_path / "spool"), flush_interval_s=0.01)
+    recorder = Recorder([FlakyStore()], Spool(tmp_path / "spool"))
     settings = Settings(torchserve_key_file=key_file, spool_dir=tmp_path / "spool", cache=True, telemetry_interval_s=0)
     app = create_app(settings, recorder=recorder, torchserve_transport=httpx.MockTransport(torchserve), run_jobs=False)
     cache = RememberingCache()

@@ -165,7 +165,7 @@ def test_a_record_postgres_refuses_is_quarantined_counted_logged_and_blocks_noth
     too_big = replace(make_record(), top_label=random_text(MEGABYTE, seed=3))
     good = [make_record() for _ in range(30)]
     spool = Spool(tmp_path / "spool")
-    recorder = Recorder([PostgresSink.connect(dsn)], spool, flush_interval_s=0.01, retry_interval_s=0.05)
+    recorder = Recorder([PostgresSink.connect(dsn)], spool, retry_interval_s=0.05)
     first = [*good[:15], too_long, too_big, *good[15:]]
     futures = [recorder.submit(r) for r in first]  # before start(): one journal batch, one COPY
     with caplog.at_level(logging.WARNING):
@@ -224,7 +224,7 @@ def hostile_app(dsn: str, tmp_path: Path) -> Iterator[tuple[TestClient, Recorder
     write_keys(key_file)
     fake = FakeTorchServe(key_file)
     fake.handler = lambda request: UPSTREAM[request.content.decode().removeprefix("photo:")]
-    recorder = Recorder([PostgresSink.connect(dsn)], Spool(tmp_path / "spool"), flush_interval_s=0.01,
+    recorder = Recorder([PostgresSink.connect(dsn)], Spool(tmp_path / "spool"),
                         retry_interval_s=0.05)
     settings = Settings(torchserve_key_file=key_file, spool_dir=tmp_path / "spool", pg_dsn=dsn, cache=False,
                         telemetry_interval_s=0)

@@ -38,7 +38,7 @@ def wait_for(condition: Callable[[], bool], timeout_s: float, what: str) -> None
 
 def make_recorder(parts: tuple[FlakyStore, FakeInflux, Spool]) -> Recorder:
     store, influx, spool = parts
-    return Recorder([store, influx], spool, batch_size=50, flush_interval_s=0.01, retry_interval_s=0.05)
+    return Recorder([store, influx], spool, batch_size=50, retry_interval_s=0.05)
 
 
 def test_records_reach_both_sinks(parts: tuple[FlakyStore, FakeInflux, Spool]) -> None:
@@ -85,7 +85,7 @@ def test_postgres_outage_spools_then_replays_exactly_once(parts: tuple[FlakyStor
 def test_stop_while_postgres_is_down_keeps_records_on_disk(tmp_path: Path) -> None:
     store, influx, spool = FlakyStore(), FakeInflux(), Spool(tmp_path / "spool")
     store.down.set()
-    recorder = Recorder([store, influx], spool, flush_interval_s=0.01, retry_interval_s=10)
+    recorder = Recorder([store, influx], spool, retry_interval_s=10)
     recorder.start()
     records = [make_record() for _ in range(25)]
     for r in records:
@@ -97,7 +97,7 @@ def test_stop_while_postgres_is_down_keeps_records_on_disk(tmp_path: Path) -> No
 
     # A new recorder (the bridge restarted) replays them once PostgreSQL is back.
     store.down.clear()
-    again = Recorder([store, influx], Spool(tmp_path / "spool"), flush_interval_s=0.01, retry_interval_s=0.05)
+    again = Recorder([store, influx], Spool(tmp_path / "spool"), retry_interval_s=0.05)
     again.start()
     assert again.wait_idle(5)
     again.stop()
@@ -170,7 +170,7 @@ class DiskFullSpool(Spool):
 
 def test_journal_failure_falls_back_to_postgres_or_fails_the_ack(tmp_path: Path) -> None:
     store = FlakyStore()
-    recorder = Recorder([store, FakeInflux()], DiskFullSpool(tmp_path / "spool"), flush_interval_s=0.01)
+    recorder = Recorder([store, FakeInflux()], DiskFullSpool(tmp_path / "spool"))
     recorder.start()
     try:
         ok = make_record()
@@ -242,7 +242,7 @@ class AuditSink(Sink):
 def test_an_added_sink_gets_its_thread_health_and_counters_from_its_class(tmp_path: Path) -> None:
     store, influx, archive, audit = FlakyStore(), FakeInflux(), ArchiveSink(), AuditSink()
     spool = Spool(tmp_path / "spool")
-    recorder = Recorder([store, influx, archive, audit], spool, flush_interval_s=0.01, retry_interval_s=0.05)
+    recorder = Recorder([store, influx, archive, audit], spool, retry_interval_s=0.05)
     recorder.start()
     assert {"recorder-postgres", "recorder-influxdb", "recorder-archive", "recorder-audit"} <= {
         t.name for t in threading.enumerate()
@@ -296,7 +296,7 @@ def test_the_journal_fsyncs_the_segment_and_its_directory_before_the_future_reso
 
         monkeypatch.setattr(os, name, counting)
     spool = Spool(tmp_path / "spool")
-    recorder = Recorder([FlakyStore()], spool, flush_interval_s=0.01)
+    recorder = Recorder([FlakyStore()], spool)
     record = make_record()
     future = recorder.submit(record)  # before start(): the callback below is attached before it can resolve
     seen_at_resolution: list[list[str]] = []
@@ -334,7 +334,7 @@ def bridge_with(spool: Spool, store: FlakyStore, tmp_path: Path) -> tuple[TestCl
     key_file = tmp_path / "key_file.json"
     write_keys(key_file)
     fake = FakeTorchServe(key_file)
-    recorder = Recorder([store, FakeInflux()], spool, flush_interval_s=0.01)
+    recorder = Recorder([store, FakeInflux()], spool)
     settings = Settings(torchserve_key_file=key_file, spool_dir=spool.directory, cache=False, telemetry_interval_s=0)
     app = create_app(settings, recorder=recorder, torchserve_transport=httpx.MockTransport(fake), run_jobs=False)
     return TestClient(app), fake, recorder
@@ -382,7 +382,7 @@ def test_a_failing_journal_with_postgres_down_is_a_503_and_no_prediction(tmp_pat
 
 
 def test_a_failing_journal_without_a_durable_sink_fails_the_ack(tmp_path: Path) -> None:
-    recorder = Recorder([FakeInflux()], DiskFullSpool(tmp_path / "spool"), flush_interval_s=0.01)
+    recorder = Recorder([FakeInflux()], DiskFullSpool(tmp_path / "spool"))
     recorder.start()
     try:
         with pytest.raises(RecordingFailed):
@@ -394,7 +394,7 @@ def test_a_failing_journal_without_a_durable_sink_fails_the_ack(tmp_path: Path) 
 def test_a_segment_left_by_a_removed_bridge_on_a_shared_spool_is_adopted(tmp_path: Path) -> None:
     shared = tmp_path / "shared-spool"
     survivor_store = FlakyStore()
-    survivor = Recorder([survivor_store], Spool(shared), flush_interval_s=0.01, retry_interval_s=0.05,
+    survivor = Recorder([survivor_store], Spool(shared), retry_interval_s=0.05,
                         adopt_after_s=0.3)
     survivor.start()
     try:
@@ -415,7 +415,7 @@ def test_a_segment_left_by_a_removed_bridge_on_a_shared_spool_is_adopted(tmp_pat
 def test_two_bridges_on_one_spool_write_every_record_once_each(tmp_path: Path) -> None:
     shared = tmp_path / "shared-spool"
     store = FlakyStore()
-    bridges = [Recorder([store], Spool(shared), flush_interval_s=0.01, retry_interval_s=0.05, adopt_after_s=0.2)
+    bridges = [Recorder([store], Spool(shared), retry_interval_s=0.05, adopt_after_s=0.2)
                for _ in range(2)]
     for bridge in bridges:
         bridge.start()

@@ -74,7 +74,7 @@ def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
         sink.close()
         key_file = tmp_path / "key_file.json"
         write_keys(key_file)
-        recorder = Recorder([FlakyStore()], Spool(tmp_path / "spool"), flush_interval_s=0.01)
+        recorder = Recorder([FlakyStore()], Spool(tmp_path / "spool"))
         settings = Settings(torchserve_key_file=key_file, spool_dir=tmp_path / "spool", pg_dsn=dsn, cache=False,
                             telemetry_interval_s=0)
         app = create_app(settings, recorder=recorder,

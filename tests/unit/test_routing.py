@@ -57,7 +57,7 @@ def routed(tmp_path: Path) -> Iterator[tuple[TestClient, Boxes]]:
     routes["resnet18"]["required"] = False
     config = Settings(routes=json.dumps(routes), spool_dir=tmp_path / "spool", cache=False, telemetry_interval_s=0,
                       torchserve_key_file=tmp_path / "absent.json")
-    recorder = Recorder([FlakyStore(), FakeInflux()], Spool(tmp_path / "spool"), flush_interval_s=0.01)
+    recorder = Recorder([FlakyStore(), FakeInflux()], Spool(tmp_path / "spool"))
     app = create_app(config, recorder=recorder, torchserve_transport=httpx.MockTransport(boxes), run_jobs=False)
     with TestClient(app) as client:
         yield client, boxes
