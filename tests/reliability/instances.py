@@ -13,6 +13,7 @@ import os
 import re
 import urllib.request
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import psycopg2
@@ -47,6 +48,14 @@ class PrivateTorchServe(TorchServe):
         """Start it (the ports must be free) and wait until every model has a READY worker."""
         ensure_free(self.ports.all())
         super().start(timeout_s)
+
+    def fresh_key(self, kind: str, margin_s: float = 15.0) -> str:
+        """The current key of ``kind``, renewed first when it expires within ``margin_s``."""
+        keys = self.keys()
+        expires = keys.inference_expires if kind == "inference" else keys.management_expires
+        if expires is not None and (expires - datetime.now(UTC)).total_seconds() < margin_s:
+            return self.renew(kind)
+        return keys.inference if kind == "inference" else keys.management
 
     def renew(self, kind: str) -> str:
         """Renew the ``inference`` or ``management`` key with the API key (TorchServe rewrites the key file)."""
