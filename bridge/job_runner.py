@@ -31,6 +31,7 @@ from stack.database.listen import Listener
 logger = logging.getLogger(__name__)
 
 MIN_WAIT_S = 0.05  # a due job locked by a claim in flight elsewhere: look again shortly, never spin
+QUEUE_DOWN_CAP_S = 10.0  # longest a worker waits between claims while the queue's database is down
 
 
 def model_result(prediction: Prediction, request_id: str) -> dict[str, Any]:
@@ -81,6 +82,7 @@ class JobRunner:
         self._listener = Listener(listen_dsn, CHANNEL, self.notify) if listen_dsn else None
         self._tasks: list[asyncio.Task[None]] = []
         self._wakeup = asyncio.Event()
+        self._queue_down = False  # logged once per outage, not once per claim
         self._stopping = False
         self._running: dict[str, ClaimedJob] = {}
         self.claims = 0  # claim queries made (a test reads it: idle workers must not poll)
@@ -121,15 +123,25 @@ class JobRunner:
         wakeup.set()
 
     async def _work(self) -> None:
+        failures = 0  # consecutive: the queue's database is down, wait longer each time (and say so once)
         while not self._stopping:
             wakeup = self._wakeup  # taken before the claim: a NOTIFY during the claim is not missed
             try:
                 self.claims += 1
                 job, due_s = await self._db.call(self._store.claim, self._lease_s)
             except BridgeError as exc:
-                logger.warning("job queue unavailable: %s", exc.message)
-                await asyncio.sleep(1.0)
+                failures += 1
+                if not self._queue_down:
+                    self._queue_down = True
+                    logger.warning("job queue unavailable (retrying with backoff): %s", exc.message)
+                # Woken early when the LISTEN connection comes back (the database is up again).
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(wakeup.wait(), max(MIN_WAIT_S, backoff_s(failures, 1.0, QUEUE_DOWN_CAP_S)))
                 continue
+            failures = 0
+            if self._queue_down:
+                self._queue_down = False
+                logger.info("job queue available again")
             if job is None:
                 # Spread the safety-net wake-ups of the workers instead of waking them all together.
                 wait_s = self._idle_check_s * random.uniform(0.5, 1.0)
