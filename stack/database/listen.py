@@ -38,6 +38,7 @@ class Listener:
         }
         self._retry_s = retry_s
         self._conn: psycopg2.extensions.connection | None = None
+        self._fd: int | None = None  # the socket the event loop watches, as registered
         self._lost = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.connected = asyncio.Event()
@@ -74,7 +75,8 @@ class Listener:
                 continue
             self._conn = conn
             self._lost.clear()
-            loop.add_reader(conn.fileno(), self._readable)
+            self._fd = conn.fileno()
+            loop.add_reader(self._fd, self._readable)
             self.connected.set()
             if not first:
                 self._on_notify()  # notifications sent while the connection was down are lost: look anyway
@@ -93,6 +95,9 @@ class Listener:
         try:
             conn.poll()
         except psycopg2.Error as exc:
+            # libpq has closed the socket already: stop watching its number *now*, before the loop accepts a
+            # connection that reuses it (a stale watcher would swallow that client's request).
+            self._unwatch()
             logger.warning("LISTEN %s: connection lost (%s); reconnecting", self._channel, exc)
             self._lost.set()
             return
@@ -100,11 +105,14 @@ class Listener:
             conn.notifies.clear()
             self._on_notify()
 
+    def _unwatch(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            asyncio.get_running_loop().remove_reader(fd)
+
     def _drop(self) -> None:
+        self._unwatch()
         conn, self._conn = self._conn, None
-        if conn is None:
-            return
-        with contextlib.suppress(Exception):
-            asyncio.get_running_loop().remove_reader(conn.fileno())
-        with contextlib.suppress(Exception):
-            conn.close()
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.close()
