@@ -254,6 +254,11 @@ class Load:
         self.stop()
         self.join()
 
+    def served(self, kind: str = "predict") -> int:
+        """How many requests of ``kind`` were acknowledged so far."""
+        with self._lock:
+            return sum(o.kind == kind and o.acknowledged for o in self.outcomes)
+
     def _running(self) -> bool:
         return not self._stop.is_set() and self.elapsed() < self.duration_s
 
@@ -261,26 +266,7 @@ class Load:
         return unique_photo(self.base_photo, next(self._counter), self.tag)
 
     def _send(self, kind: str, method: str, path: str, photo: bytes) -> Outcome:
-        started = self.elapsed()
-        status = request_id = retry_after = error = job_id = None
-        body = ""
-        try:
-            response = requests.request(method, self._base() + path, data=photo, timeout=self.timeout_s,
-                                        headers={"Content-Type": "application/octet-stream"})
-            status = response.status_code
-            request_id = response.headers.get("X-Request-Id")
-            retry_after = response.headers.get("Retry-After")
-            if kind == "job" and status == 202:
-                job_id = _job_id(response.content)
-                error = None if job_id else GARBLED
-            elif 200 <= status < 300:
-                error = None if readable(response.content) else GARBLED
-            if status >= 300 or error:
-                body = response.text[:300]
-        except requests.RequestException as exc:
-            error = connection_error(exc)
-        outcome = Outcome(kind, started, self.elapsed() - started, status, error, request_id, retry_after,
-                          hashlib.sha256(photo).hexdigest(), job_id, body)
+        outcome = observe(kind, method, self._base() + path, photo, self.timeout_s, self.elapsed)
         with self._lock:
             self.outcomes.append(outcome)
         return outcome
@@ -298,6 +284,30 @@ class Load:
             self._stop.wait(self.jobs_every_s or 1.0)
 
 
+def observe(kind: str, method: str, url: str, photo: bytes, timeout_s: float, clock: Callable[[], float]) -> Outcome:
+    """Send one photo and keep what the client saw, whatever happens (``clock``: the load's time, in s)."""
+    started = clock()
+    status = request_id = retry_after = error = job_id = None
+    body = ""
+    try:
+        response = requests.request(method, url, data=photo, timeout=timeout_s,
+                                    headers={"Content-Type": "application/octet-stream"})
+        status = response.status_code
+        request_id = response.headers.get("X-Request-Id")
+        retry_after = response.headers.get("Retry-After")
+        if kind == "job" and status == 202:
+            job_id = _job_id(response.content)
+            error = None if job_id else GARBLED
+        elif 200 <= status < 300:
+            error = None if readable(response.content) else GARBLED
+        if status >= 300 or error:
+            body = response.text[:300]
+    except requests.RequestException as exc:
+        error = connection_error(exc)
+    return Outcome(kind, started, clock() - started, status, error, request_id, retry_after,
+                   hashlib.sha256(photo).hexdigest(), job_id, body)
+
+
 def _job_id(body: bytes) -> str | None:
     """The id of a 202's job, None when the body is not a job."""
     try:
@@ -305,6 +315,17 @@ def _job_id(body: bytes) -> str | None:
     except ValueError:
         return None
     return str(job["id"]) if isinstance(job, dict) and job.get("id") else None
+
+
+def wait_until(check: Callable[[], bool], within_s: float, what: str, why: str, poll_s: float = 0.1) -> float:
+    """Poll ``check`` until true; seconds it took. ``within_s`` is a bound that protects ``why``: past it, the
+    test fails saying so (never a fixed sleep that hopes the condition holds by then)."""
+    began = time.monotonic()
+    while not check():
+        if time.monotonic() - began > within_s:
+            raise AssertionError(f"{what}: not within {within_s:g} s (the bound protects: {why})")
+        time.sleep(poll_s)
+    return time.monotonic() - began
 
 
 # --- figures ------------------------------------------------------------------------------------

@@ -121,7 +121,7 @@ def outcome(status: int | None, error: str | None = None, body: str = "", retry_
 @pytest.mark.parametrize(
     ("mode", "why"),
     [
-        ("reset", RESET),
+        ("reset", RESET),  # or CLOSED, as the RST races the client's read: a failure either way
         ("close", CLOSED),
         ("silent", TIMEOUT),
         ("garbage", GARBLED),
@@ -139,7 +139,8 @@ def test_the_load_counts_client_side_trouble_as_failures(server: str, mode: str,
     outcomes = load_against(server, mode)
     assert outcomes, "the load sent nothing"
     assert not any(o.acknowledged for o in outcomes)
-    assert {reason for _, reason in failures(outcomes)} == {why}
+    reasons = {reason for _, reason in failures(outcomes)}
+    assert reasons == {why} or (why == RESET and reasons <= {RESET, CLOSED}), reasons
     with pytest.raises(AssertionError, match="requests failed"):
         assert_no_failures(outcomes)
 
