@@ -129,7 +129,8 @@ def frozen(frozen_runs: dict[str, Run]) -> Run:
 def check_serving_continues(run: Run) -> None:
     during = run.during()
     assert len(during) >= 10, f"only {len(during)} predictions were sent during the outage"
-    assert all(o.acknowledged for o in during), Counter(o.label for o in during)
+    failed = [(round(o.started_s - run.fault_done, 2), round(o.latency_s, 2), o.label) for o in during if not o.acknowledged]
+    assert all(o.acknowledged for o in during), f"{Counter(o.label for o in during)}; (s into the outage, s, what): {failed[:5]}"
     slow = sorted(round(o.latency_s, 1) for o in during if o.latency_s > SERVING_S)
     assert slow == [], f"{len(slow)} of {len(during)} predictions took longer than {SERVING_S} s: {slow[-5:]}"
     assert_no_failures(run.outcomes)  # before, during and after: a database outage excuses no failed request
