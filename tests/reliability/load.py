@@ -5,19 +5,28 @@ request sends (a JPEG comment makes its bytes, hence its sha256, unique), so eve
 be traced to exactly one request: by its request id and by its photo. ``ledger`` then counts, for the
 acknowledged requests (2xx with ``X-Request-Id``), how many have their row (lost = acknowledged − found)
 and whether any request was recorded twice (duplicated).
+
+``classify`` says what each outcome counts as, so that no client-side trouble passes unseen: an answer
+that is served (2xx, its request id, a JSON body), one the test excused on purpose (``Excuse``), or a
+failure — a connection refused, reset or closed without an answer, a broken pipe, a timeout, a garbled
+answer, and any other status. Nothing is excused by default: a test that kills a worker passes
+``NO_WORKER``, a test that overfills a queue ``QUEUE_FULL``, and so on, each for its own scenario.
 """
 
 from __future__ import annotations
 
 import hashlib
+import http.client
 import itertools
+import json
+import socket
 import struct
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Self
+from typing import Any, NamedTuple, Self
 
 import requests
 
@@ -50,13 +59,140 @@ class Outcome:
 
     @property
     def acknowledged(self) -> bool:
+        """A job got its 202 with an id, a prediction a 2xx with its request id and a readable body."""
+        if self.error is not None:
+            return False
         if self.kind == "job":
             return self.status == 202 and self.job_id is not None
         return self.status is not None and 200 <= self.status < 300 and self.request_id is not None
 
     @property
     def label(self) -> str:
-        return NO_ANSWER if self.status is None else str(self.status)
+        if self.status is None:
+            return self.error or NO_ANSWER
+        return f"{self.status} {self.error}" if self.error else str(self.status)
+
+
+# --- what counts as what --------------------------------------------------------------------------
+
+GARBLED = "garbled answer"
+# The connection-level errors, named after what happened on the wire (see ``connection_error``).
+REFUSED, RESET, CLOSED, BROKEN_PIPE, TIMEOUT = (
+    "connection refused", "connection reset", "closed without an answer", "broken pipe", "timeout")
+
+
+def connection_error(exc: BaseException) -> str:
+    """What went wrong on the wire, from an exception of requests / urllib3 / http.client / socket."""
+    seen: set[int] = set()
+    stack: list[BaseException] = [exc]
+    found: list[BaseException] = []
+    while stack:
+        e = stack.pop()
+        if id(e) in seen:
+            continue
+        seen.add(id(e))
+        found.append(e)
+        stack += [a for a in getattr(e, "args", ()) if isinstance(a, BaseException)]
+        stack += [c for c in (e.__cause__, e.__context__, getattr(e, "reason", None)) if isinstance(c, BaseException)]
+    # Most specific first: RemoteDisconnected is a ConnectionResetError, a read timeout wraps a socket timeout.
+    for kind, name in ((http.client.RemoteDisconnected, CLOSED), (ConnectionRefusedError, REFUSED),
+                       (BrokenPipeError, BROKEN_PIPE), (ConnectionResetError, RESET),
+                       (requests.Timeout, TIMEOUT), (TimeoutError, TIMEOUT), (socket.timeout, TIMEOUT),
+                       (requests.exceptions.ChunkedEncodingError, GARBLED), (http.client.IncompleteRead, GARBLED),
+                       (http.client.BadStatusLine, GARBLED), (http.client.HTTPException, GARBLED)):
+        if any(isinstance(e, kind) for e in found):
+            return name
+    return type(exc).__name__
+
+
+def readable(body: bytes | str) -> bool:
+    """A 2xx body a client can use: non-empty JSON."""
+    try:
+        return json.loads(body) not in (None, "", [], {})
+    except ValueError:
+        return False
+
+
+@dataclass(frozen=True)
+class Excuse:
+    """An answer a test provoked on purpose, so not a failure there: ``status`` (None: no HTTP answer, with one of
+    ``errors``), whose body contains one of ``says`` (any body when empty), with Retry-After when ``retry_after``,
+    for a request sent within [``start``, ``end``) of load time."""
+
+    why: str
+    status: int | None
+    says: tuple[str, ...] = ()
+    retry_after: bool = True
+    errors: tuple[str, ...] = ()
+    start: float = 0.0
+    end: float = float("inf")
+
+    def covers(self, outcome: Outcome) -> bool:
+        """Whether this excuse applies to ``outcome``."""
+        if not self.start <= outcome.started_s < self.end or outcome.status != self.status:
+            return False
+        if self.status is None:
+            return outcome.error in self.errors
+        if outcome.error is not None or (self.retry_after and not outcome.retry_after):
+            return False
+        return not self.says or any(text in outcome.body for text in self.says)
+
+    def during(self, start: float, end: float) -> Excuse:
+        """The same excuse for requests sent within [start, end) only."""
+        return Excuse(self.why, self.status, self.says, self.retry_after, self.errors, start, end)
+
+
+# TorchServe's text when a model has no free worker — after a worker died, and also when its queue is full.
+TORCHSERVE_NO_WORKER = "has no worker to serve inference request"
+# The bridge's 503 for a worker that failed mid-batch (stack/torchserve/errors.py WorkerFailed).
+BRIDGE_WORKER_FAILED = "the model's worker failed"
+# Only for tests that kill a worker on purpose.
+NO_WORKER = Excuse("a worker was killed on purpose", 503, (TORCHSERVE_NO_WORKER, BRIDGE_WORKER_FAILED))
+# Only for tests that overfill a model's queue on purpose (TorchServe says "no worker" then too).
+QUEUE_FULL = Excuse("the queue was overfilled on purpose", 503, (TORCHSERVE_NO_WORKER,))
+
+
+class Verdict(NamedTuple):
+    """What one outcome counts as: ``kind`` "served", "excused" or "failure", and why."""
+
+    kind: str
+    why: str
+
+
+def classify(outcome: Outcome, excuses: tuple[Excuse, ...] | list[Excuse] = ()) -> Verdict:
+    """Served, excused by one of this test's ``excuses``, or a failure (everything else, a 4xx included)."""
+    if outcome.acknowledged:
+        return Verdict("served", str(outcome.status))
+    for excuse in excuses:
+        if excuse.covers(outcome):
+            return Verdict("excused", excuse.why)
+    if outcome.status is None:
+        return Verdict("failure", outcome.error or NO_ANSWER)
+    if outcome.error is not None:
+        return Verdict("failure", f"{outcome.status} {outcome.error}")
+    if 200 <= outcome.status < 300:
+        return Verdict("failure", f"{outcome.status} without its request id")
+    return Verdict("failure", f"{outcome.status} {'not excused' if outcome.status >= 500 else 'unexpected'}")
+
+
+def failures(outcomes: list[Outcome], excuses: tuple[Excuse, ...] | list[Excuse] = (),
+             kind: str | None = None) -> list[tuple[Outcome, str]]:
+    """The outcomes (of ``kind``, or all) that count as failures, each with why."""
+    verdicts = ((o, classify(o, excuses)) for o in outcomes if kind is None or o.kind == kind)
+    return [(o, v.why) for o, v in verdicts if v.kind == "failure"]
+
+
+def verdicts(outcomes: list[Outcome], excuses: tuple[Excuse, ...] | list[Excuse] = ()) -> dict[str, int]:
+    """Counts of served / excused / failure for the report."""
+    return dict(sorted(Counter(classify(o, excuses).kind for o in outcomes).items()))
+
+
+def assert_no_failures(outcomes: list[Outcome], excuses: tuple[Excuse, ...] | list[Excuse] = (),
+                       kind: str | None = None) -> None:
+    """Every outcome was served or excused by this test on purpose; the failures are listed otherwise."""
+    bad = failures(outcomes, excuses, kind)
+    assert not bad, (f"{len(bad)} requests failed: {dict(Counter(why for _, why in bad))}; first: "
+                     f"{[(round(o.started_s, 2), o.label, o.body[:80]) for o, _ in bad[:5]]}")
 
 
 @dataclass
@@ -118,6 +254,11 @@ class Load:
         self.stop()
         self.join()
 
+    def served(self, kind: str = "predict") -> int:
+        """How many requests of ``kind`` were acknowledged so far."""
+        with self._lock:
+            return sum(o.kind == kind and o.acknowledged for o in self.outcomes)
+
     def _running(self) -> bool:
         return not self._stop.is_set() and self.elapsed() < self.duration_s
 
@@ -125,23 +266,7 @@ class Load:
         return unique_photo(self.base_photo, next(self._counter), self.tag)
 
     def _send(self, kind: str, method: str, path: str, photo: bytes) -> Outcome:
-        started = self.elapsed()
-        status = request_id = retry_after = error = job_id = None
-        body = ""
-        try:
-            response = requests.request(method, self._base() + path, data=photo, timeout=self.timeout_s,
-                                        headers={"Content-Type": "application/octet-stream"})
-            status = response.status_code
-            request_id = response.headers.get("X-Request-Id")
-            retry_after = response.headers.get("Retry-After")
-            if kind == "job" and status == 202:
-                job_id = response.json().get("id")
-            elif status >= 300:
-                body = response.text[:300]
-        except requests.RequestException as exc:
-            error = type(exc).__name__
-        outcome = Outcome(kind, started, self.elapsed() - started, status, error, request_id, retry_after,
-                          hashlib.sha256(photo).hexdigest(), job_id, body)
+        outcome = observe(kind, method, self._base() + path, photo, self.timeout_s, self.elapsed)
         with self._lock:
             self.outcomes.append(outcome)
         return outcome
@@ -157,6 +282,50 @@ class Load:
         while self._running():
             self._send("job", "POST", f"/v1/jobs?models={self.job_models}", self._photo())
             self._stop.wait(self.jobs_every_s or 1.0)
+
+
+def observe(kind: str, method: str, url: str, photo: bytes, timeout_s: float, clock: Callable[[], float]) -> Outcome:
+    """Send one photo and keep what the client saw, whatever happens (``clock``: the load's time, in s)."""
+    started = clock()
+    status = request_id = retry_after = error = job_id = None
+    body = ""
+    try:
+        response = requests.request(method, url, data=photo, timeout=timeout_s,
+                                    headers={"Content-Type": "application/octet-stream"})
+        status = response.status_code
+        request_id = response.headers.get("X-Request-Id")
+        retry_after = response.headers.get("Retry-After")
+        if kind == "job" and status == 202:
+            job_id = _job_id(response.content)
+            error = None if job_id else GARBLED
+        elif 200 <= status < 300:
+            error = None if readable(response.content) else GARBLED
+        if status >= 300 or error:
+            body = response.text[:300]
+    except requests.RequestException as exc:
+        error = connection_error(exc)
+    return Outcome(kind, started, clock() - started, status, error, request_id, retry_after,
+                   hashlib.sha256(photo).hexdigest(), job_id, body)
+
+
+def _job_id(body: bytes) -> str | None:
+    """The id of a 202's job, None when the body is not a job."""
+    try:
+        job = json.loads(body)
+    except ValueError:
+        return None
+    return str(job["id"]) if isinstance(job, dict) and job.get("id") else None
+
+
+def wait_until(check: Callable[[], bool], within_s: float, what: str, why: str, poll_s: float = 0.1) -> float:
+    """Poll ``check`` until true; seconds it took. ``within_s`` is a bound that protects ``why``: past it, the
+    test fails saying so (never a fixed sleep that hopes the condition holds by then)."""
+    began = time.monotonic()
+    while not check():
+        if time.monotonic() - began > within_s:
+            raise AssertionError(f"{what}: not within {within_s:g} s (the bound protects: {why})")
+        time.sleep(poll_s)
+    return time.monotonic() - began
 
 
 # --- figures ------------------------------------------------------------------------------------

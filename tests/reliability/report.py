@@ -168,15 +168,28 @@ def render_group(group: list[TestResult], module: Module) -> list[str]:
     return lines
 
 
+def verdict(modules: dict[str, Module]) -> tuple[bool, list[str]]:
+    """GREEN only when there are results and every test passed; otherwise why not, one line per test.
+
+    A skipped test checked nothing, an error means the check never ran, an xfail is a known product bug:
+    none of them is a pass, so each keeps the page from being GREEN and is named here.
+    """
+    why = [f"{t.outcome} {name.rsplit('.', 1)[-1]}::{t.name}" + (f" — {t.message.splitlines()[0][:120]}"
+                                                                 if t.message else "")
+           for name in sorted(modules) for t in modules[name].tests if t.outcome != "PASS"]
+    ran = any(m.tests for m in modules.values())
+    return ran and not why, why if ran else ["no test results (junit.xml missing or empty)"]
+
+
 def render(directory: Path) -> tuple[str, bool]:
-    """The page, and whether every check passed (xfail counts as known, not passed)."""
+    """The page, and whether it is GREEN (every test passed: no failure, error, skip or xfail)."""
     modules, total_s = read_junit(directory / "junit.xml")
     read_figures(directory / "figures.jsonl", modules)
     counts: dict[str, int] = defaultdict(int)
     for module in modules.values():
         for test in module.tests:
             counts[test.outcome] += 1
-    ok = counts["FAIL"] == 0 and counts["ERROR"] == 0 and sum(counts.values()) > 0
+    ok, not_green = verdict(modules)
     summary = ", ".join(f"{n} {o.lower()}" for o, n in sorted(counts.items()) if n)
     lines = [
         "=" * WIDTH,
@@ -188,6 +201,11 @@ def render(directory: Path) -> tuple[str, bool]:
         + ("  XFAIL: a known product bug, reason given." if counts["XFAIL"] else ""),
         "=" * WIDTH,
     ]
+    if not ok:
+        lines.append("NOT GREEN because:")
+        for reason in not_green:
+            lines += wrap(reason, "  ")
+        lines += ["=" * WIDTH]
     for name in sorted(modules):
         module = modules[name]
         title = name.rsplit(".", 1)[-1].removeprefix("test_").replace("_", " ")

@@ -35,6 +35,7 @@ from tests.reliability.load import (
     tally,
     unique_photo,
     wait_jobs,
+    wait_until,
 )
 from tests.reliability.services import FaultStack, PrivateBridge
 
@@ -73,7 +74,8 @@ def under_load(fault_stack: FaultStack, base_photo: bytes, reliability_report: A
     try:
         load = Load(bridge.url, base_photo, threads=3, duration_s=14, jobs_every_s=0.25, tag="bridge-kill")
         with load:
-            time.sleep(3)
+            wait_until(lambda: load.served() >= 6 and load.served("job") >= 2, 60, "the load served before the kill",
+                       "predictions and jobs are flowing when the bridge dies")
             held = requests.post(f"{bridge.url}/v1/jobs", params={"models": "slow"},
                                  data=unique_photo(base_photo, 0, "held-job"), timeout=30).json()
             wait_for(lambda: requests.get(f"{bridge.url}/v1/jobs/{held['id']}", timeout=10).json()["status"]
@@ -83,7 +85,7 @@ def under_load(fault_stack: FaultStack, base_photo: bytes, reliability_report: A
             at_kill = spooled(bridge)
             bridge.start()
             back_at = load.elapsed()
-            time.sleep(max(0.0, load.duration_s - load.elapsed()))
+            time.sleep(max(0.0, load.duration_s - load.elapsed()))  # the rest of the load, against the new bridge
         results = wait_jobs(bridge.url, load.outcomes, timeout_s=120)
         held = wait_jobs(bridge.url, [Outcome("job", 0, 0, 202, None, None, None, "", held["id"])], 120)[held["id"]]
         bridge.wait_recorded()

@@ -22,14 +22,17 @@ from typing import Any
 
 import pytest
 
-from tests.reliability.load import Load, Outcome, PingMonitor, between, settled_after, tally
+from tests.reliability.load import Load, Outcome, PingMonitor, between, settled_after, tally, wait_until
 from tests.reliability.services import FaultStack, PrivateBridge, PrivateInflux
 
 pytestmark = pytest.mark.reliability
 
 CHECK = "InfluxDB down / frozen / rejecting points"
 BUFFER = 20
+# A prediction while InfluxDB is away takes no longer than this: one that waited for InfluxDB would take the
+# client's 3 s timeout or the outage itself.
 SERVING_S = 2.0
+FLOWING = 6  # predictions served before the fault
 REJECTING_DB = "rejecting"
 
 
@@ -72,20 +75,21 @@ def outage(stack: FaultStack, photo: bytes, report: Any, name: str, fault: Calla
     try:
         load = Load(bridge.url, photo, threads=3, duration_s=60, tag=name)
         with load, PingMonitor(bridge.url, load, period_s=0.25) as monitor:
-            time.sleep(2.5)
+            wait_until(lambda: load.served() >= FLOWING, 60, "the load served before the fault",
+                       "predictions (and their points) are flowing when InfluxDB goes away")
             fault()
             fault_done = load.elapsed()
             time.sleep(down_s)
             recover_at = load.elapsed()
             recover()
-            time.sleep(3)
+            time.sleep(3)  # load after the repair: its points must be written as before
             load.stop()
         flush_s = bridge.wait_recorded(timeout_s=90, points=True)
         stats = bridge.recording()
         if database == REJECTING_DB:
             # Quiet now: any further /write would be the bridge retrying rejected points.
             before = write_requests(stack.influx)
-            time.sleep(5)
+            time.sleep(5)  # a window to show an absence: a retry loop would write within it (no condition to await)
             extra.update(writes_in_5s_after=write_requests(stack.influx) - before,
                          rejected_5s_later=bridge.recording()["points_rejected"])
         ours = {o.request_id for o in load.outcomes if o.request_id}
@@ -103,7 +107,7 @@ def outage(stack: FaultStack, photo: bytes, report: Any, name: str, fault: Calla
         buffered_max=max(monitor.recording("points_buffered"), default=None),
         points_in_influxdb=len(stored), lost=stats["submitted"] - len(set(stored)) - stats["points_dropped"]
         - stats["points_rejected"], duplicated=len(stored) - len(set(stored)),
-        recovery_s=settled_after(monitor, recover_at, lambda r: r["influxdb"] == "ok"),
+        recovery_s=settled_after(monitor, recover_at, lambda r: r["influxdb"] == "ok"), flush_s=round(flush_s, 2),
         **extra,
     )
     return run
@@ -160,7 +164,7 @@ def test_frozen_loses_nothing_and_flushes_everything(frozen: Run) -> None:
     assert max(frozen.samples.recording("points_buffered", frozen.fault_done, frozen.recover_at)) > 0
     assert frozen.stats["points_dropped"] == 0 and frozen.stats["points_buffered"] == 0
     assert sorted(frozen.stored_ids) == sorted(frozen.request_ids()), "every inference's point is in InfluxDB"
-    assert frozen.flush_s < 30
+    # How long the flush took is a measurement (flush_s on the report); wait_recorded bounds it (90 s).
 
 
 def test_rejected_points_are_dropped_counted_once_and_never_retried(rejecting: Run) -> None:

@@ -24,11 +24,13 @@ from tests.reliability.load import (
     Load,
     Outcome,
     PingMonitor,
+    assert_no_failures,
     assert_nothing_lost,
     between,
     ledger,
     settled_after,
     tally,
+    wait_until,
 )
 from tests.reliability.services import FaultStack
 
@@ -36,7 +38,10 @@ pytestmark = pytest.mark.reliability
 
 CHECK = "PostgreSQL stopped / frozen mid-load"
 DOWN_S = 30.0  # the bar: PostgreSQL away for 30 s under load
-SERVING_S = 2.0  # a prediction during the outage must not take longer than this
+# A prediction during the outage takes no longer than this: one that waited for PostgreSQL would take the
+# outage (30 s) or the bridge's database timeout (10 s); before d0a1061 a frozen PostgreSQL cost 7.3 s.
+SERVING_S = 2.0
+FLOWING = 6  # predictions served before the fault: the load is running when PostgreSQL goes
 
 
 @dataclass
@@ -66,13 +71,14 @@ def outage(stack: FaultStack, photo: bytes, report: Any, name: str, fault: Calla
             loads[label].start()
             monitors[label].__enter__()
         clock = next(iter(loads.values()))
-        time.sleep(2.5)
+        wait_until(lambda: all(load.served() >= FLOWING for load in loads.values()), 60,
+                   "the load served before the fault", "predictions are flowing when PostgreSQL goes away")
         token = fault()
         fault_done = clock.elapsed()
         time.sleep(DOWN_S)
         recover_at = clock.elapsed()
         recover(token)
-        time.sleep(3)
+        time.sleep(3)  # load after the repair: what is sent then must be served as before
         for label in started:
             loads[label].stop()
         for label in started:
@@ -96,6 +102,7 @@ def outage(stack: FaultStack, photo: bytes, report: Any, name: str, fault: Calla
             spool_segments_max=max(run.samples.recording("spool_segments"), default=None),
             # healthy again = the replay wrote every segment on disk (bridge/recorder.py _replay_spool)
             recovery_s=settled_after(run.samples, recover_at, lambda r: r["postgres"] == "ok"),
+            drain_s=round(run.drain_s, 2),
         )
     return runs
 
@@ -122,9 +129,11 @@ def frozen(frozen_runs: dict[str, Run]) -> Run:
 def check_serving_continues(run: Run) -> None:
     during = run.during()
     assert len(during) >= 10, f"only {len(during)} predictions were sent during the outage"
-    assert all(o.acknowledged for o in during), Counter(o.label for o in during)
+    failed = [(round(o.started_s - run.fault_done, 2), round(o.latency_s, 2), o.label) for o in during if not o.acknowledged]
+    assert all(o.acknowledged for o in during), f"{Counter(o.label for o in during)}; (s into the outage, s, what): {failed[:5]}"
     slow = sorted(round(o.latency_s, 1) for o in during if o.latency_s > SERVING_S)
     assert slow == [], f"{len(slow)} of {len(during)} predictions took longer than {SERVING_S} s: {slow[-5:]}"
+    assert_no_failures(run.outcomes)  # before, during and after: a database outage excuses no failed request
 
 
 def test_serving_continues_while_postgres_is_stopped(stopped: Run) -> None:
@@ -144,7 +153,8 @@ def test_results_are_journaled_then_all_land_once(scenario: str, request: pytest
         states = set(run.samples.recording("postgres", run.fault_done + 1, run.recover_at))
         assert states == {"unavailable (journaling to the spool)"}, states
     last = run.samples.samples[-1][1]["recording"] if run.samples.samples else {}
-    assert run.drain_s < 30
+    # How long the spool took to drain is a measurement (drain_s on the report); that it drains at all is
+    # bounded by wait_recorded (120 s), and that every acknowledged record landed once is asserted here.
     assert_nothing_lost(run.book)
     assert run.book.recorded_unacknowledged == sum(1 for o in run.outcomes if not o.acknowledged and o.request_id)
     assert last, "the monitor saw /ping"

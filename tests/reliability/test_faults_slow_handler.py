@@ -29,6 +29,9 @@ pytestmark = pytest.mark.reliability
 CHECK = "handler slower than the response timeout"
 BRIDGE_TIMEOUT_S = 2.0
 SLACK_S = 1.5  # scheduling on a shared 2-core machine
+# The handler sleeps 6 s: an answer later than this waited for the handler (or TorchServe's restart of the
+# worker it killed at responseTimeout) instead of timing out.
+NOT_A_HANG_S = 10
 
 
 @dataclass
@@ -93,7 +96,9 @@ def run(fault_stack: FaultStack, base_photo: bytes, reliability_report: Any) -> 
 def test_bridge_answers_504_at_its_timeout(run: Run) -> None:
     assert [a.status for a in run.slow] == [504] * len(run.slow), [(a.status, a.body) for a in run.slow]
     for answer in run.slow:
-        assert BRIDGE_TIMEOUT_S - 0.1 <= answer.seconds <= BRIDGE_TIMEOUT_S + SLACK_S, answer
+        # at the bridge's timeout: not before it, and not after the handler's 6 s (SLACK_S: scheduling)
+        assert BRIDGE_TIMEOUT_S - 0.1 <= answer.seconds <= BRIDGE_TIMEOUT_S + SLACK_S, (
+            f"504 after {answer.seconds:.2f} s, not at the {BRIDGE_TIMEOUT_S} s timeout: {answer}")
         assert answer.request_id and '"GatewayTimeout"' in answer.body
 
 
@@ -103,11 +108,13 @@ def test_504s_are_recorded(run: Run) -> None:
 
 def test_other_models_keep_serving_while_one_hangs(run: Run) -> None:
     assert run.others and all(o.acknowledged for o in run.others), [o.label for o in run.others if not o.acknowledged]
-    assert max(o.latency_s for o in run.others) < BRIDGE_TIMEOUT_S
+    # under the bridge's timeout: a resnet18 request queued behind the hung model would wait for it (504 at 2 s)
+    slowest = sorted(round(o.latency_s, 2) for o in run.others)[-3:]
+    assert max(slowest) < BRIDGE_TIMEOUT_S, f"resnet18 beside the hung model took up to {slowest} s"
 
 
 def test_torchserve_response_timeout_is_not_a_hang(run: Run) -> None:
-    assert run.slowts.seconds < 10, run.slowts
+    assert run.slowts.seconds < NOT_A_HANG_S, f"answered after {run.slowts.seconds:.1f} s: {run.slowts}"
 
 
 def test_torchserve_response_timeout_gives_a_retryable_timeout_answer(run: Run) -> None:
@@ -128,4 +135,4 @@ def test_the_sleeping_handler_answers_when_given_time(fault_stack: FaultStack, b
     response = requests.put(f"{fault_stack.torchserve.inference_url}/predictions/burst", data=base_photo,
                             headers={"Authorization": f"Bearer {key}"}, timeout=30)
     assert response.status_code == 200 and response.json()["slept_s"] == 0.25
-    assert time.monotonic() - began < 10
+    assert time.monotonic() - began < NOT_A_HANG_S, "the control answer was slow: the model itself is stuck"
