@@ -1,7 +1,7 @@
 """The model server box's health check: healthy only when every model it loads has a READY worker.
 
-Reads the box's own key file (stack.torchserve.read_keys) and asks TorchServe's management API, on the box's
-configured address, to describe each registered model. Exit 0 healthy, 1 not (Docker's HEALTHCHECK contract).
+Reads the box's own key file (stack.torchserve.read_keys; none when its config turns token authorization off, as
+in Kubernetes) and asks TorchServe's management API, on the box's configured address, to describe each model. Exit 0 healthy, 1 not (Docker's HEALTHCHECK contract).
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from pathlib import Path
 from stack.torchserve import TorchServeError, read_keys
 
 
-def get(url: str, key: str) -> object:
-    """GET a management URL with the management key; the parsed JSON body."""
-    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {key}"})
+def get(url: str, key: str | None) -> object:
+    """GET a management URL with the management key (None: no token); the parsed JSON body."""
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {key}"} if key else {})
     with urllib.request.urlopen(request, timeout=3) as response:
         return json.load(response)
 
@@ -30,8 +30,9 @@ def main() -> int:
         host = "127.0.0.1"
     base = f"http://{host}:{os.environ.get('SERVING_TS_MANAGEMENT_PORT', '8081')}"
     try:
-        key = read_keys(home / "torchserve" / "key_file.json").management
         config = (home / "torchserve" / "config.properties").read_text()
+        tokens_off = "disable_token_authorization=true" in config.splitlines()
+        key = None if tokens_off else read_keys(home / "torchserve" / "key_file.json").management
         wanted = next(line.split("=", 1)[1] for line in config.splitlines() if line.startswith("load_models="))
         listed = get(f"{base}/models", key)
         names = [model["modelName"] for model in listed["models"]]  # type: ignore[index]

@@ -25,6 +25,7 @@ COMPOSE_FILE = DEPLOY / "compose.yaml"
 ENV_EXAMPLE = DEPLOY / ".env.example"
 K8S = DEPLOY / "k8s"
 OVERLAYS = ("cpu", "gpu")
+BENCHMARK = "benchmark"  # the CPU overlay plus the benchmark-only boxes
 KSERVE = DEPLOY / "kserve"
 SCHEMAS = Path(__file__).resolve().parent / "schemas"
 
@@ -93,6 +94,17 @@ def compose_config(compose_env: dict[str, str]) -> dict[str, Any]:
     return json.loads(result.stdout)
 
 
+@pytest.fixture(scope="session")
+def compose_benchmark_config(compose_env: dict[str, str]) -> dict[str, Any]:
+    """The same with the `benchmark` profile (the resnet18 box) active."""
+    result = run(
+        [*compose_command(), "--env-file", str(ENV_EXAMPLE), "-f", str(COMPOSE_FILE), "--profile", "benchmark",
+         "config", "--format", "json"],
+        env=compose_env,
+    )
+    return json.loads(result.stdout)
+
+
 def render(path: Path) -> list[dict[str, Any]]:
     """`kubectl kustomize PATH` as a list of objects."""
     result = run([tool("kubectl"), "kustomize", str(path)])
@@ -102,7 +114,7 @@ def render(path: Path) -> list[dict[str, Any]]:
 @pytest.fixture(scope="session")
 def rendered() -> dict[str, list[dict[str, Any]]]:
     """Each overlay rendered by kustomize (and the base alone)."""
-    out = {name: render(K8S / "overlays" / name) for name in OVERLAYS}
+    out = {name: render(K8S / "overlays" / name) for name in (*OVERLAYS, BENCHMARK)}
     out["base"] = render(K8S / "base")
     return out
 
@@ -136,9 +148,40 @@ def secret_template() -> dict[str, Any]:
     return yaml.safe_load((K8S / "base" / "secret.template.yaml").read_text())
 
 
+def kserve_models() -> list[str]:
+    """The models with an InferenceService (deploy/kserve/<model>/)."""
+    return sorted(path.parent.name for path in KSERVE.glob("*/inferenceservice.yaml"))
+
+
 @pytest.fixture(scope="session")
-def inference_service() -> dict[str, Any]:
-    return yaml.safe_load((KSERVE / "inferenceservice.yaml").read_text())
+def inference_services() -> dict[str, dict[str, Any]]:
+    """Each model's InferenceService."""
+    return {m: yaml.safe_load((KSERVE / m / "inferenceservice.yaml").read_text()) for m in kserve_models()}
+
+
+BOX_LABELS = {"app.kubernetes.io/name": "serving-model", "app.kubernetes.io/component": "model-server"}
+API_LABELS = {"app.kubernetes.io/name": "serving-api", "app.kubernetes.io/component": "api"}
+
+
+def boxes(objects: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Each model server box's Deployment by the model it serves (the archive name in SERVING_MODELS)."""
+    from archive_scripts.specs import SPECS
+
+    model_of = {spec.archive_name: spec.name for spec in SPECS}
+    out: dict[str, dict[str, Any]] = {}
+    for deployment in find_all(objects, "Deployment"):
+        labels = deployment["spec"]["template"]["metadata"]["labels"]
+        if BOX_LABELS.items() <= labels.items():
+            env = {e["name"]: e.get("value") for e in container(deployment, "torchserve").get("env", [])}
+            archives = env["SERVING_MODELS"].split(",")
+            assert len(archives) == 1, f"{deployment['metadata']['name']}: one model per box, not {archives}"
+            out[model_of[archives[0]]] = deployment
+    return out
+
+
+def selects(selector: dict[str, str], deployment: dict[str, Any]) -> bool:
+    """Whether a label selector picks ``deployment``'s pods."""
+    return selector.items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
 
 
 @pytest.fixture(scope="session")
