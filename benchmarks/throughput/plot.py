@@ -35,7 +35,7 @@ def draw(document: dict[str, Any], path: Path) -> None:
         ax.set_xscale("log", base=2)
         ax.set_xticks(sorted({r["concurrency"] for r in runs}))
         ax.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
-        ax.set_xlabel("requests in flight")
+        ax.set_xlabel("requests in flight (photos, for the OIP row of 8 photos per request)")
         ax.grid(True, alpha=0.3)
     left.set_ylabel("images/s")
     left.set_ylim(bottom=0)
