@@ -10,7 +10,10 @@ One invocation measures, on the same real JPEG photos (640×480 and 1600×1200):
 2. the seed's prototype design (a faithful baseline, not our code path): ThreadingHTTPServer, 1 image/forward;
 3. TorchServe with its stock ``image_classifier`` handler (archive built here, in a temporary store);
 4. TorchServe with our handler, called directly with its token;
-5. the full stack: our bridge in front of (4), recording to PostgreSQL and InfluxDB;
+5. the full stack: our bridge in front of (4), recording to PostgreSQL and InfluxDB — through ``/predictions``,
+   and the same photos through the Open Inference Protocol (``POST /v2/models/resnet18/infer``): binary tensor
+   data as tritonclient sends it, base64 JSON, and binary with 8 photos per request (at 8 and 32 photos in
+   flight, as 1 and 4 requests), each with the bridge's CPU per request beside ``/predictions``' in the same passes;
 6. the serving path's own cost: CPU ms per request of the bridge and of TorchServe's frontend read from /proc
    per process, ``hey`` beside our load generator, idle CPU, and a null model's ceiling
    (:mod:`benchmarks.throughput.bridge_cost`, on a private stack on free ports).
@@ -121,8 +124,8 @@ def parse_args(argv: list[str]) -> tuple[Plan, argparse.Namespace]:
     p.add_argument("--duration", type=float, help="measured seconds per row and load (default 21; quick 5)")
     p.add_argument("--passes", type=int, help="split each measurement into this many passes, the rows and the limit "
                    "alternating, so bursts of other users' load hit them alike (default 3; quick 1)")
-    p.add_argument("--rows", nargs="+", choices=report.SERVED_ROWS, default=list(report.SERVED_ROWS),
-                   help="served rows to run (default: all); the limit always runs")
+    p.add_argument("--rows", nargs="+", choices=report.TABLE_ROWS, default=list(report.TABLE_ROWS),
+                   help="served rows to run (default: all); the limit always runs; the OIP rows use full_stack's bridge")
     p.add_argument("--no-recording", action="store_true", help="skip the recording-path benchmark")
     p.add_argument("--no-serving-path", action="store_true",
                    help="skip the serving path's own cost (idle CPU, null model, hey)")
@@ -141,7 +144,7 @@ def parse_args(argv: list[str]) -> tuple[Plan, argparse.Namespace]:
         limit_layouts=QUICK_LAYOUTS if quick else FULL_LAYOUTS,
         limit_warmup_s=2.0 if quick else 3.0,
         limit_duration_s=4.0 if quick else 10.0,
-        rows=tuple(r for r in report.SERVED_ROWS if r in args.rows),
+        rows=tuple(r for r in report.TABLE_ROWS if r in args.rows),
         recording=not args.no_recording,
         serving_path=not args.no_serving_path,
         quick=quick,
@@ -150,6 +153,8 @@ def parse_args(argv: list[str]) -> tuple[Plan, argparse.Namespace]:
         p.error("--concurrency and --passes must be ≥ 1, --duration > 0 and --warmup ≥ 0")
     if "full_stack" in plan.rows and "torchserve_ours" not in plan.rows:
         p.error("the full_stack row needs the torchserve_ours row (the bridge sits in front of it)")
+    if any(r in report.OIP_MODES for r in plan.rows) and "full_stack" not in plan.rows:
+        p.error("the OIP rows need the full_stack row (they go through its bridge)")
     return plan, args
 
 
@@ -186,10 +191,16 @@ def ensure_archive() -> Path:
 
 
 def run_load(target: Target, photos_dir: Path, concurrency: int, plan: Plan, log_dir: Path) -> tuple[Measurement, list[float]]:
-    """One pass of the load generator against ``target`` (CPU sampled at its START/END lines), and its latencies."""
+    """One pass of the load generator against ``target`` (CPU sampled at its START/END lines), and its latencies.
+
+    ``concurrency`` counts photos in flight: a target of N photos per request holds concurrency / N requests.
+    """
+    requests = max(1, concurrency // target.photos_per_request)
     cmd = [sys.executable, "-m", "benchmarks.throughput.loadgen", "--url", target.url, "--photos", str(photos_dir),
-           "--concurrency", str(concurrency), "--warmup", str(plan.warmup_s), "--duration", str(plan.pass_s),
+           "--concurrency", str(requests), "--warmup", str(plan.warmup_s), "--duration", str(plan.pass_s),
            "--method", target.method]
+    if target.oip:
+        cmd += ["--oip", target.oip, "--per-request", str(target.photos_per_request)]
     for header in target.headers():
         cmd += ["--header", header]
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -228,6 +239,7 @@ def run_load(target: Target, photos_dir: Path, concurrency: int, plan: Plan, log
         cpu_s=cpu_s, window_s=result["window_s"], ok=result["ok"], errors=result["errors"],
         cpu_breakdown=breakdown, client_cpu_s=result["client_cpu_s"], sent_total=result["sent_total"],
         others_cores=max(0.0, others), mean_batch=_nan(result["mean_batch"]),
+        photos_per_request=result["photos_per_request"],
     ), result["latencies_ms"]
 
 
@@ -276,12 +288,18 @@ def serve_and_measure(plan: Plan, run_dir: Path, photos_dir: Path, archive: Path
             "torchserve_stock": servers.start_torchserve_stock,
             "torchserve_ours": servers.start_torchserve_ours,
         }
-        for row in plan.rows:
+        for row in (r for r in plan.rows if r in report.SERVED_ROWS):
             log(f"{report.ROWS[row]} ...")
             target = servers.start_bridge(targets[-1]) if row == "full_stack" else starters[row]()
             targets.append(target)
             extras["cold_start"][row] = target.cold_start
             log(f"  ready in {target.cold_start['ready_s']:.1f} s, first prediction at {target.cold_start['first_prediction_s']:.1f} s")
+        bridge = next((t for t in targets if t.row == "full_stack"), None)
+        for row in (r for r in plan.rows if r in report.OIP_MODES):
+            assert bridge is not None  # parse_args refuses OIP rows without full_stack
+            encoding, per_request = report.OIP_MODES[row]
+            targets.append(servers.oip_target(bridge, row, encoding, per_request))
+            log(f"{report.ROWS[row]}: {targets[-1].url} answers")
 
         best = next(layout for layout in plan.limit_layouts if layout.label == limit.best.config)
         heading(f"load: {', '.join(map(str, plan.concurrencies))} in flight × {len(targets)} rows, "
@@ -297,12 +315,16 @@ def serve_and_measure(plan: Plan, run_dir: Path, photos_dir: Path, archive: Path
                 limit.repeats.append(repeat)
                 line = [f"limit {repeat.images_per_s:.1f}"]
                 for target in targets:
+                    if concurrency % target.photos_per_request:
+                        continue  # N photos per request: only where N divides the photos in flight
                     m, lat = run_load(target, photos_dir, concurrency, plan, run_dir / "logs")
                     parts[target.row].append(m)
                     latencies[target.row] += lat
                     line.append(f"{target.row} {m.images_per_s:.1f}")
                 log("  img/s: " + ", ".join(line) + f" (others' cores ≈ {repeat.others_cores:.1f})")
             for target in targets:
+                if not parts[target.row]:
+                    continue
                 m = report.merge(parts[target.row], latencies[target.row])
                 runs.append(m)
                 log(f"{report.ROWS[target.row]}, {concurrency} in flight: {m.images_per_s:.1f} img/s, "
@@ -316,13 +338,16 @@ def serve_and_measure(plan: Plan, run_dir: Path, photos_dir: Path, archive: Path
             extras["serving_path"] = {"runs": [hey_resnet(targets, photos_dir, plan)]}
 
         for target in targets:
+            if target.row in report.OIP_MODES:
+                continue  # the full stack's own processes
             processes = target.group.memory()
             if target.row == "full_stack":  # its TorchServe is the previous row's: list only what the bridge adds
                 processes = [p for p in processes if "TorchServe" not in p["role"] and "torchserve" not in p["role"]]
             extras["memory"][target.row] = processes
         extras["memory"]["limit"] = limit_details[best.label]["memory"]
         if "full_stack" in plan.rows:
-            sent = sum(m.sent_total for m in runs if m.row == "full_stack") + 1
+            through = ("full_stack", *report.OIP_ROWS)  # each photo of an OIP request is recorded on its own
+            sent = sum(m.sent_total * m.photos_per_request for m in runs if m.row in through) + 1
             rows, points = wait_recorded(bench_dsn(), sent)
             extras["full_stack_recorded"] = {
                 "requests_sent_to_bridge_at_least": sent, "postgres_rows": rows, "influxdb_points": points,
@@ -422,6 +447,9 @@ def main(argv: list[str] | None = None) -> int:
         print_table(report.MEMORY_HEADER, report.memory_lines(extras["memory"]))
         print()
         print_table(report.PROCESS_COST_HEADER, report.process_cost_lines(runs))
+        if any(m.row in report.OIP_MODES for m in runs):
+            print()
+            print_table(report.OIP_HEADER, report.oip_lines(runs))
         if "serving_path" in extras:
             print()
             print_table(report.SERVING_PATH_HEADER, report.serving_path_lines(extras["serving_path"]))
@@ -506,6 +534,13 @@ def _write_outputs(document: dict[str, Any], limit: Limit, runs: list[Measuremen
         "",
         report.render_markdown(report.PROCESS_COST_HEADER, report.process_cost_lines(runs)),
     ]
+    if any(m.row in report.OIP_MODES for m in runs):
+        parts += [
+            "", ("The same photos through the Open Inference Protocol beside `/predictions`, on the full stack's "
+            "bridge in the same passes (in flight: photos; a request of 8 photos runs at 8 and 32 in flight as 1 and "
+            "4 requests; latency per request; bridge CPU from /proc over the same window):"), "",
+            report.render_markdown(report.OIP_HEADER, report.oip_lines(runs)),
+        ]
     if "serving_path" in extras:
         parts += [
             "", ("The serving path's own cost: hey (Debian's, a load generator we did not write) beside ours, and a "

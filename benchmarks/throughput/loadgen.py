@@ -2,6 +2,7 @@
 
     python -m benchmarks.throughput.loadgen --url http://127.0.0.1:18080/predictions/resnet18 \\
         --photos DIR --concurrency 8 --warmup 3 --duration 15 [--header 'Authorization: Bearer KEY'] [--method PUT]
+        [--oip binary|json [--per-request N]]
 
 ``concurrency`` threads each hold one keep-alive HTTP/1.1 connection (reopened when the server closes it) and
 send the next photo as soon as the previous answer is in, so exactly ``concurrency`` requests are in flight
@@ -9,11 +10,19 @@ send the next photo as soon as the previous answer is in, so exactly ``concurren
 samples the servers' CPU time at those two lines), waits for the requests still in flight, and prints one
 ``RESULT {json}`` line: answers that completed inside the window, their latency percentiles, errors.
 It stops by itself: every loop is bounded by the deadline and every request by ``--timeout``.
+
+``--oip`` sends each photo as an Open Inference Protocol infer request instead (the URL is then
+``.../v2/models/{model}/infer``): ``binary`` as tritonclient sends it (JSON header, the BYTES tensor after it,
+binary outputs asked for), ``json`` as base64 in JSON with JSON outputs; ``--per-request N`` puts N consecutive
+photos in one request (a BYTES tensor of shape [N, 1]). Bodies are built once, before the load starts, with the
+bridge's own BYTES codec (:func:`bridge.oip.encode_bytes_elements`). A 200 whose ``status`` output says some
+photos failed counts as an error (status 207 in ``statuses``).
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import collections
 import http.client
 import itertools
@@ -21,12 +30,16 @@ import json
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 from benchmarks.throughput.photos import load_photos
 from benchmarks.throughput.report import percentile
+from bridge.oip import HEADER_LENGTH, INPUT_NAME, encode_bytes_elements
+
+PARTIAL = 207  # a 200 whose per-photo ``status`` output says some photos of the request failed
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -40,12 +53,41 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--method", default="POST", choices=("POST", "PUT"))
     p.add_argument("--header", action="append", default=[], help="extra header 'Name: value' (repeatable)")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds one request may take")
+    p.add_argument("--oip", choices=("binary", "json"), help="send OIP infer requests (binary tensor data or base64 JSON)")
+    p.add_argument("--per-request", type=int, default=1, help="photos per OIP request (default 1)")
     return p.parse_args(argv)
+
+
+def oip_request(photos: Sequence[bytes], binary: bool = True) -> tuple[bytes, dict[str, str]]:
+    """``photos`` as one OIP infer request body and its headers: binary tensor data (as tritonclient), or base64 JSON."""
+    tensor: dict[str, object] = {"name": INPUT_NAME, "datatype": "BYTES", "shape": [len(photos), 1]}
+    if not binary:
+        tensor["parameters"] = {"content_type": "base64"}
+        tensor["data"] = [base64.b64encode(p).decode() for p in photos]
+        return json.dumps({"inputs": [tensor]}).encode(), {"Content-Type": "application/json"}
+    raw = encode_bytes_elements(photos)
+    tensor["parameters"] = {"binary_data_size": len(raw)}
+    header = json.dumps({"inputs": [tensor], "parameters": {"binary_data_output": True}}).encode()
+    return header + raw, {HEADER_LENGTH: str(len(header)), "Content-Type": "application/octet-stream"}
+
+
+def bodies(photos: list[bytes], oip: str | None, per_request: int) -> list[tuple[bytes, dict[str, str]]]:
+    """What each request sends, round robin: the photo itself, or an OIP request of ``per_request`` photos."""
+    if oip is None:
+        return [(photo, {}) for photo in photos]
+    n = len(photos)
+    return [oip_request([photos[(i + j) % n] for j in range(per_request)], oip == "binary") for i in range(n)]
+
+
+def items_failed(payload: bytes, header_length: str | None) -> bool:
+    """Whether an OIP 200 carries the ``status`` output, which the bridge adds only when some photo failed."""
+    head = payload[:int(header_length)] if header_length and header_length.isdigit() else payload
+    return b'"status"' in head
 
 
 def run(args: argparse.Namespace, emit: Any = print) -> dict[str, Any]:
     """Drive the load; ``emit`` receives the START/END marker lines as they happen."""
-    photos = load_photos(args.photos)
+    per_request = args.per_request if args.oip else 1
     url = urlsplit(args.url)
     if url.scheme != "http" or url.hostname is None:
         raise SystemExit(f"only http:// URLs are supported, got {args.url!r}")
@@ -56,6 +98,7 @@ def run(args: argparse.Namespace, emit: Any = print) -> dict[str, Any]:
         if not sep:
             raise SystemExit(f"--header must look like 'Name: value', got {item!r}")
         headers[name.strip()] = value.strip()
+    requests = [(body, {**headers, **extra}) for body, extra in bodies(load_photos(args.photos), args.oip, per_request)]
 
     counter = itertools.count()
     started = time.monotonic()
@@ -70,16 +113,18 @@ def run(args: argparse.Namespace, emit: Any = print) -> dict[str, Any]:
         conn: http.client.HTTPConnection | None = None
         out = samples[index]
         while time.monotonic() < window_end:
-            body = photos[next(counter) % len(photos)]
+            body, request_headers = requests[next(counter) % len(requests)]
             t0 = time.monotonic()
             try:
                 if conn is None:
                     conn = http.client.HTTPConnection(url.hostname, url.port or 80, timeout=args.timeout)
-                conn.request(args.method, path, body=body, headers=headers)
+                conn.request(args.method, path, body=body, headers=request_headers)
                 response = conn.getresponse()
                 payload = response.read()
                 status = response.status
                 batch = int(response.getheader("X-Batch-Size") or 0)
+                if status == 200 and args.oip and items_failed(payload, response.getheader(HEADER_LENGTH)):
+                    status = PARTIAL
                 if response.will_close:
                     conn.close()
                     conn = None
@@ -119,7 +164,8 @@ def run(args: argparse.Namespace, emit: Any = print) -> dict[str, Any]:
         "window_s": window_end - window_start,
         "ok": len(ok),
         "errors": len(in_window) - len(ok),
-        "images_per_s": len(ok) / (window_end - window_start),
+        "photos_per_request": per_request,
+        "images_per_s": len(ok) * per_request / (window_end - window_start),
         "p50_ms": percentile(ok, 50),
         "p95_ms": percentile(ok, 95),
         "p99_ms": percentile(ok, 99),
@@ -137,8 +183,8 @@ def run(args: argparse.Namespace, emit: Any = print) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     """Run once and print the RESULT line."""
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    if args.concurrency < 1 or args.duration <= 0:
-        print("--concurrency must be ≥ 1 and --duration > 0", file=sys.stderr)
+    if args.concurrency < 1 or args.duration <= 0 or args.per_request < 1:
+        print("--concurrency and --per-request must be ≥ 1 and --duration > 0", file=sys.stderr)
         return 2
     result = run(args)
     print("RESULT " + json.dumps(result), flush=True)

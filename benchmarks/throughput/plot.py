@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from benchmarks.throughput.report import ROWS, SERVED_ROWS
+from benchmarks.throughput.report import ROWS, TABLE_ROWS
 
-COLOURS = {"prototype": "#9e9e9e", "torchserve_stock": "#ff9800", "torchserve_ours": "#1e88e5", "full_stack": "#43a047"}
+COLOURS = {"prototype": "#9e9e9e", "torchserve_stock": "#ff9800", "torchserve_ours": "#1e88e5", "full_stack": "#43a047",
+           "oip_binary": "#8e24aa", "oip_json": "#e53935", "oip_binary_x8": "#00897b"}
 
 
 def draw(document: dict[str, Any], path: Path) -> None:
@@ -20,7 +21,7 @@ def draw(document: dict[str, Any], path: Path) -> None:
     runs = document["runs"]
     limit = document["limit"]["images_per_s"]
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.8))
-    for row in SERVED_ROWS:
+    for row in TABLE_ROWS:
         mine = sorted((r for r in runs if r["row"] == row), key=lambda r: r["concurrency"])
         if not mine:
             continue
@@ -34,7 +35,7 @@ def draw(document: dict[str, Any], path: Path) -> None:
         ax.set_xscale("log", base=2)
         ax.set_xticks(sorted({r["concurrency"] for r in runs}))
         ax.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
-        ax.set_xlabel("requests in flight")
+        ax.set_xlabel("requests in flight (photos, for the OIP row of 8 photos per request)")
         ax.grid(True, alpha=0.3)
     left.set_ylabel("images/s")
     left.set_ylim(bottom=0)

@@ -21,8 +21,17 @@ ROWS: dict[str, str] = {
     "torchserve_stock": "TorchServe, stock image_classifier",
     "torchserve_ours": "TorchServe, our handler (direct)",
     "full_stack": "full stack: bridge + recording",
+    "oip_binary": "full stack, OIP binary (as tritonclient)",
+    "oip_json": "full stack, OIP base64 JSON",
+    "oip_binary_x8": "full stack, OIP binary, 8 photos/request",
 }
 SERVED_ROWS = ("prototype", "torchserve_stock", "torchserve_ours", "full_stack")
+# The same photos through the full stack's bridge as Open Inference Protocol infer requests (no server of their
+# own): row → (encoding, photos per request). A row of N photos per request runs where N divides the photos in
+# flight, with 1/N as many requests in flight, so every row keeps the same number of photos in flight.
+OIP_MODES: dict[str, tuple[str, int]] = {"oip_binary": ("binary", 1), "oip_json": ("json", 1), "oip_binary_x8": ("binary", 8)}
+OIP_ROWS = tuple(OIP_MODES)
+TABLE_ROWS = (*SERVED_ROWS, *OIP_ROWS)
 
 
 @dataclass
@@ -47,6 +56,7 @@ class Measurement:
     passes: list[float] = field(default_factory=list)  # img/s of each pass, when merged from several
     mean_batch: float = math.nan  # mean batch size the server reported per answer (X-Batch-Size), if it does
     notes: str = ""
+    photos_per_request: int = 1  # ok, sent_total and the latencies count requests; images_per_s counts photos
 
     @property
     def cpu_cores(self) -> float:
@@ -88,13 +98,14 @@ def merge(parts: list[Measurement], latencies_ms: list[float]) -> Measurement:
     others = [p.others_cores * p.window_s for p in parts if not math.isnan(p.others_cores)]
     batched = [(p.mean_batch, p.ok) for p in parts if not math.isnan(p.mean_batch)]
     return Measurement(
-        row=first.row, concurrency=first.concurrency, images_per_s=ok / window if window > 0 else math.nan,
+        row=first.row, concurrency=first.concurrency,
+        images_per_s=ok * first.photos_per_request / window if window > 0 else math.nan,
         p50_ms=percentile(latencies_ms, 50), p95_ms=percentile(latencies_ms, 95), p99_ms=percentile(latencies_ms, 99),
         cpu_s=sum(p.cpu_s for p in parts), window_s=window, ok=ok, errors=sum(p.errors for p in parts),
         config=first.config, cpu_breakdown=breakdown, client_cpu_s=sum(p.client_cpu_s for p in parts),
         sent_total=sum(p.sent_total for p in parts),
         others_cores=sum(others) / window if others and window > 0 else math.nan,
-        passes=[round(p.images_per_s, 2) for p in parts], notes=first.notes,
+        passes=[round(p.images_per_s, 2) for p in parts], notes=first.notes, photos_per_request=first.photos_per_request,
         mean_batch=sum(b * n for b, n in batched) / sum(n for _, n in batched) if batched and sum(n for _, n in batched) else math.nan,
     )
 
@@ -313,7 +324,7 @@ def table_rows(limit: Limit, runs: list[Measurement]) -> list[tuple[str, ...]]:
         _num(limit.cpu_ms_per_image), "1.00", "1.00", str(sum(m.errors for m in samples)),
         _num(statistics.fmean(m.others_cores for m in samples), 2),
     )]
-    for row in SERVED_ROWS:
+    for row in TABLE_ROWS:
         for m in sorted((m for m in runs if m.row == row), key=lambda m: m.concurrency or 0):
             lines.append((
                 ROWS[row], str(m.concurrency), _num(m.images_per_s), _num(m.p50_ms), _num(m.p95_ms), _num(m.p99_ms),
@@ -387,6 +398,7 @@ def results_document(
     """Everything measured, as one JSON-able document (ratios and goals included)."""
     value = limit.images_per_s
     goals = (serving_goals(runs, limit) + cost_goals(runs, extras.get("serving_path"))
+             + (oip_goals(runs) if any(m.row in OIP_MODES for m in runs) else [])
              + (recording_goals(recording) if recording else []))
     return _finite({
         "machine": machine,
@@ -401,6 +413,7 @@ def results_document(
         },
         "runs": [{**m.to_json(), "ratio_to_limit": ratio(m.images_per_s, value),
                   "ratio_to_limit_by_cpu": cpu_efficiency(m, limit)} for m in runs],
+        "oip_vs_predictions": oip_comparison(runs),
         **extras,
         "recording": recording,
         "goals": [asdict(g) for g in goals],
@@ -487,7 +500,7 @@ PROCESS_COST_HEADER = ("row", "in flight", "img/s", "bridge CPU ms/req", "fronte
 def process_cost_lines(runs: list[Measurement]) -> list[tuple[str, ...]]:
     """CPU per request of the bridge, TorchServe's frontend and its workers, for the rows that have them."""
     lines: list[tuple[str, ...]] = []
-    for row in ("torchserve_stock", "torchserve_ours", "full_stack"):
+    for row in ("torchserve_stock", "torchserve_ours", "full_stack", *OIP_ROWS):
         for m in sorted((m for m in runs if m.row == row), key=lambda m: m.concurrency or 0):
             bridge, frontend = role_ms_per_request(m, BRIDGE_ROLE), role_ms_per_request(m, FRONTEND_ROLE)
             lines.append((ROWS[row], str(m.concurrency), _num(m.images_per_s), _num(bridge, 2), _num(frontend, 2),
@@ -524,7 +537,7 @@ IDLE_HEADER = ("process (no traffic)", "% of a core")
 
 def idle_lines(cost: dict[str, Any]) -> list[tuple[str, ...]]:
     """Idle CPU of each process of the serving path."""
-    idle = next((d["idle_percent_of_core"] for d in cost.get("runs", []) if "idle_percent_of_core" in d), {})
+    idle: dict[str, float] = next((d["idle_percent_of_core"] for d in cost.get("runs", []) if "idle_percent_of_core" in d), {})
     return [(role, _num(value, 2)) for role, value in idle.items()]
 
 
@@ -547,7 +560,7 @@ def cost_goals(runs: list[Measurement], cost: dict[str, Any] | None) -> list[Goa
             f"{full.concurrency} in flight, uncached, same run)",
             None if math.isnan(value) else value <= 0.5, noise_note([full.others_cores]),
         ))
-    idle = next((d["idle_percent_of_core"] for d in (cost or {}).get("runs", []) if "idle_percent_of_core" in d), None)
+    idle: dict[str, float] | None = next((d["idle_percent_of_core"] for d in (cost or {}).get("runs", []) if "idle_percent_of_core" in d), None)
     if idle is None or "bridge" not in idle:
         goals.append(Goal("idle bridge", "≤ 1 % of a core", "n/a", None))
     else:
@@ -555,3 +568,86 @@ def cost_goals(runs: list[Measurement], cost: dict[str, Any] | None) -> list[Goa
                           f"{idle['bridge']:.2f} % (TorchServe's frontend {idle.get('frontend', math.nan):.2f} %)",
                           idle["bridge"] <= 1.0))
     return goals
+
+
+# --- the Open Inference Protocol beside /predictions (same bridge, same photos, same run) --------------------------
+
+OIP_GOAL_THROUGHPUT = 0.95  # OIP binary images/s ≥ this × /predictions' at the same load
+OIP_GOAL_CPU = 1.10  # bridge CPU per photo, OIP binary ≤ this × /predictions'
+
+
+def oip_comparison(runs: list[Measurement]) -> list[dict[str, Any]]:
+    """``/predictions`` (the full stack row) and each OIP row at every load: images/s, latency, bridge CPU.
+
+    Per request and per photo (they differ for the rows of several photos per request); the ratios are to the
+    ``/predictions`` row at the same load, measured in the same passes. Empty when no OIP row ran.
+    """
+    out: list[dict[str, Any]] = []
+    if not any(m.row in OIP_MODES for m in runs):
+        return out
+    for c in sorted({m.concurrency or 0 for m in runs if m.row in ("full_stack", *OIP_ROWS)}):
+        base = at(runs, "full_stack", c)
+        base_cpu = role_ms_per_request(base, BRIDGE_ROLE) if base else math.nan
+        for row in ("full_stack", *OIP_ROWS):
+            m = at(runs, row, c)
+            if m is None:
+                continue
+            per_request = role_ms_per_request(m, BRIDGE_ROLE)
+            per_image = per_request / m.photos_per_request
+            out.append({
+                "row": row, "concurrency": c, "photos_per_request": m.photos_per_request,
+                "requests_in_flight": max(1, c // m.photos_per_request), "images_per_s": m.images_per_s,
+                "p50_ms": m.p50_ms, "p99_ms": m.p99_ms, "bridge_cpu_ms_per_request": per_request,
+                "bridge_cpu_ms_per_image": per_image,
+                "images_per_s_vs_predictions": ratio(m.images_per_s, base.images_per_s) if base else math.nan,
+                "bridge_cpu_per_image_vs_predictions": ratio(per_image, base_cpu),
+                "errors": m.errors, "others_cores": m.others_cores,
+            })
+    return out
+
+
+OIP_HEADER = ("row", "photos in flight", "photos/req", "img/s", "× /predictions", "p50 ms/req", "p99 ms/req",
+              "bridge CPU ms/req", "bridge CPU ms/photo", "× /predictions (CPU/photo)", "errors", "others' cores")
+
+
+def oip_lines(runs: list[Measurement]) -> list[tuple[str, ...]]:
+    """The OIP comparison as table lines, ``/predictions`` first at each load."""
+    return [(
+        "full stack, /predictions" if e["row"] == "full_stack" else ROWS[e["row"]], str(e["concurrency"]),
+        str(e["photos_per_request"]), _num(e["images_per_s"]), _num(e["images_per_s_vs_predictions"], 2),
+        _num(e["p50_ms"]), _num(e["p99_ms"]), _num(e["bridge_cpu_ms_per_request"], 2),
+        _num(e["bridge_cpu_ms_per_image"], 2), _num(e["bridge_cpu_per_image_vs_predictions"], 2), str(e["errors"]),
+        _num(e["others_cores"], 2),
+    ) for e in oip_comparison(runs)]
+
+
+def oip_goals(runs: list[Measurement]) -> list[Goal]:
+    """OIP binary (tritonclient's way) as fast as ``/predictions`` and about as cheap for the bridge."""
+    names = ("OIP binary vs /predictions, images/s", "bridge CPU per photo, OIP binary vs /predictions")
+    targets = (f"≥ {OIP_GOAL_THROUGHPUT:.2f}× /predictions", f"≤ {OIP_GOAL_CPU:.2f}× /predictions")
+    common = sorted({m.concurrency or 0 for m in runs if m.row == "oip_binary"}
+                    & {m.concurrency or 0 for m in runs if m.row == "full_stack"})
+    if not common:
+        return [Goal(n, t, "n/a", None) for n, t in zip(names, targets)]
+    c = COST_GOAL_CONCURRENCY if COST_GOAL_CONCURRENCY in common else common[-1]
+    entries = {e["row"]: e for e in oip_comparison(runs) if e["concurrency"] == c}
+    binary, base = entries["oip_binary"], entries["full_stack"]
+    others = [binary["others_cores"], base["others_cores"]]
+
+    def also(key: str) -> str:
+        parts = [f"{label} {_fmt_ratio(entries[row][key])}" for row, label in
+                 (("oip_json", "base64 JSON"), ("oip_binary_x8", "8 photos/request")) if row in entries]
+        return f"; {', '.join(parts)}" if parts else ""
+
+    speed = binary["images_per_s_vs_predictions"]
+    cpu = binary["bridge_cpu_per_image_vs_predictions"]
+    return [
+        Goal(names[0], targets[0],
+             f"{_fmt_ratio(speed)} at {c} in flight ({_num(binary['images_per_s'])} vs {_num(base['images_per_s'])} "
+             f"img/s{also('images_per_s_vs_predictions')})",
+             None if math.isnan(speed) else speed >= OIP_GOAL_THROUGHPUT, noise_note(others)),
+        Goal(names[1], targets[1],
+             f"{_fmt_ratio(cpu)} at {c} in flight ({_num(binary['bridge_cpu_ms_per_image'], 2)} vs "
+             f"{_num(base['bridge_cpu_ms_per_image'], 2)} ms{also('bridge_cpu_per_image_vs_predictions')})",
+             None if math.isnan(cpu) else cpu <= OIP_GOAL_CPU, noise_note(others)),
+    ]

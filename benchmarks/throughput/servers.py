@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import psutil
 import yaml
@@ -228,6 +229,9 @@ class Target:
     headers: Callable[[], list[str]]
     group: ProcessGroup
     cold_start: dict[str, float] = field(default_factory=dict)
+    oip: str | None = None  # "binary" or "json": OIP infer requests (loadgen --oip) instead of the photo as the body
+    photos_per_request: int = 1
+
 
 
 def post(url: str, body: bytes, headers: dict[str, str], timeout_s: float = 30.0) -> tuple[int, bytes]:
@@ -360,6 +364,24 @@ class Servers:
         return Target("full_stack", url, "PUT", lambda: ["Cache-Control: no-cache"], group,
                       {"ready_s": ready - started, "first_prediction_s": first - started})
 
+    def oip_target(self, bridge: Target, row: str, encoding: str, photos_per_request: int) -> Target:
+        """The full stack's bridge through ``POST /v2/models/{model}/infer``: the same processes, headers and photos.
+
+        One request is checked first, so a broken OIP route stops the run here rather than filling a row with errors.
+        """
+        from benchmarks.throughput.loadgen import items_failed, oip_request
+
+        base = urlsplit(bridge.url)
+        url = f"{base.scheme}://{base.netloc}/v2/models/{MODEL}/infer"
+        body, headers = oip_request([self.photo] * photos_per_request, encoding == "binary")
+        extra = dict(h.split(": ", 1) for h in bridge.headers())
+        status, answer = post(url, body, {**headers, **extra})
+        if status != 200 or items_failed(answer, None):
+            raise StackError(f"OIP ({encoding}, {photos_per_request} photos) through the bridge answered {status}: "
+                             f"{answer[:300]!r}")
+        return Target(row, url, "POST", bridge.headers, bridge.group, oip=encoding,
+                      photos_per_request=photos_per_request)
+
     def stop_all(self) -> None:
         """Stop everything started, newest first; never raises."""
         while self._stops:
@@ -427,7 +449,8 @@ def recorded_counts(dsn: str) -> tuple[int, int]:
 
     with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
         cur.execute("SELECT count(*) FROM inferences")
-        rows = cur.fetchone()[0]
+        row = cur.fetchone()
+    rows = int(row[0]) if row else 0
     result = influx_query("SELECT count(latency_ms) FROM inference", BENCH_DATABASE)
     series = result.get("results", [{}])[0].get("series")
     points = series[0]["values"][0][1] if series else 0

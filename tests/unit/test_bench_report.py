@@ -210,3 +210,109 @@ def test_cpu_per_request_by_process_and_the_cost_goals() -> None:
     assert [(line[1], line[2]) for line in path] == [("bridge → TorchServe", "loadgen"), ("TorchServe alone", "hey")]
     assert path[1][5] == "-" and path[1][6] == "-"  # hey's p50 unknown, no bridge
     assert report.idle_lines(cost) == [("bridge", "0.40"), ("frontend", "0.30")]
+
+
+def with_oip() -> list[Measurement]:
+    """``/predictions`` and the three OIP rows at 1 and 8 photos in flight (8 photos/request only at 8)."""
+    runs = []
+    for row, c, ips, bridge_s in [
+        ("full_stack", 1, 20.0, 0.8), ("full_stack", 8, 40.0, 1.6),  # 4.0 ms per photo
+        ("oip_binary", 1, 19.8, 0.82), ("oip_binary", 8, 39.0, 1.65),  # 4.23 ms per photo at 8
+        ("oip_json", 1, 19.0, 0.9), ("oip_json", 8, 36.0, 1.8),  # 5.0 ms per photo at 8
+    ]:
+        run = m(row, c, ips)
+        run.cpu_breakdown = {"bridge": bridge_s, "TorchServe frontend (Java)": 1.0}
+        runs.append(run)
+    x8 = m("oip_binary_x8", 8, 44.0)  # 440 photos in 10 s: 55 requests of 8
+    x8.photos_per_request, x8.ok = 8, 55
+    x8.cpu_breakdown = {"bridge": 1.32, "TorchServe frontend (Java)": 1.0}  # 24 ms per request, 3 ms per photo
+    runs.append(x8)
+    return runs
+
+
+def test_oip_rows_follow_the_full_stack_in_the_tables(limit: Limit) -> None:
+    runs = served() + with_oip()[2:]
+    lines = report.table_rows(limit, runs)
+    labels = [line[0] for line in lines[1:]]
+    assert labels[:8] == [report.ROWS[r] for r in report.SERVED_ROWS for _ in range(2)]
+    assert labels[8:] == [report.ROWS[r] for r in ("oip_binary", "oip_binary", "oip_json", "oip_json", "oip_binary_x8")]
+    x8 = lines[-1]
+    assert x8[1] == "8" and x8[2] == "44.0"  # photos in flight, photos per second
+    cost = report.process_cost_lines(with_oip())
+    assert [line[0] for line in cost][-1] == report.ROWS["oip_binary_x8"]
+    assert cost[-1][3] == "24.00"  # bridge CPU per request of 8 photos
+
+
+def test_merge_counts_photos_of_multi_photo_requests() -> None:
+    a, b = m("oip_binary_x8", 8, 40.0), m("oip_binary_x8", 8, 80.0)
+    for part, requests in ((a, 5), (b, 10)):
+        part.photos_per_request, part.ok = 8, requests
+    merged = report.merge([a, b], [100.0, 200.0])
+    assert merged.ok == 15 and merged.photos_per_request == 8
+    assert merged.images_per_s == pytest.approx(15 * 8 / 20.0)
+    assert report.role_ms_per_request(merged, "bridge") != report.role_ms_per_request(merged, "bridge")  # no breakdown
+
+
+def test_oip_comparison_and_its_table() -> None:
+    runs = with_oip()
+    entries = report.oip_comparison(runs)
+    assert [(e["row"], e["concurrency"]) for e in entries] == [
+        ("full_stack", 1), ("oip_binary", 1), ("oip_json", 1),
+        ("full_stack", 8), ("oip_binary", 8), ("oip_json", 8), ("oip_binary_x8", 8)]
+    binary8 = entries[4]
+    assert binary8["images_per_s_vs_predictions"] == pytest.approx(39.0 / 40.0)
+    assert binary8["bridge_cpu_ms_per_image"] == pytest.approx(1650 / 390)
+    assert binary8["bridge_cpu_per_image_vs_predictions"] == pytest.approx((1650 / 390) / 4.0)
+    x8 = entries[6]
+    assert x8["requests_in_flight"] == 1 and x8["photos_per_request"] == 8
+    assert x8["bridge_cpu_ms_per_request"] == pytest.approx(24.0) and x8["bridge_cpu_ms_per_image"] == pytest.approx(3.0)
+    assert x8["images_per_s_vs_predictions"] == pytest.approx(1.1)
+    lines = report.oip_lines(runs)
+    assert all(len(line) == len(report.OIP_HEADER) for line in lines)
+    assert lines[3][0] == "full stack, /predictions" and lines[3][4] == "1.00"
+    assert lines[6][1:5] == ("8", "8", "44.0", "1.10") and lines[6][7:10] == ("24.00", "3.00", "0.75")
+    assert report.oip_comparison(served()) == [] and report.oip_lines(served()) == []
+
+
+def test_oip_goals(limit: Limit) -> None:
+    goals = report.oip_goals(with_oip())
+    assert [g.name for g in goals] == ["OIP binary vs /predictions, images/s",
+                                       "bridge CPU per photo, OIP binary vs /predictions"]
+    assert goals[0].met is True and goals[0].measured.startswith("0.97× at 8 in flight (39.0 vs 40.0 img/s")
+    assert "base64 JSON 0.90×" in goals[0].measured and "8 photos/request 1.10×" in goals[0].measured
+    assert goals[1].met is True  # 4.23 / 4.0 = 1.06 ≤ 1.10
+    assert goals[1].measured == ("1.06× at 8 in flight (4.23 vs 4.00 ms; base64 JSON 1.25×, "
+                                 "8 photos/request 0.75×)")
+    slow = with_oip()
+    slow[3].cpu_breakdown["bridge"] = 1.6 * 39.0 / 40.0 * 1.2  # 4.8 ms per photo: 1.2×
+    assert report.oip_goals(slow)[1].met is False
+    noisy = with_oip()
+    noisy[3].others_cores = 1.5
+    assert all(g.note.startswith("noisy") for g in report.oip_goals(noisy))
+    assert [g.met for g in report.oip_goals(served())] == [None, None]
+    document = report.results_document({"cpu": "test"}, {"quick": True}, limit, served()[:6] + with_oip(),
+                                       {"cold_start": {}}, None)
+    assert len(document["oip_vs_predictions"]) == 7
+    assert {g["name"] for g in document["goals"]} >= {g.name for g in goals}
+    plain = report.results_document({"cpu": "test"}, {"quick": True}, limit, served(), {"cold_start": {}}, None)
+    assert plain["oip_vs_predictions"] == [] and not any(g["name"].startswith("OIP") for g in plain["goals"])
+
+
+def test_loadgen_oip_bodies_are_what_the_bridge_parses() -> None:
+    from benchmarks.throughput import loadgen
+    from bridge.oip import HEADER_LENGTH, parse_infer_request
+
+    photos = [b"\xff\xd8one", b"\xff\xd8two", b"\xff\xd8three"]
+    body, headers = loadgen.oip_request(photos[:2])
+    parsed = parse_infer_request(body, headers[HEADER_LENGTH])
+    assert [i.photo for i in parsed.items] == photos[:2] and parsed.binary_output is True
+    body, headers = loadgen.oip_request(photos[:1], binary=False)
+    assert HEADER_LENGTH not in headers and headers["Content-Type"] == "application/json"
+    assert [i.photo for i in parse_infer_request(body, None).items] == photos[:1]
+    requests = loadgen.bodies(photos, "binary", 2)
+    assert len(requests) == 3  # one per starting photo, wrapping round
+    assert [i.photo for i in parse_infer_request(requests[2][0], requests[2][1][HEADER_LENGTH]).items] == \
+        [photos[2], photos[0]]
+    assert loadgen.bodies(photos, None, 1) == [(p, {}) for p in photos]
+    assert loadgen.items_failed(b'{"outputs": [{"name": "status"}]}\x00\x01', "33")
+    assert not loadgen.items_failed(b'{"outputs": [{"name": "labels"}]}"status"', "33")
