@@ -91,7 +91,7 @@ class Sink(abc.ABC):
     buffer_limit: int = 100_000  # best effort: records held while the sink is down
     batch_limit: int = 5000  # best effort: records per write
     coalesce_records: int = 500  # durable: journal batches queued meanwhile are combined into one write up to this
-    coalesce_s: float = 0.05  # durable: how long a write waits for more batches (the journal already has them)
+    coalesce_s: float = 0.05  # how long a write waits for more records (durable: the journal already has them)
 
     def start(self) -> None:
         """Prepare before the first write (e.g. migrate a schema); raise SinkUnavailable if unreachable now."""
@@ -343,12 +343,17 @@ class _BestEffortLane(_Lane):
         """Write the buffer in batches; after a failure wait the retry interval."""
         while not self.stopping.is_set():
             with self._lock:
+                if not self._buffer:
+                    self._filled.clear()
+            if not self._filled.is_set():
+                self._filled.wait()
+                continue
+            # At most one write per coalesce_s: the records that follow the first share its write.
+            self.stopping.wait(self.sink.coalesce_s)
+            with self._lock:
                 batch = [self._buffer.popleft() for _ in range(min(len(self._buffer), self.sink.batch_limit))]
                 self.busy = bool(batch)
-                if not batch:
-                    self._filled.clear()
             if not batch:
-                self._filled.wait()
                 continue
             self.write(batch)
             self.busy = False
