@@ -52,7 +52,9 @@ def create_app(
                         transport=torchserve_transport)
         rec = recorder or build_recorder(settings)
         rec.start()
-        database = Database(settings.pg_dsn, settings.pg_connect_timeout_s, call_timeout_s=settings.db_timeout_s)
+        # Two kept connections: a cache lookup or a job query does not start a PostgreSQL backend each time.
+        database = Database(settings.pg_dsn, settings.pg_connect_timeout_s, call_timeout_s=settings.db_timeout_s,
+                            keep_idle=2)
         cache = ResultCache(database, settings.cache_timeout_s) if settings.cache else None
         predictions = PredictionService(client, rec, cache)
         job_store = JobStore(database)

@@ -1,8 +1,9 @@
 """Records every inference off the model's path: a local journal first, then a list of sinks.
 
-    submit(record) ──▶ journal thread: batch → spool segment, fsync ──▶ future resolved (the answer may leave)
-                            └──▶ per DURABLE sink, a thread: segment → sink (idempotent by request id)
-                                 → segment deleted once every durable sink has it
+    submit(record) ──▶ journal thread: batch → appended to the open spool segment, fdatasync
+                            │                                         ──▶ future resolved (the answer may leave)
+                            └──▶ per DURABLE sink, a thread: queued batches → one write (idempotent by request id)
+                                 → a sealed segment is deleted once every durable sink has all of it
     submit(record) ──▶ per BEST_EFFORT sink, a bounded buffer and a thread (drops counted, never blocks)
 
 A prediction is answered once its record is fsync'd to the local spool — never later, and never waiting
@@ -33,7 +34,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 from bridge.records import InferenceRecord
-from bridge.spool import Spool
+from bridge.spool import Batch, Spool
 
 logger = logging.getLogger(__name__)
 
@@ -89,6 +90,8 @@ class Sink(abc.ABC):
     keys: SinkKeys | None = None  # default: SinkKeys.named(name)
     buffer_limit: int = 100_000  # best effort: records held while the sink is down
     batch_limit: int = 5000  # best effort: records per write
+    coalesce_records: int = 500  # durable: journal batches queued meanwhile are combined into one write up to this
+    coalesce_s: float = 0.05  # how long a write waits for more records (durable: the journal already has them)
 
     def start(self) -> None:
         """Prepare before the first write (e.g. migrate a schema); raise SinkUnavailable if unreachable now."""
@@ -161,7 +164,7 @@ class _DurableLane(_Lane):
         self._recorder = recorder
         self._spool = recorder.spool
         # None wakes the thread to stop: it blocks on this queue, with no timer while the sink is healthy.
-        self.segments: queue.SimpleQueue[tuple[Path, list[InferenceRecord]] | None] = queue.SimpleQueue()
+        self.segments: queue.SimpleQueue[tuple[Batch, list[InferenceRecord]] | None] = queue.SimpleQueue()
 
     def stop(self) -> None:
         """Wake the thread to finish."""
@@ -176,24 +179,22 @@ class _DurableLane(_Lane):
         return self.segments.empty() and not self.busy
 
     def loop(self) -> None:
-        """Replay what a previous run (or crash) left, then write each new segment; retry while down."""
+        """Replay what a previous run (or crash) left, then write the new batches; retry while down."""
         self.replay()
         last_retry = last_adoption = time.monotonic()
         while not self.stopping.is_set():
-            try:  # sleeps until a segment arrives; wakes on its own only to retry a sink that is down, or to adopt
-                item = self.segments.get(timeout=self._wake_after_s())
-            except queue.Empty:
-                item = None
-            segment, records = item if item is not None else (None, [])
-            # A segment already gone was replayed from disk meanwhile.
-            if segment is not None and self.healthy and not self._recorder.stored_by(segment, self):
-                self.busy = True
+            # Sleeps until a batch arrives; wakes on its own only to retry a sink that is down, or to adopt.
+            items = self._take(self._wake_after_s())
+            # A batch already stored was replayed from disk meanwhile (or its segment by another bridge).
+            todo = [(batch, records) for batch, records in items if not self._recorder.stored_by(batch, self)]
+            if todo and self.healthy:
                 try:
-                    self.write(records)
-                    self._recorder.segment_stored(segment, self)
-                except Exception as exc:  # noqa: BLE001 - the segment stays on disk for the replay
+                    self.write([record for _, records in todo for record in records])
+                    for batch, _ in todo:
+                        self._recorder.segment_stored(batch.segment, self, batch.end)
+                except Exception as exc:  # noqa: BLE001 - the batches stay on disk for the replay
                     self.failed(exc)
-                self.busy = False
+            self.busy = False
             if not self.healthy and time.monotonic() - last_retry >= self._retry_interval_s:
                 last_retry = time.monotonic()
                 self.busy = True
@@ -205,6 +206,31 @@ class _DurableLane(_Lane):
                 self.busy = True
                 self.replay(older_than_s=self._adopt_after_s)
                 self.busy = False
+
+    def _take(self, timeout_s: float | None) -> list[tuple[Batch, list[InferenceRecord]]]:
+        """The next batch, and those queued within ``coalesce_s`` after it, up to ``coalesce_records`` records."""
+        try:
+            first = self.segments.get(timeout=timeout_s)
+        except queue.Empty:
+            return []
+        if first is None:
+            return []
+        self.busy = True
+        items, count = [first], len(first[1])
+        if not self.healthy:  # the replay reads them from disk
+            return items
+        deadline = time.monotonic() + self.sink.coalesce_s
+        while count < self.sink.coalesce_records:
+            remaining = deadline - time.monotonic()
+            try:
+                item = self.segments.get(timeout=remaining) if remaining > 0 else self.segments.get_nowait()
+            except queue.Empty:
+                break
+            if item is None:  # stop: write what was taken
+                break
+            items.append(item)
+            count += len(item[1])
+        return items
 
     def forget_queued(self) -> None:
         """Drop queued segments and the stop wake-up (each segment is also on disk, where replay finds it)."""
@@ -252,11 +278,12 @@ class _DurableLane(_Lane):
         ``older_than_s``: only segments at least that old — adopting those a removed bridge left on a shared spool.
         """
         adopted = 0
-        for segment in self._spool.segments(older_than_s):
-            if self._recorder.stored_by(segment, self):
+        for segment in self._spool.replayable(older_than_s):
+            offset = self._recorder.stored_to(segment, self)
+            if offset >= self._spool.length(segment):
                 continue
             try:
-                records = self._spool.read(segment)
+                records, end = self._spool.load(segment, offset)
             except FileNotFoundError:
                 continue  # written by the normal path, or by another bridge process sharing the spool
             try:
@@ -264,7 +291,7 @@ class _DurableLane(_Lane):
             except Exception as exc:  # noqa: BLE001
                 self.failed(exc)
                 return
-            self._recorder.segment_stored(segment, self)
+            self._recorder.segment_stored(segment, self, end)
             self.counts[self.keys.replayed] += len(records)
             adopted += len(records)
         if older_than_s is not None and adopted:
@@ -316,12 +343,17 @@ class _BestEffortLane(_Lane):
         """Write the buffer in batches; after a failure wait the retry interval."""
         while not self.stopping.is_set():
             with self._lock:
+                if not self._buffer:
+                    self._filled.clear()
+            if not self._filled.is_set():
+                self._filled.wait()
+                continue
+            # At most one write per coalesce_s: the records that follow the first share its write.
+            self.stopping.wait(self.sink.coalesce_s)
+            with self._lock:
                 batch = [self._buffer.popleft() for _ in range(min(len(self._buffer), self.sink.batch_limit))]
                 self.busy = bool(batch)
-                if not batch:
-                    self._filled.clear()
             if not batch:
-                self._filled.wait()
                 continue
             self.write(batch)
             self.busy = False
@@ -387,7 +419,9 @@ class Recorder:
         # The journal thread blocks on this queue (None wakes it to stop); what arrives while it fsyncs is the
         # next batch, so many answers share one fsync without any timer.
         self._incoming: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
-        self._stored: dict[Path, set[str]] = {}  # segment → durable sinks that have it (this process)
+        # segment → durable sink → bytes of it the sink has (this process); every batch before that offset
+        self._stored: dict[Path, dict[str, int]] = {}
+        self._last_segment: Path | None = None  # the segment the journal appended to last
         self._stored_lock = threading.Lock()
         self._stopping = threading.Event()
         self._settled = 0  # records whose future is resolved (journaled, stored directly, or failed)
@@ -427,6 +461,7 @@ class Recorder:
             if thread.is_alive():
                 thread.join(timeout_s)
         self._journal_batch(self._drain_incoming(10**9, block=False))
+        self._seal()
         for durable in self._durable:
             durable.forget_queued()  # its thread is gone; what it had queued is on disk, for the replay below
             if durable.healthy:
@@ -446,7 +481,7 @@ class Recorder:
 
     def health(self) -> dict[str, object]:
         """What ``/ping`` shows about recording (and the bridge exports as metrics)."""
-        segments, spool_bytes = self.spool.backlog()
+        segments, spool_bytes = self.spool.measure(self._backlog())
         health: dict[str, object] = {}
         for lane in self._lanes:
             health.update(lane.health())
@@ -458,33 +493,62 @@ class Recorder:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             settled = self._settled == self.counts["submitted"]
-            if settled and all(lane.idle() for lane in self._lanes) and not self.spool.segments():
+            if settled and all(lane.idle() for lane in self._lanes) and not self._backlog():
                 return True
             time.sleep(0.02)
         return False
 
     # --- segments shared by the durable sinks ---------------------------------------------------
 
-    def stored_by(self, segment: Path, lane: _Lane) -> bool:
-        """Whether this segment is gone or already in ``lane``'s sink."""
-        with self._stored_lock:
-            return lane.sink.name in self._stored.get(segment, ()) or not segment.exists()
+    def stored_by(self, batch: Batch, lane: _Lane) -> bool:
+        """Whether this batch's segment is gone or the batch already in ``lane``'s sink."""
+        return self.stored_to(batch.segment, lane) >= batch.end or not batch.segment.exists()
 
-    def segment_stored(self, segment: Path, lane: _Lane) -> None:
-        """``lane``'s sink has the segment; delete it once every durable sink has it."""
+    def stored_to(self, segment: Path, lane: _Lane) -> int:
+        """The offset up to which ``lane``'s sink has the segment's records (0: none)."""
         with self._stored_lock:
-            have = self._stored.setdefault(segment, set())
-            have.add(lane.sink.name)
-            if len(have) == len(self._durable):
-                del self._stored[segment]
-                segment.unlink(missing_ok=True)
+            return self._stored.get(segment, {}).get(lane.sink.name, 0)
+
+    def segment_stored(self, segment: Path, lane: _Lane, end: int) -> None:
+        """``lane``'s sink has the segment up to ``end``; a sealed segment goes once every durable sink has it all."""
+        with self._stored_lock:
+            have = self._stored.setdefault(segment, {})
+            have[lane.sink.name] = max(have.get(lane.sink.name, 0), end)
+            self._delete_if_stored(segment)
+
+    def _stored_everywhere(self, segment: Path) -> bool:
+        length = self.spool.length(segment)
+        have = self._stored.get(segment, {})
+        return all(have.get(lane.sink.name, 0) >= length for lane in self._durable)
+
+    def _delete_if_stored(self, segment: Path) -> None:
+        # Called with _stored_lock held; the open segment stays until it is sealed (rotation, idle, stop).
+        if self.spool.sealed(segment) and self._stored_everywhere(segment):
+            self._stored.pop(segment, None)
+            self.spool.delete(segment)
+
+    def _after_seal(self, *segments: Path) -> None:
+        with self._stored_lock:
+            for segment in segments:
+                self._delete_if_stored(segment)
+
+    def _seal(self) -> None:
+        """Close the open segment (the journal is idle, or stopping); delete it if every durable sink has it."""
+        sealed = self.spool.seal()
+        if sealed is not None:
+            self._after_seal(sealed)
+
+    def _backlog(self) -> list[Path]:
+        """Segments on disk some durable sink does not have all of yet (another bridge's included)."""
+        with self._stored_lock:
+            return [segment for segment in self.spool.segments() if not self._stored_everywhere(segment)]
 
     # --- journal --------------------------------------------------------------------------------
 
-    def _drain_incoming(self, limit: int, block: bool = True) -> list[_Pending]:
+    def _drain_incoming(self, limit: int, block: bool = True, timeout_s: float | None = None) -> list[_Pending]:
         batch: list[_Pending] = []
         try:
-            item = self._incoming.get() if block else self._incoming.get_nowait()
+            item = self._incoming.get(timeout=timeout_s) if block else self._incoming.get_nowait()
             while True:
                 if item is not None:  # None: the wake-up from stop()
                     batch.append(item)
@@ -497,24 +561,33 @@ class Recorder:
 
     def _journal_loop(self) -> None:
         while not self._stopping.is_set():
-            self._journal_batch(self._drain_incoming(self._batch_size))
+            # With a segment open, one wake-up once the journal has been idle for a segment's age: seal it.
+            batch = self._drain_incoming(self._batch_size, timeout_s=self.spool.segment_age_s if self.spool.is_open()
+                                         else None)
+            if batch:
+                self._journal_batch(batch)
+            else:
+                self._seal()
 
     def _journal_batch(self, batch: list[_Pending]) -> None:
         if not batch:
             return
         records = [p.record for p in batch]
         try:
-            segment = self.spool.append(records)
+            appended = self.spool.append(records)
         except OSError as exc:
             self.counts["journal_failures"] += 1
             logger.error("journaling %d records to %s failed: %s", len(records), self.spool.directory, exc)
+            self._after_seal(*self.spool.own())  # the spool sealed the segment that failed
             self._store_directly(batch, exc)
         else:
             self.counts["journaled"] += len(records)
+            if appended.segment != self._last_segment:
+                if self._last_segment is not None:
+                    self._after_seal(self._last_segment)  # rotated: the previous segment is sealed
+                self._last_segment = appended.segment
             for lane in self._durable:
-                lane.segments.put((segment, records))
-            if not self._durable:
-                segment.unlink(missing_ok=True)
+                lane.segments.put((appended, records))
             for pending in batch:
                 pending.durable.set_result(None)
         self._settled += len(batch)

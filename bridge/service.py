@@ -47,15 +47,18 @@ class PredictionService:
         self._recorder = recorder
         self._cache = cache
 
-    async def cached(self, model: str, version: str | None, body: bytes) -> Prediction | None:
-        """The recorded answer for this photo on this model version (default version unless given)."""
+    async def cached(self, model: str, version: str | None, body: bytes, digest: str | None = None) -> Prediction | None:
+        """The recorded answer for this photo on this model version (default version unless given).
+
+        ``digest``: the body's sha256 (hex) if the caller has it already.
+        """
         if self._cache is None:
             return None
         started = time.perf_counter()
         version = version or await self._client.default_version(model)
         if version is None:
             return None
-        digest = hashlib.sha256(body).hexdigest()
+        digest = digest or hashlib.sha256(body).hexdigest()
         output = await self._cache.lookup(digest, model, version)
         if not isinstance(output, dict):
             return None
@@ -72,9 +75,12 @@ class PredictionService:
 
     async def run(
         self, model: str, version: str | None, body: bytes, content_type: str, source: str,
-        params: dict[str, str] | None = None,
+        params: dict[str, str] | None = None, digest: str | None = None,
     ) -> Prediction:
-        """Run ``body`` through ``model`` (default version unless ``version``); never raises for upstream errors."""
+        """Run ``body`` through ``model`` (default version unless ``version``); never raises for upstream errors.
+
+        ``digest``: the body's sha256 (hex) if the caller has it already.
+        """
         created_at = datetime.now(UTC)
         started = time.perf_counter()
         common = {
@@ -82,7 +88,7 @@ class PredictionService:
             "created_at": created_at,
             "model": model,
             "source": source,
-            "input_sha256": hashlib.sha256(body).hexdigest(),
+            "input_sha256": digest or hashlib.sha256(body).hexdigest(),
             "input_bytes": len(body),
         }
         try:
@@ -123,9 +129,10 @@ class PredictionService:
         use_cache: bool = True,
     ) -> Prediction:
         """Answer from the cache, or run; record durably; then answer (or raise the bridge's own error)."""
-        prediction = await self.cached(model, version, body) if use_cache else None
+        digest = hashlib.sha256(body).hexdigest()  # once: the cache's key and the record's
+        prediction = await self.cached(model, version, body, digest) if use_cache else None
         if prediction is None:
-            prediction = await self.run(model, version, body, content_type, source, params)
+            prediction = await self.run(model, version, body, content_type, source, params, digest)
         await self.record(prediction, request_id)
         if prediction.error is not None:
             raise prediction.error

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import select
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -39,9 +40,10 @@ class DatabaseUnavailable(Exception):
 class Database:
     """At most ``max_connections`` connections (and as many threads); outages as DatabaseUnavailable.
 
-    ``keep_idle`` connections are kept open between uses. The default, 0, connects for each use (what the
-    bridge's request-time queries have always done: no stale connection to trip over after PostgreSQL
-    restarts); a writer that must be fast (the recording sink's COPY) keeps its connection.
+    ``keep_idle`` connections are kept open between uses (0: connect for each use). A kept connection is
+    checked before it is reused — :meth:`_alive` reads what the server sent meanwhile, without a round trip —
+    and replaced by a new one if PostgreSQL closed it (a restart, an idle timeout), so a restart long
+    since over costs no failed call.
     """
 
     def __init__(
@@ -76,14 +78,33 @@ class Database:
             if self._closed or self._in_use >= self._max_connections:
                 raise DatabaseUnavailable("the database (PostgreSQL) is unavailable; retry shortly")
             self._in_use += 1
-            if self._idle:
-                return self._idle.pop()
+        while True:
+            with self._lock:
+                conn = self._idle.pop() if self._idle else None
+            if conn is None:
+                break
+            if self._alive(conn):
+                return conn
+            conn.close()  # PostgreSQL closed it (restarted): the next kept one, or a new one
         try:
             return psycopg2.connect(self.dsn, **self._connect_args)
         except psycopg2.Error as exc:
             with self._lock:
                 self._in_use -= 1
             raise DatabaseUnavailable("the database (PostgreSQL) is unavailable; retry shortly") from exc
+
+    @staticmethod
+    def _alive(conn: psycopg2.extensions.connection) -> bool:
+        """Whether a kept connection looks usable, without a round trip: nothing arrived on it while it was idle.
+
+        A server that ends a session (restart, ``pg_terminate_backend``, idle timeout) sends a FATAL message
+        and closes the socket, so it becomes readable; an idle session of ours otherwise receives nothing.
+        """
+        if conn.closed:
+            return False
+        readable = select.poll()
+        readable.register(conn.fileno(), select.POLLIN | select.POLLERR | select.POLLHUP)
+        return not readable.poll(0)
 
     def _release(self, conn: psycopg2.extensions.connection, broken: bool) -> None:
         with self._lock:

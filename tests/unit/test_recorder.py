@@ -18,7 +18,7 @@ from bridge.metrics_sink import event_time_ns, to_point
 from bridge.recorder import Policy, Recorder, RecordingFailed, Sink, SinkUnavailable
 from bridge.records import InferenceRecord, summarise_output
 from bridge.settings import Settings
-from bridge.spool import Spool
+from bridge.spool import Batch, Spool
 from tests.unit.fakes import FakeInflux, FlakyStore, make_record
 from tests.unit.test_bridge_app import PHOTO, PREDICTION, FakeTorchServe, write_keys
 
@@ -164,7 +164,7 @@ def test_summarise_output() -> None:
 
 
 class DiskFullSpool(Spool):
-    def append(self, records: list[InferenceRecord]) -> Path:
+    def append(self, records: list[InferenceRecord]) -> Batch:
         raise OSError(28, "No space left on device")
 
 
@@ -286,7 +286,40 @@ def test_sink_names_must_be_unique(tmp_path: Path) -> None:
 def test_the_journal_fsyncs_the_segment_and_its_directory_before_the_future_resolves(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    synced: list[str] = []  # what each fsync / fdatasync was called on, in order
+    events: list[tuple[str, str]] = []  # ("write" | "sync", what the file descriptor names), in order
+    for name in ("fsync", "fdatasync", "write"):
+        real = getattr(os, name)
+
+        def counting(fd: int, *args: object, real: Callable[..., object] = real, name: str = name) -> object:
+            events.append(("write" if name == "write" else "sync", os.readlink(f"/proc/self/fd/{fd}")))
+            return real(fd, *args)
+
+        monkeypatch.setattr(os, name, counting)
+    spool = Spool(tmp_path / "spool")
+    recorder = Recorder([FlakyStore()], spool)
+    record = make_record()
+    future = recorder.submit(record)  # before start(): the callback below is attached before it can resolve
+    seen_at_resolution: list[list[tuple[str, str]]] = []
+    future.add_done_callback(lambda _: seen_at_resolution.append(list(events)))
+    recorder.start()
+    try:
+        future.result(timeout=5)
+    finally:
+        recorder.stop()
+
+    (then,) = seen_at_resolution
+    directory = str(spool.directory.resolve())
+    in_segment = [i for i, (_, path) in enumerate(then) if Path(path).parent == Path(directory)
+                  and path.endswith(".jsonl")]
+    writes = [i for i in in_segment if then[i][0] == "write"]
+    assert writes, f"the record was not written to a segment before the answer could leave: {then}"
+    segment = then[writes[-1]][1]
+    assert ("sync", segment) in then[writes[-1]:], "the segment's data fsync'd after its last write"
+    assert ("sync", directory) in then[:writes[0]], "the new segment's name (its directory) fsync'd before use"
+
+
+def test_batches_share_the_open_segment_with_one_sync_each(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    synced: list[str] = []
     for name in ("fsync", "fdatasync"):
         real = getattr(os, name)
 
@@ -295,24 +328,73 @@ def test_the_journal_fsyncs_the_segment_and_its_directory_before_the_future_reso
             real(fd)
 
         monkeypatch.setattr(os, name, counting)
-    spool = Spool(tmp_path / "spool")
-    recorder = Recorder([FlakyStore()], spool)
-    record = make_record()
-    future = recorder.submit(record)  # before start(): the callback below is attached before it can resolve
-    seen_at_resolution: list[list[str]] = []
-    future.add_done_callback(lambda _: seen_at_resolution.append(list(synced)))
+    spool = Spool(tmp_path / "spool", segment_age_s=0.3)
+    first = spool.append([make_record()])
+    second = spool.append([make_record(), make_record()])
+    assert second.segment == first.segment and second.end > first.end
+    directory = str(spool.directory.resolve())
+    assert synced == [directory, str(first.segment), str(first.segment)], "one directory sync per segment only"
+    assert [len(spool.read(first.segment))] == [3]
+    time.sleep(0.35)
+    third = spool.append([make_record()])
+    assert third.segment != first.segment, "a segment is sealed once it reaches its age"
+    assert synced[-2:] == [directory, str(third.segment)], "a new segment's name is synced before it is used"
+    assert spool.sealed(first.segment) and not spool.sealed(third.segment)
+    spool.close()
+
+
+def test_an_idle_journal_seals_its_segment_and_deletes_it_once_stored(tmp_path: Path) -> None:
+    store, spool = FlakyStore(), Spool(tmp_path / "spool", segment_age_s=0.2)
+    recorder = Recorder([store], spool)
     recorder.start()
     try:
-        future.result(timeout=5)
+        record = make_record()
+        recorder.submit(record).result(timeout=5)
+        assert recorder.wait_idle(5)
+        wait_for(lambda: not spool.segments(), 5, "the idle segment sealed and deleted")
+        assert record.request_id in store.rows and not spool.is_open()
     finally:
         recorder.stop()
 
-    (synced_then,) = seen_at_resolution
-    directory = str(spool.directory.resolve())
-    segment_files = [i for i, path in enumerate(synced_then) if Path(path).parent == Path(directory)
-                     and path.endswith(".jsonl.partial")]
-    assert segment_files, f"no fsync of a segment before the answer could leave: {synced_then}"
-    assert directory in synced_then[segment_files[0]:], "the directory (the segment's name) fsync'd after it"
+
+def test_a_live_writers_open_segment_is_never_adopted(tmp_path: Path) -> None:
+    shared = tmp_path / "shared-spool"
+    writer = Spool(shared, segment_age_s=60)
+    segment = writer.append([make_record()]).segment
+    adopter_store = FlakyStore()
+    adopter = Recorder([adopter_store], Spool(shared), retry_interval_s=0.05, adopt_after_s=0.1)
+    adopter.start()
+    try:
+        time.sleep(0.5)  # well past adopt_after_s: the segment is old, but its writer still appends to it
+        assert segment.exists() and not adopter_store.rows, "a segment still being appended to was adopted"
+        later = make_record()
+        assert writer.append([later]).segment == segment
+        writer.close()
+        wait_for(lambda: later.request_id in adopter_store.rows, 5, "the segment adopted once its writer is gone")
+    finally:
+        adopter.stop()
+
+
+def test_a_failed_append_is_never_replayed_nor_appended_after(tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    spool = Spool(tmp_path / "spool")
+    kept = make_record()
+    first = spool.append([kept])
+    real = os.fdatasync
+
+    def failing(fd: int) -> None:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(os, "fdatasync", failing)
+    with pytest.raises(OSError):
+        spool.append([make_record()])
+    monkeypatch.setattr(os, "fdatasync", real)
+    assert first.segment.stat().st_size == first.end, "the unacknowledged batch was cut off the segment"
+    assert spool.sealed(first.segment)
+    after = spool.append([make_record()])
+    assert after.segment != first.segment, "nothing is appended to a segment after a failed write"
+    assert [r.request_id for r in spool.read(first.segment)] == [kept.request_id]
+    spool.close()
 
 
 class GatedSpool(Spool):
@@ -323,7 +405,7 @@ class GatedSpool(Spool):
         self.entered = threading.Event()
         self.release = threading.Event()
 
-    def append(self, records: list[InferenceRecord]) -> Path:
+    def append(self, records: list[InferenceRecord]) -> Batch:
         self.entered.set()
         self.release.wait(30)
         return super().append(records)
@@ -400,7 +482,9 @@ def test_a_segment_left_by_a_removed_bridge_on_a_shared_spool_is_adopted(tmp_pat
     try:
         # What a bridge killed after acknowledging (journaling) but before its PostgreSQL insert leaves behind.
         orphans = [make_record() for _ in range(3)]
-        segment = Spool(shared).append(orphans)
+        removed = Spool(shared)
+        segment = removed.append(orphans).segment
+        removed.close()  # the bridge is gone, and with it its lock on the segment it was appending to
         time.sleep(0.1)
         assert segment.exists(), "a young segment may be its live writer's: not adopted yet"
         deadline = time.monotonic() + 5

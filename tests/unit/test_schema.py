@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import closing
@@ -180,3 +181,30 @@ def test_connections_are_kept_only_when_asked_and_bounded(dsn: str) -> None:
     finally:
         keeping.close()
         fresh.close()
+
+
+def test_a_kept_connection_the_server_ended_is_replaced_without_a_failed_call(dsn: str) -> None:
+    def backend(database: Database) -> int:
+        with database.connection() as conn, conn.cursor() as cur:
+            cur.execute("SELECT pg_backend_pid()")
+            row = cur.fetchone()
+            assert row is not None
+            return int(row[0])
+
+    keeping = Database(dsn, max_connections=2, keep_idle=2)
+    try:
+        first = backend(keeping)
+        # What a PostgreSQL restart (or an idle-session timeout) does to a kept session: FATAL, then closed.
+        with closing(_admin()) as conn, conn.cursor() as cur:
+            cur.execute("SELECT pg_terminate_backend(%s)", (first,))
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:  # bound on a busy machine: the backend exits at once
+            with closing(_admin()) as conn, conn.cursor() as cur:
+                cur.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = %s", (first,))
+                if cur.fetchone() == (0,):
+                    break
+            time.sleep(0.02)
+        second = backend(keeping)  # must not raise
+        assert second != first and backend(keeping) == second, "a new connection, kept in turn"
+    finally:
+        keeping.close()
