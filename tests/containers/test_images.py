@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import time
 import urllib.error
@@ -22,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from stack import docker as docker_stack
+from stack.services.faults import free_ports
 from stack.torchserve import read_keys
 
 pytestmark = pytest.mark.containers
@@ -35,18 +35,6 @@ API_MAX_BYTES = 400_000_000  # torch alone is gigabytes: a bigger API image has 
 def docker(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     """Debian's docker CLI (stack.docker), output captured."""
     return docker_stack.docker(*args, check=check)
-
-
-def free_ports(count: int) -> list[int]:
-    """Ports nothing listens on now, on loopback."""
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
 
 
 def wait_healthy(name: str) -> float:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -26,23 +25,12 @@ from ops.history import Change, MemoryHistory
 from ops.settings import Settings
 from ops.torchserve import TorchServe as Servingctl
 from stack.services import REPO_ROOT, TorchServe, TorchServePorts
+from stack.services.faults import free_ports
 from stack.torchserve import Answer, AsyncClient
 
 MODEL, VERSION = "similar", "1.0"
 ARCHIVE = f"{MODEL}_v{VERSION}.mar"
 STORE = REPO_ROOT / "model_store"
-
-
-def free_ports(n: int) -> list[int]:
-    """``n`` distinct ports free now."""
-    sockets = [socket.socket() for _ in range(n)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
 
 
 @dataclass(frozen=True)

@@ -44,11 +44,10 @@ from bridge.service import PredictionService
 from bridge.settings import Settings
 from bridge.spool import Spool
 from bridge.storage import PostgresSink
-from stack.database import migrate
 from stack.services import REPO_ROOT
 from stack.torchserve import Answer
+from tests.databases import fresh_database
 
-ADMIN_DSN = os.environ.get("SERVING_PG_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
 PHOTO = b"\xff\xd8\xff\xe0job-queue-test-photo"
 OK_BODY = {"predictions": [{"label": "tabby", "index": 281, "score": 0.8}], "model": {"name": "m", "version": "1.0"}}
 
@@ -56,32 +55,11 @@ OK_BODY = {"predictions": [{"label": "tabby", "index": 281, "score": 0.8}], "mod
 # --- a database of this module's own ------------------------------------------------------------------------
 
 
-def _admin(sql: str) -> None:
-    conn = psycopg2.connect(ADMIN_DSN, connect_timeout=3)
-    conn.autocommit = True
-    try:
-        with conn.cursor() as cur:
-            cur.execute(sql)
-    finally:
-        conn.close()
-
-
 @pytest.fixture(scope="module")
 def dsn() -> Iterator[str]:
     """A fresh database ``jobs_test_<random>``, migrated; dropped afterwards."""
-    name = f"jobs_test_{uuid.uuid4().hex[:12]}"
-    try:
-        _admin(f"CREATE DATABASE {name}")
-    except psycopg2.OperationalError as exc:
-        pytest.skip(f"no PostgreSQL on 127.0.0.1:5432: {exc}")
-    dsn = ADMIN_DSN.rsplit("/", 1)[0] + f"/{name}"
-    db = Database(dsn)
-    try:
-        migrate(db)
-    finally:
-        db.close()
-    yield dsn
-    _admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    with fresh_database("jobs_test", migrated=True) as dsn:
+        yield dsn
 
 
 @pytest.fixture(autouse=True)

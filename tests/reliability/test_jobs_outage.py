@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -28,49 +27,20 @@ import requests
 
 from archive_scripts.photos import sample_photo
 from bridge.jobs import model_request_id
-from stack.database import Database, migrate
 from stack.services import REPO_ROOT, TorchServe, TorchServePorts
+from stack.services.faults import free_ports
+from tests.databases import fresh_database
 
 pytestmark = pytest.mark.reliability
 
 ARCHIVE = "classifier_v1.0.mar"
-ADMIN_DSN = os.environ.get("SERVING_PG_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
 OUTAGE_S = float(os.environ.get("JOBS_OUTAGE_S", "25"))
-
-
-def free_ports(n: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(n)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
-
-
-def admin(sql: str) -> None:
-    conn = psycopg2.connect(ADMIN_DSN, connect_timeout=3)
-    conn.autocommit = True
-    try:
-        with conn.cursor() as cur:
-            cur.execute(sql)
-    finally:
-        conn.close()
 
 
 @pytest.fixture(scope="module")
 def dsn() -> Iterator[str]:
-    name = f"jobs_outage_{uuid.uuid4().hex[:10]}"
-    admin(f"CREATE DATABASE {name}")
-    dsn = ADMIN_DSN.rsplit("/", 1)[0] + f"/{name}"
-    db = Database(dsn)
-    try:
-        migrate(db)
-    finally:
-        db.close()
-    yield dsn
-    admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    with fresh_database("jobs_outage", migrated=True) as dsn:
+        yield dsn
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,6 @@
 """Hostile strings through the COPY path: stored as PostgreSQL can hold them, never costing a batch-mate.
 
-Against a real PostgreSQL (a database of this module's own, see recording_db.py); skipped without one.
+Against a real PostgreSQL (a database of this module's own, see tests/databases.py); skipped without one.
 What the database cannot hold, and what is stored instead, is documented in docs/recording.md
 ("Strings PostgreSQL cannot hold"); the reference below re-states those rules independently.
 """
@@ -29,8 +29,8 @@ from bridge.settings import Settings
 from bridge.spool import Spool
 from bridge.storage import PostgresSink
 from stack.database import Database, InferenceRecord, inferences, migrate
+from tests.databases import fresh_database
 from tests.unit.fakes import make_record
-from tests.unit.recording_db import fresh_database
 from tests.unit.test_bridge_app import FakeTorchServe, write_keys
 
 CASES = {
@@ -62,7 +62,7 @@ def random_text(n: int, seed: int) -> str:
 
 @pytest.fixture
 def dsn() -> Iterator[str]:
-    with fresh_database() as dsn:
+    with fresh_database("recording_test") as dsn:
         database = Database(dsn)
         migrate(database)
         database.close()

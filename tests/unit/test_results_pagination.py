@@ -26,8 +26,8 @@ from bridge.settings import Settings
 from bridge.spool import Spool
 from bridge.storage import PostgresSink
 from stack.database import Database, InferenceRecord, migrate
+from tests.databases import fresh_database
 from tests.unit.fakes import FlakyStore, make_record
-from tests.unit.recording_db import fresh_database
 from tests.unit.test_bridge_app import FakeTorchServe, write_keys
 
 T0 = datetime(2026, 1, 5, 10, 0, 0, 123456, tzinfo=UTC)
@@ -60,7 +60,7 @@ ROWS = _rows()
 @pytest.fixture(scope="module")
 def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
     tmp_path: Path = tmp_path_factory.mktemp("pagination")
-    with fresh_database() as dsn:
+    with fresh_database("recording_test") as dsn:
         database = Database(dsn)
         migrate(database)
         with database.connection() as conn, conn.cursor() as cur:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from contextlib import closing
 from dataclasses import replace
@@ -27,6 +26,7 @@ from bridge.storage import PostgresSink
 from ops.errors import HistoryUnavailable
 from ops.history import Change, PostgresHistory
 from stack.database import COLUMN_NAMES, COLUMNS, MIGRATIONS_DIR, Database, DatabaseUnavailable, migrate
+from tests.databases import fresh_database
 from tests.unit.fakes import make_record
 
 ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -39,26 +39,11 @@ def _admin() -> psycopg2.extensions.connection:
     return conn
 
 
-@pytest.fixture(scope="module")
-def admin() -> Iterator[None]:
-    try:
-        _admin().close()
-    except psycopg2.OperationalError as exc:
-        pytest.skip(f"no PostgreSQL on 127.0.0.1:5432 ({exc})")
-    yield
-
-
 @pytest.fixture
-def dsn(admin: None) -> Iterator[str]:
+def dsn() -> Iterator[str]:
     """A fresh, empty database of this test's own."""
-    name = f"test_schema_{uuid.uuid4().hex[:12]}"
-    with closing(_admin()) as conn, conn.cursor() as cur:
-        cur.execute(f"CREATE DATABASE {name}")
-    try:
-        yield ADMIN_DSN.rsplit("/", 1)[0] + f"/{name}"
-    finally:
-        with closing(_admin()) as conn, conn.cursor() as cur:
-            cur.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    with fresh_database("test_schema") as dsn:
+        yield dsn
 
 
 @pytest.fixture
