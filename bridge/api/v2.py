@@ -12,10 +12,10 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Coroutine
-from typing import Annotated, Any
+from typing import Annotated, Any, TypedDict
 
 import httpx
-from fastapi import APIRouter, Depends, Path, Request, Response
+from fastapi import APIRouter, Depends, Path, Request, Response, params
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
@@ -85,6 +85,15 @@ router = APIRouter(prefix="/v2", tags=["open inference protocol"], route_class=O
 KEYED = [Depends(require_api_key)]
 
 
+class _RouteOptions(TypedDict, total=False):
+    """The keyword arguments the routes below share (typed, so mypy checks them against FastAPI's)."""
+
+    responses: dict[int | str, dict[str, Any]]
+    dependencies: list[params.Depends]
+    response_description: str
+    openapi_extra: dict[str, Any]
+
+
 @router.get("/health/live", summary="Liveness (OIP)", responses=_errors(503),
             response_description='`{"live": true}` while the bridge process serves')
 async def live() -> dict[str, bool]:
@@ -143,31 +152,31 @@ async def _ready(request: Request, model: str, version: str | None) -> JSONRespo
     return JSONResponse({"name": model, "ready": ready}, status_code=200 if ready else 503)
 
 
-METADATA = {"responses": _errors(400, 401, 404, 503), "dependencies": KEYED,
-            "response_description": "Inputs and outputs: names, datatypes and shapes (-1: any size)"}
-READY = {"responses": _errors(400, 401, 404, 503), "dependencies": KEYED,
-         "response_description": '`{"name", "ready": true}` when a worker of the version is ready; else 503'}
+METADATA = _RouteOptions(responses=_errors(400, 401, 404, 503), dependencies=KEYED,
+                         response_description="Inputs and outputs: names, datatypes and shapes (-1: any size)")
+READY = _RouteOptions(responses=_errors(400, 401, 404, 503), dependencies=KEYED,
+                      response_description='`{"name", "ready": true}` when a worker of the version is ready; else 503')
 
 
-@router.get("/models/{model}", summary="Model metadata (OIP)", **METADATA)  # type: ignore[arg-type]
+@router.get("/models/{model}", summary="Model metadata (OIP)", **METADATA)
 async def model_metadata(request: Request, model: ModelName) -> dict[str, Any]:
     """Versions, inputs and outputs of ``model``."""
     return await _metadata(request, model, None)
 
 
-@router.get("/models/{model}/versions/{version}", summary="Model version metadata (OIP)", **METADATA)  # type: ignore[arg-type]
+@router.get("/models/{model}/versions/{version}", summary="Model version metadata (OIP)", **METADATA)
 async def model_version_metadata(request: Request, model: ModelName, version: ModelVersion) -> dict[str, Any]:
     """Inputs and outputs of one version of ``model``."""
     return await _metadata(request, model, version)
 
 
-@router.get("/models/{model}/ready", summary="Model readiness (OIP)", **READY)  # type: ignore[arg-type]
+@router.get("/models/{model}/ready", summary="Model readiness (OIP)", **READY)
 async def model_ready(request: Request, model: ModelName) -> JSONResponse:
     """200 when the default version has a ready worker, 503 when not, 404 when unknown."""
     return await _ready(request, model, None)
 
 
-@router.get("/models/{model}/versions/{version}/ready", summary="Model version readiness (OIP)", **READY)  # type: ignore[arg-type]
+@router.get("/models/{model}/versions/{version}/ready", summary="Model version readiness (OIP)", **READY)
 async def model_version_ready(request: Request, model: ModelName, version: ModelVersion) -> JSONResponse:
     """200 when ``version`` has a ready worker."""
     return await _ready(request, model, version)
@@ -266,16 +275,16 @@ INFER_RESPONSES: dict[int | str, dict[str, Any]] = {
     },
     **_errors(400, 401, 404, 413, 503, 504),
 }
-INFER = {"responses": INFER_RESPONSES, "dependencies": KEYED, "openapi_extra": INFER_BODY}
+INFER = _RouteOptions(responses=INFER_RESPONSES, dependencies=KEYED, openapi_extra=INFER_BODY)
 
 
-@router.post("/models/{model}/infer", summary="Infer (OIP)", **INFER)  # type: ignore[arg-type]
+@router.post("/models/{model}/infer", summary="Infer (OIP)", **INFER)
 async def infer(request: Request, model: ModelName) -> Response:
     """Run every photo of the ``image`` input (BYTES, [N, 1]) through the model's default version."""
     return await _infer(request, model, None)
 
 
-@router.post("/models/{model}/versions/{version}/infer", summary="Infer with a version (OIP)", **INFER)  # type: ignore[arg-type]
+@router.post("/models/{model}/versions/{version}/infer", summary="Infer with a version (OIP)", **INFER)
 async def infer_version(request: Request, model: ModelName, version: ModelVersion) -> Response:
     """Run every photo through ``version`` of the model."""
     return await _infer(request, model, version)
