@@ -181,7 +181,7 @@ def run(dsn: str, influx_host: str, influx_port: int, influx_database: str, work
     log(f"  {results['influxdb']['bridge_batch']['per_s']:,.0f} points/s")
     for batch in (1, 32, 500):
         count = min(n_spool, 500 if batch == 1 else n_spool)
-        log(f"recording: Spool.append (fsync), {count:,} records in batches of {batch} ...")
+        log(f"recording: Spool.append (fdatasync), {count:,} records in batches of {batch} ...")
         results["spool"][f"batch_{batch}"] = bench_spool(work_dir / "spool-bench", count, batch)
         r = results["spool"][f"batch_{batch}"]
         log(f"  {r['per_s']:,.0f} records/s, {r['append_p50_ms']:.2f} ms per append (p50)")

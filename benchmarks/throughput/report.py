@@ -276,7 +276,7 @@ def recording_goals(recording: dict[str, Any]) -> list[Goal]:
     goals = []
     pg = recording.get("postgres", {}).get("bridge_batch")
     goals.append(Goal(
-        "results into PostgreSQL (PostgresStore.write)", "≥ 20,000 results/s",
+        "results into PostgreSQL (PostgresSink.insert)", "≥ 20,000 results/s",
         f"{pg['per_s']:,.0f} results/s (batches of {pg['batch']})" if pg else "n/a",
         None if not pg else pg["per_s"] >= 20_000,
     ))
@@ -462,13 +462,13 @@ def recording_lines(recording: dict[str, Any]) -> list[tuple[str, ...]]:
     """The recording benchmark's figures, one line each."""
     lines: list[tuple[str, ...]] = []
     for name, r in recording.get("postgres", {}).items():
-        lines.append(("PostgreSQL: PostgresStore.write", str(r["batch"]), f"{r['per_s']:,.0f} results",
+        lines.append(("PostgreSQL: PostgresSink.insert", str(r["batch"]), f"{r['per_s']:,.0f} results",
                       f"{r['records']:,} rows in {r['seconds']:.2f} s"))
     for name, r in recording.get("influxdb", {}).items():
         lines.append(("InfluxDB: InfluxSink.write", str(r["batch"]), f"{r['per_s']:,.0f} points",
                       f"{r['points']:,} points in {r['seconds']:.2f} s"))
     for name, r in recording.get("spool", {}).items():
-        lines.append(("journal: Spool.append (fsync)", str(r["batch"]), f"{r['per_s']:,.0f} records",
+        lines.append(("journal: Spool.append (fdatasync)", str(r["batch"]), f"{r['per_s']:,.0f} records",
                       f"{r['append_p50_ms']:.2f} ms per append (p50), {r['append_p99_ms']:.2f} ms (p99)"))
     for name, r in recording.get("slow_database", {}).items():
         lines.append((
