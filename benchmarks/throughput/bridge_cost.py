@@ -38,10 +38,10 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.throughput.photos import make_photos
+from benchmarks.throughput.servers import prepare_databases
 from stack.services import REPO_ROOT, Bridge, StackError, TorchServe, TorchServePorts, log
 from stack.services.base import apt_install
 from stack.services.faults import free_ports
-from stack.settings import StackSettings
 
 NULL_HANDLER = Path(__file__).resolve().parent / "null_handler.py"
 COST_DATABASE = "serving_bridge_cost"  # PostgreSQL and InfluxDB: never the stack's ``serving``
@@ -142,32 +142,6 @@ def build_null_archive(store: Path, workdir: Path, workers: int = 1) -> Path:
             config_file=str(config), force=True,
         ))
     return store / "null.mar"
-
-
-def prepare_databases(name: str) -> str:
-    """Create (or empty) PostgreSQL database ``name`` (migrated) and InfluxDB database ``name``; the DSN."""
-    import psycopg2
-
-    from stack.database import Database, migrate
-    from stack.services import InfluxDB, PostgreSQL
-
-    postgres = PostgreSQL()
-    try:
-        postgres.create_database(name)
-    except psycopg2.Error as exc:
-        raise StackError(f"PostgreSQL is not reachable at {postgres.admin_dsn} ({exc}); start it with `make up`") from exc
-    dsn = StackSettings().dsn(name)
-    db = Database(dsn)
-    migrate(db)
-    db.close()
-    with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
-        cur.execute("TRUNCATE inferences")
-    influx = InfluxDB()
-    if not influx.is_up():
-        raise StackError(f"InfluxDB does not answer on {influx.url}; start it with `make up`")
-    influx.drop_database(name)
-    influx.create_database(name)
-    return dsn
 
 
 @dataclass

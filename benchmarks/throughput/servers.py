@@ -413,18 +413,18 @@ def bench_dsn() -> str:
     return StackSettings().dsn(BENCH_DATABASE)
 
 
-def prepare_databases() -> str:
-    """Create (or empty) the benchmark's PostgreSQL database and InfluxDB database; returns the PostgreSQL DSN."""
+def prepare_databases(name: str = BENCH_DATABASE) -> str:
+    """Create (or empty) PostgreSQL database ``name`` (migrated) and InfluxDB database ``name``; the DSN."""
     import psycopg2
 
     from stack.database import Database, migrate
 
     postgres = PostgreSQL()
     try:
-        postgres.create_database(BENCH_DATABASE)
+        postgres.create_database(name)
     except psycopg2.Error as exc:
         raise StackError(f"PostgreSQL is not reachable at {postgres.admin_dsn} ({exc}); start it with `make up`") from exc
-    dsn = bench_dsn()
+    dsn = StackSettings().dsn(name)
     db = Database(dsn)
     migrate(db)
     db.close()
@@ -433,8 +433,8 @@ def prepare_databases() -> str:
     influx = InfluxDB()
     if not influx.is_up():
         raise StackError(f"InfluxDB does not answer on {influx.url}; start it with `make up`")
-    influx.drop_database(BENCH_DATABASE)
-    influx.create_database(BENCH_DATABASE)
+    influx.drop_database(name)
+    influx.create_database(name)
     return dsn
 
 
