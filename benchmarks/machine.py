@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 from datetime import UTC, datetime
@@ -29,3 +30,12 @@ def machine(load_start: float) -> dict[str, Any]:
         "load_average_start": round(load_start, 2),
         "load_average_end": round(os.getloadavg()[0], 2),
     }
+
+
+def write_results(out: str | Path, report: dict[str, Any], markdown: str) -> None:
+    """``OUT.json`` (the report) and ``OUT.md`` (its table) beside each other; says where they went."""
+    base = Path(out)
+    base.parent.mkdir(parents=True, exist_ok=True)
+    base.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
+    base.with_suffix(".md").write_text(markdown)
+    print(f"\nwrote {base.with_suffix('.json')} and {base.with_suffix('.md')}")

@@ -13,7 +13,6 @@ machine (CPU, cores, load average, date) and the seeding time are written to ``O
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -25,7 +24,7 @@ from typing import Any
 
 import psycopg2
 
-from benchmarks.machine import machine
+from benchmarks.machine import machine, write_results
 from bridge.reports import Bucket, ResultFilter, error_rates, label_counts, latency_percentiles, list_results
 from stack.database import Database, migrate
 
@@ -183,11 +182,7 @@ def main(argv: list[str] | None = None) -> int:
             "runs": runs,
             "queries": queries,
         }
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
-        out.with_suffix(".md").write_text(markdown(report))
-        print(f"\nwrote {out.with_suffix('.json')} and {out.with_suffix('.md')}")
+        write_results(args.out, report, markdown(report))
     return 0
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import math
 import os
 import statistics
@@ -28,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from benchmarks.machine import machine
+from benchmarks.machine import machine, write_results
 from handlers.similarity_index import SimilarityIndex
 
 DIMENSION = 1280
@@ -256,11 +255,7 @@ def main(argv: list[str] | None = None) -> int:
             "results": results,
             "index_sizes": index_sizes,
         }
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
-        out.with_suffix(".md").write_text(markdown(report))
-        print(f"\nwrote {out.with_suffix('.json')} and {out.with_suffix('.md')}")
+        write_results(args.out, report, markdown(report))
     return 0
 
 
