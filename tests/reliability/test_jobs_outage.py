@@ -13,8 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -27,7 +25,7 @@ import requests
 
 from archive_scripts.photos import sample_photo
 from bridge.jobs import model_request_id
-from stack.services import REPO_ROOT, TorchServe, TorchServePorts
+from stack.services import REPO_ROOT, Bridge, TorchServe, TorchServePorts
 from stack.services.faults import free_ports
 from tests.databases import fresh_database
 
@@ -56,26 +54,14 @@ def torchserve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TorchServe]
         ts.down()
 
 
-def start_bridge(dsn: str, ts: TorchServe, tmp: Path) -> tuple[subprocess.Popen[bytes], str]:
+def start_bridge(dsn: str, ts: TorchServe, tmp: Path) -> Bridge:
+    """A harness bridge on a free port over ``ts`` and ``dsn`` (no telemetry, no cache, InfluxDB unreachable)."""
     port, influx = free_ports(2)
-    env = {**os.environ, "BRIDGE_PORT": str(port), "BRIDGE_PG_DSN": dsn, "BRIDGE_TORCHSERVE_URL": ts.inference_url,
-           "BRIDGE_TORCHSERVE_MANAGEMENT_URL": ts.management_url, "BRIDGE_TORCHSERVE_METRICS_URL": ts.metrics_url,
-           "BRIDGE_TORCHSERVE_KEY_FILE": str(ts.key_file), "BRIDGE_STATE_DIR": str(tmp),
-           "BRIDGE_SPOOL_DIR": str(tmp / "spool"), "BRIDGE_TELEMETRY_INTERVAL_S": "0", "BRIDGE_CACHE": "false",
-           "BRIDGE_INFLUX_PORT": str(influx)}
-    with open(tmp / "bridge.log", "ab") as log:  # the child keeps its own descriptor
-        proc = subprocess.Popen([sys.executable, "-m", "bridge"], cwd=REPO_ROOT, env=env, stdout=log,
-                                stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if requests.get(f"{base}/ping", timeout=2).status_code == 200:
-                return proc, base
-        except requests.RequestException:
-            pass
-        assert proc.poll() is None and time.monotonic() < deadline, (tmp / "bridge.log").read_text()[-3000:]
-        time.sleep(0.2)
+    bridge = Bridge("bridge-outage", state_dir=tmp, port=port, torchserve=ts, pg_dsn=dsn,
+                    env={"BRIDGE_STATE_DIR": str(tmp), "BRIDGE_TELEMETRY_INTERVAL_S": "0", "BRIDGE_CACHE": "false",
+                         "BRIDGE_INFLUX_PORT": str(influx)})
+    bridge.start()
+    return bridge
 
 
 def rows(dsn: str, digest: str) -> list[tuple[Any, ...]]:
@@ -89,7 +75,8 @@ def test_a_job_waits_out_a_torchserve_outage(dsn: str, torchserve: TorchServe, t
     model = torchserve.model_name(ARCHIVE)
     photo = sample_photo("chelsea") + uuid.uuid4().bytes  # unique: its records are this run's only
     digest = hashlib.sha256(photo).hexdigest()
-    bridge, base = start_bridge(dsn, torchserve, tmp_path)
+    bridge = start_bridge(dsn, torchserve, tmp_path)
+    base = bridge.url
     try:
         torchserve.down()
         went_down = time.monotonic()
@@ -120,8 +107,7 @@ def test_a_job_waits_out_a_torchserve_outage(dsn: str, torchserve: TorchServe, t
                 break
         finished = time.monotonic()
     finally:
-        bridge.terminate()
-        bridge.wait(60)
+        bridge.stop(60)
 
     assert job.get("status") == "succeeded", json.dumps(job)[:2000]
     assert job["results"][model]["status"] == 200
