@@ -2,17 +2,24 @@
 
 The routes are :mod:`stack.routing`'s (``BRIDGE_ROUTES``, shared with servingctl). With none set, one box — the
 ``BRIDGE_TORCHSERVE_*`` settings — serves every model (``make up``), through this same path.
+
+A model scaled out to several boxes (replicas) gets its predictions spread round robin over them. A replica
+that is down (refused, reset, a failed worker), or that does not serve the model yet (404, 503 while a new box
+loads it) is skipped: the same request goes to the next replica at once, and the failed one is tried last
+for :data:`COOL_OFF_S`. That is what lets a box be replaced, restarted or rolled out with no failed request.
+A timeout is not retried elsewhere: the time is spent, and the client's deadline with it.
 """
 
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 
-from bridge.errors import BridgeError, NotFound
+from bridge.errors import BridgeError, NotFound, UpstreamUnavailable
 from bridge.torchserve import TorchServeClient
 from stack.routing import Box, Routes, Unrouted
 from stack.torchserve import Answer
@@ -31,6 +38,40 @@ class BoxHealth:
         return self.status == "Healthy"
 
 
+COOL_OFF_S = 2.0
+"""How long a replica that failed is tried last, after the others."""
+
+FAIL_OVER_STATUSES = frozenset({404, 503})
+"""Answers of a replica that does not serve the model right now (not loaded yet, no worker): try the next one."""
+
+
+@dataclass
+class Replicas:
+    """One model's boxes, in the order to try them: round robin over those not cooling off, then the rest."""
+
+    boxes: tuple[Box, ...]
+    failed_at: dict[Box, float] = field(default_factory=dict)
+    _next: int = 0
+
+    def order(self) -> list[Box]:
+        """The boxes to try for the next request."""
+        start, self._next = self._next, (self._next + 1) % len(self.boxes)
+        rotated = self.boxes[start:] + self.boxes[:start]
+        if not self.failed_at:
+            return list(rotated)
+        now = time.monotonic()
+        cooling = {box for box, at in self.failed_at.items() if now - at < COOL_OFF_S}
+        return [b for b in rotated if b not in cooling] + [b for b in rotated if b in cooling]
+
+    def failed(self, box: Box) -> None:
+        """``box`` just failed: try it last for a while."""
+        self.failed_at[box] = time.monotonic()
+
+    def answered(self, box: Box) -> None:
+        """``box`` answered: it is in the rotation again."""
+        self.failed_at.pop(box, None)
+
+
 class Router:
     """The bridge's model servers: predictions, versions, descriptions and health, each sent to the model's box."""
 
@@ -41,13 +82,22 @@ class Router:
             box: TorchServeClient(box.url, box.management_url, box.key_file, timeout_s, max_connections, transport)
             for box in routes.boxes()
         }
+        self._replicas: dict[str, Replicas] = {}
+
+    def replicas(self, model: str) -> Replicas:
+        """``model``'s boxes; 404 when no box serves it."""
+        replicas = self._replicas.get(model)
+        if replicas is None:
+            try:
+                boxes = self.routes.replicas(model)
+            except Unrouted as exc:
+                raise NotFound(str(exc)) from exc
+            replicas = self._replicas[model] = Replicas(boxes)
+        return replicas
 
     def client(self, model: str) -> TorchServeClient:
-        """The client of ``model``'s box; 404 when no box serves it."""
-        try:
-            return self.clients[self.routes.box(model)]
-        except Unrouted as exc:
-            raise NotFound(str(exc)) from exc
+        """The client of the box that should take ``model``'s next call; 404 when no box serves it."""
+        return self.clients[self.replicas(model).order()[0]]
 
     async def close(self) -> None:
         """Release every box's connections."""
@@ -55,8 +105,25 @@ class Router:
 
     async def predict(self, model: str, version: str | None, body: bytes, content_type: str,
                       params: dict[str, str] | None = None) -> Answer:
-        """POST one input to ``model``'s box."""
-        return await self.client(model).predict(model, version, body, content_type, params)
+        """POST one input to one of ``model``'s boxes, failing over to the next as the module says."""
+        replicas = self.replicas(model)
+        if len(replicas.boxes) == 1:
+            return await self.clients[replicas.boxes[0]].predict(model, version, body, content_type, params)
+        boxes = replicas.order()
+        for box in boxes[:-1]:
+            try:
+                answer = await self.clients[box].predict(model, version, body, content_type, params)
+            except UpstreamUnavailable:
+                replicas.failed(box)
+                continue
+            if answer.status in FAIL_OVER_STATUSES:
+                replicas.failed(box)
+                continue
+            replicas.answered(box)
+            return answer
+        answer = await self.clients[boxes[-1]].predict(model, version, body, content_type, params)
+        replicas.answered(boxes[-1])
+        return answer
 
     async def default_version(self, model: str) -> str | None:
         """The model's default version on its box (cached a few seconds); None if unknown or unrouted."""
@@ -72,7 +139,8 @@ class Router:
         return [d for d in every if self.routes.serves(box, str(d.get("modelName")))]
 
     async def describe_models(self, model: str) -> list[dict[str, Any]]:
-        """Every registered version of ``model``, each marked ``isDefault``; 404 when unrouted."""
+        """Every registered version of ``model``, each marked ``isDefault``, as one of its boxes says; 404 when
+        unrouted."""
         client = self.client(model)
         return [d for d in await client.describe_all_models() if d.get("modelName") == model]
 
@@ -85,9 +153,16 @@ class Router:
         """Each box's authenticated ping, asked concurrently."""
         return list(await asyncio.gather(*(self._ping(box, client) for box, client in self.clients.items())))
 
+    def failing(self, health: list[BoxHealth]) -> list[BoxHealth]:
+        """The unhealthy required boxes that leave a model with no healthy box (a replica down alone is not)."""
+        healthy = {h.box for h in health if h.healthy}
+        served = [*self.routes.routes.values(), self.routes.fallback]
+        unserved = {box for boxes in served if not any(box in healthy for box in boxes) for box in boxes}
+        return [h for h in health if h.box.required and h.box in unserved]
+
     async def ready(self) -> bool:
-        """Ready when every required box answers its ping."""
-        return all(h.healthy for h in await self.health() if h.box.required)
+        """Ready when every model with a required box has at least one box answering its ping."""
+        return not self.failing(await self.health())
 
     @staticmethod
     async def _ping(box: Box, client: TorchServeClient) -> BoxHealth:

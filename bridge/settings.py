@@ -39,10 +39,11 @@ class Settings(BaseSettings):
         "http://127.0.0.1:8081", description="TorchServe's management API (token renewal, default versions, workers)"
     )
     torchserve_metrics_url: str = Field("http://127.0.0.1:8082/metrics", description="TorchServe's Prometheus metrics")
-    routes: dict[str, Box] = Field(
+    routes: dict[str, tuple[Box, ...]] = Field(
         default_factory=dict,
-        description="model → its model server box, JSON: {\"classifier\": {\"url\", \"management_url\", "
-        "\"metrics_url\", \"key_file\"}, ...}; \"*\": every other model (stack/routing.py)",
+        description="model → its model server box, or a list of boxes (replicas: requests spread over them, "
+        "failing over), JSON: {\"classifier\": {\"url\", \"management_url\", \"metrics_url\", \"key_file\"}, "
+        "\"price\": [{...}, {...}]}; \"*\": every other model (stack/routing.py)",
         json_schema_extra={"default_text": "empty: every model to the one TorchServe of the `torchserve_*` settings"},
     )
     telemetry_interval_s: float = Field(

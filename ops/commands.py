@@ -1,15 +1,22 @@
-"""What each servingctl command does, given a :class:`Context` (TorchServe client, history, output)."""
+"""What each servingctl command does, given a :class:`Context` (TorchServe client, history, output).
+
+A model scaled out to several boxes (stack.routing replicas) is changed box by box: each command runs on one
+box, then the next, each change recorded with its box; a deploy that fails its golden check on one box is
+undone on the boxes already done, so the model never stays half rolled out.
+"""
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 import zipfile
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, TextIO
 
+from archive_scripts.golden import GoldenCase
 from ops.errors import GoldenCheckFailed, NotFound, OpsError, Refused, UsageError
 from ops.golden import GoldenLookup, PhotoLoader, check_through_torchserve
 from ops.history import Change, ChangeSink, History, rollback_target
@@ -29,6 +36,7 @@ class Context:
     photo: PhotoLoader
     out: TextIO
     err: TextIO
+    box: str | None = None  # the box this context's calls go to, when the model has several
     _history: History | None = field(default=None, repr=False)
 
     def history(self) -> History:
@@ -54,6 +62,8 @@ class Context:
     def change(self, model: str, version: str | None, action: str, before: str | None, after: str | None,
                **kwargs: Any) -> Change:
         """A change by this invocation's actor."""
+        if self.box is not None:
+            kwargs["detail"] = {**kwargs.get("detail", {}), "box": self.box}
         return Change(model=model, version=version, action=action, from_value=before, to_value=after,
                       actor=self.settings.actor, **kwargs)
 
@@ -64,6 +74,32 @@ class Context:
     def warn(self, text: str) -> None:
         """A warning on standard error (the command still succeeds)."""
         print(f"servingctl: warning: {text}", file=self.err, flush=True)
+
+
+def each_box(ctx: Context, model: str) -> list[Context]:
+    """One context per box serving ``model``, each pinned to its box; just ``ctx`` when one box serves it."""
+    replicas = ctx.torchserve.replicas(model)
+    if len(replicas) == 1:
+        return [ctx]
+    ctx.history()  # opened once, before anything changes, and shared by every box's context
+    return [replace(ctx, torchserve=ctx.torchserve.on(box), box=box.name) for box in replicas]
+
+
+def box_by_box(command: Callable[..., int]) -> Callable[..., int]:
+    """Run ``command(ctx, model, ...)`` on each of the model's boxes in turn (stops at the first that fails)."""
+
+    @functools.wraps(command)
+    def run(ctx: Context, model: str, *args: Any, **kwargs: Any) -> int:
+        views = each_box(ctx, model)
+        for view in views:
+            if len(views) > 1:
+                ctx.say(f"[box {view.box}]")
+            status = command(view, model, *args, **kwargs)
+            if status:
+                return status
+        return 0
+
+    return run
 
 
 # --- reading ---------------------------------------------------------------------------------------------
@@ -78,17 +114,22 @@ def _info_json(info: ModelInfo) -> dict[str, Any]:
 
 
 def models(ctx: Context, as_json: bool = False) -> int:
-    """One row per registered version of every model: default, workers, batch settings."""
-    infos = [ctx.torchserve.describe(name) for name in ctx.torchserve.list_models()]
+    """One row per registered version of every model (per box when there are several): default, workers, batch."""
+    boxes = ctx.torchserve.boxes()
+    infos = [(box.name, view.describe(name)) for box in boxes
+             for view in [ctx.torchserve.on(box)] for name in view.list_models()]
     if as_json:
-        ctx.say(json.dumps([_info_json(i) for i in infos], indent=2))
+        ctx.say(json.dumps([{**_info_json(i), "box": box} for box, i in infos], indent=2))
         return 0
-    rows: list[tuple[str, ...]] = [("MODEL", "VERSION", "DEFAULT", "WORKERS ready/total", "MIN-MAX", "BATCH", "DELAY ms", "TIMEOUT s")]
-    for info in infos:
+    several = len(boxes) > 1
+    rows: list[tuple[str, ...]] = [(("BOX",) if several else ()) + (
+        "MODEL", "VERSION", "DEFAULT", "WORKERS ready/total", "MIN-MAX", "BATCH", "DELAY ms", "TIMEOUT s")]
+    for box, info in infos:
         for v in info.versions:
-            rows.append((info.name, v.version, "*" if v.version == info.default else "", f"{v.ready}/{len(v.workers)}",
-                         f"{v.min_workers}-{v.max_workers}", str(v.batch_size), str(v.max_batch_delay_ms),
-                         str(v.response_timeout_s)))
+            rows.append(((box,) if several else ()) + (
+                info.name, v.version, "*" if v.version == info.default else "", f"{v.ready}/{len(v.workers)}",
+                f"{v.min_workers}-{v.max_workers}", str(v.batch_size), str(v.max_batch_delay_ms),
+                str(v.response_timeout_s)))
     _table(ctx, rows)
     if not infos:
         ctx.say("(no models registered)")
@@ -96,11 +137,21 @@ def models(ctx: Context, as_json: bool = False) -> int:
 
 
 def describe(ctx: Context, model: str, as_json: bool = False) -> int:
-    """Every version of one model with its workers (id, status, memory, pid) and batch settings."""
-    info = ctx.torchserve.describe(model)
+    """Every version of one model with its workers (id, status, memory, pid) and batch settings, box by box."""
+    views = each_box(ctx, model)
     if as_json:
-        ctx.say(json.dumps(_info_json(info), indent=2))
+        infos = [{**_info_json(v.torchserve.describe(model)), **({"box": v.box} if v.box else {})} for v in views]
+        ctx.say(json.dumps(infos[0] if len(infos) == 1 else infos, indent=2))
         return 0
+    for view in views:
+        if view.box is not None:
+            ctx.say(f"[box {view.box}]")
+        _describe_text(view, model)
+    return 0
+
+
+def _describe_text(ctx: Context, model: str) -> None:
+    info = ctx.torchserve.describe(model)
     ctx.say(f"{info.name}: default version {info.default}; versions {', '.join(v.version for v in info.versions)}")
     for v in info.versions:
         ctx.say(f"\n  version {v.version}{' (default)' if v.version == info.default else ''}  [{v.url}]")
@@ -110,7 +161,6 @@ def describe(ctx: Context, model: str, as_json: bool = False) -> int:
             ctx.say("    no workers")
         for w in v.workers:
             ctx.say(f"    worker {w.id:<6} {w.status:<10} {_mib(w.memory_bytes):>9}   pid {w.pid if w.pid else '-'}")
-    return 0
 
 
 def history(ctx: Context, model: str, limit: int | None = None, as_json: bool = False) -> int:
@@ -197,15 +247,47 @@ def deploy(ctx: Context, archive: str, set_default: bool = False, workers: int =
            overrides: dict[str, int] | None = None) -> int:
     """Register an archive of the model store, check its golden inputs through TorchServe, maybe make it default.
 
-    A version that fails its golden check is unregistered again and the default is left as it was.
+    A version that fails its golden check is unregistered again and the default is left as it was. On a model
+    with several boxes this happens box by box; a failure on one box undoes the boxes already done.
     """
-    started = time.monotonic()
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
     if any(v < 0 for v in overrides.values()) or workers < 0:
         raise UsageError(f"--workers and the batch settings must not be negative: {overrides}")
     path = archive_in_store(ctx.settings.model_store, archive)
     model, version = archive_identity(path)
     cases = ctx.golden(model, version)  # before anything changes: no spec, no deploy
+    views = each_box(ctx, model)
+    done: list[tuple[Context, str | None]] = []
+    for view in views:
+        if view.box is not None:
+            ctx.say(f"[box {view.box}]")
+        try:
+            done.append((view, _deploy_on_box(view, archive, model, version, cases, set_default, workers, overrides)))
+        except BaseException:
+            for earlier, default_before in reversed(done):
+                _undo_deploy(earlier, model, version, default_before)
+            raise
+    return 0
+
+
+def _undo_deploy(ctx: Context, model: str, version: str, default_before: str | None) -> None:
+    """Put a box back as it was before this deploy (another box failed it)."""
+    ctx.say(f"[box {ctx.box}] undoing: {model} {version} failed on another box")
+    try:
+        if default_before is not None and ctx.torchserve.describe(model).default != default_before:
+            ctx.torchserve.set_default(model, default_before)
+            ctx.record(ctx.change(model, default_before, "rollback", version, default_before,
+                                  detail={"via": "deploy failed on another box"}))
+            ctx.say(f"  {model} default: {version} → {default_before}")
+    except OpsError as exc:
+        ctx.warn(f"could not restore {model}'s default {default_before} on {ctx.box}: {exc.message}")
+    _unregister_quietly(ctx, model, version)
+
+
+def _deploy_on_box(ctx: Context, archive: str, model: str, version: str, cases: tuple[GoldenCase, ...],
+                   set_default: bool, workers: int, overrides: dict[str, int]) -> str | None:
+    """Deploy on one box; returns the default version before (None: the model was not there)."""
+    started = time.monotonic()
     ctx.history()
     before = _describe_or_none(ctx, model)
     if before is not None and before.version(version) is not None:
@@ -247,7 +329,7 @@ def deploy(ctx: Context, archive: str, set_default: bool = False, workers: int =
         ctx.say(f"{model} default stays {before.default}; make {version} the default with "
                 f"`servingctl set-default {model} {version}`")
     ctx.say(f"deployed {model} {version} in {time.monotonic() - started:.1f} s")
-    return 0
+    return before.default if before is not None else None
 
 
 def _unregister_quietly(ctx: Context, model: str, version: str) -> None:
@@ -259,6 +341,7 @@ def _unregister_quietly(ctx: Context, model: str, version: str) -> None:
                  f"`servingctl retire {model} {version}`")
 
 
+@box_by_box
 def set_default(ctx: Context, model: str, version: str) -> int:
     """Make a registered version the one ``/predictions/{model}`` serves."""
     started = time.monotonic()
@@ -275,6 +358,7 @@ def set_default(ctx: Context, model: str, version: str) -> int:
     return 0
 
 
+@box_by_box
 def rollback(ctx: Context, model: str) -> int:
     """Go back to the default before the current one, as recorded in the history."""
     started = time.monotonic()
@@ -293,6 +377,7 @@ def rollback(ctx: Context, model: str) -> int:
     return 0
 
 
+@box_by_box
 def retire(ctx: Context, model: str, version: str) -> int:
     """Unregister a version that is not the default."""
     started = time.monotonic()
@@ -308,6 +393,7 @@ def retire(ctx: Context, model: str, version: str) -> int:
     return 0
 
 
+@box_by_box
 def scale(ctx: Context, model: str, min_workers: int, max_workers: int, version: str | None = None) -> int:
     """Set a version's worker range (the default version unless --version), wait, report its workers."""
     if min_workers < 0 or max_workers < 1 or min_workers > max_workers:

@@ -7,6 +7,7 @@ and TorchServe's failures worded for a person at a terminal as :mod:`ops.errors`
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -121,6 +122,24 @@ class TorchServe:
             )
             for box in self._routes.boxes()
         }
+        self._only: Box | None = None
+
+    def boxes(self) -> list[Box]:
+        """Every routed box (this view's one box when pinned)."""
+        return [self._only] if self._only is not None else self._routes.boxes()
+
+    def replicas(self, model: str) -> tuple[Box, ...]:
+        """The boxes serving ``model`` (a model scaled out has several); NotFound when it is routed nowhere."""
+        try:
+            return self._routes.replicas(model)
+        except Unrouted as exc:
+            raise NotFound(f"{exc}; routed models: {', '.join(sorted(self._routes.routes)) or 'none'}") from exc
+
+    def on(self, box: Box) -> TorchServe:
+        """A view of this client whose every call goes to ``box`` (connections shared): changes box by box."""
+        view = copy.copy(self)
+        view._only = box
+        return view
 
     def close(self) -> None:
         """Release pooled connections."""
@@ -128,10 +147,7 @@ class TorchServe:
             client.close()
 
     def _box(self, model: str) -> Box:
-        try:
-            return self._routes.box(model)
-        except Unrouted as exc:
-            raise NotFound(f"{exc}; routed models: {', '.join(sorted(self._routes.routes)) or 'none'}") from exc
+        return self._only if self._only is not None else self.replicas(model)[0]
 
     def _client(self, model: str) -> torchserve.Client:
         return self._clients[self._box(model)]
@@ -183,9 +199,10 @@ class TorchServe:
     def list_models(self) -> list[str]:
         """Names of the registered models, each from the box it is routed to."""
         names: list[str] = []
-        for box, client in self._clients.items():
+        for box in self.boxes():
             with self._errors(box):
-                names += [name for name in client.models() if self._routes.serves(box, name)]
+                names += [name for name in self._clients[box].models()
+                          if self._routes.serves(box, name) and name not in names]
         return names
 
     def describe(self, model: str) -> ModelInfo:

@@ -1,20 +1,21 @@
 """Which model server box serves which model: the one routing definition the bridge and servingctl share.
 
 A *box* is one TorchServe (one container, pod or process) with its inference, management and metrics addresses
-and the key file its tokens come from. The routes map a model name to its box; ``"*"`` names the box of every
-model not listed. Without a ``"*"`` entry the component's own single-TorchServe settings are that box when no
+and the key file its tokens come from. The routes map a model name to its box, or to a list of boxes when the
+model is scaled out to several (its *replicas*: the bridge spreads requests over them and fails over between
+them; servingctl changes them box by box); ``"*"`` names the box of every model not listed. Without a ``"*"`` entry the component's own single-TorchServe settings are that box when no
 model is routed at all (``make up``: one TorchServe for every model), and no box when some are (a model routed
 nowhere is unknown). Either way every call goes through :meth:`Routes.box` — one code path.
 
     BRIDGE_ROUTES / SERVINGCTL_ROUTES = {"classifier": {"url": "http://127.0.0.1:18080",
         "management_url": "http://127.0.0.1:18081", "metrics_url": "http://127.0.0.1:18082/metrics",
-        "key_file": "/var/lib/serving/boxes/classifier/key_file.json"}, "price": {...}}
+        "key_file": "/var/lib/serving/boxes/classifier/key_file.json"}, "price": [{...}, {...}]}
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -55,41 +56,57 @@ class Unrouted(LookupError):
 
 
 class Routes:
-    """Model → box, with the fallback box described above."""
+    """Model → its boxes (one or more replicas), with the fallback box described above."""
 
-    def __init__(self, routes: Mapping[str, Box], single: Box | None) -> None:
-        self.routes = dict(routes)
-        self.fallback = self.routes.pop(ANY_MODEL, None) or (single if not self.routes else None)
+    def __init__(self, routes: Mapping[str, Box | Sequence[Box]], single: Box | None) -> None:
+        self.routes: dict[str, tuple[Box, ...]] = {
+            model: (boxes,) if isinstance(boxes, Box) else tuple(boxes) for model, boxes in routes.items()
+        }
+        fallback = self.routes.pop(ANY_MODEL, ())
+        self.fallback: tuple[Box, ...] = fallback or ((single,) if single is not None and not self.routes else ())
+
+    def replicas(self, model: str) -> tuple[Box, ...]:
+        """Every box serving ``model``, in the order the routes list them; :class:`Unrouted` when none does."""
+        boxes = self.routes.get(model, self.fallback)
+        if not boxes:
+            raise Unrouted(model)
+        return boxes
 
     def box(self, model: str) -> Box:
-        """The box serving ``model``; :class:`Unrouted` when none does."""
-        box = self.routes.get(model, self.fallback)
-        if box is None:
-            raise Unrouted(model)
-        return box
+        """The first box serving ``model``; :class:`Unrouted` when none does."""
+        return self.replicas(model)[0]
 
     def serves(self, box: Box, model: str) -> bool:
         """Whether requests for ``model`` go to ``box`` (a box may load models it is not routed for)."""
-        return self.routes.get(model, self.fallback) == box
+        return box in self.routes.get(model, self.fallback)
 
     def boxes(self) -> list[Box]:
-        """Every distinct box, the fallback first."""
-        found: list[Box] = [self.fallback] if self.fallback is not None else []
-        for box in self.routes.values():
-            if box not in found:
-                found.append(box)
+        """Every distinct box, the fallback's first."""
+        found: list[Box] = list(self.fallback)
+        for replicas in self.routes.values():
+            found += [box for box in replicas if box not in found]
         return found
 
     def models(self, box: Box) -> list[str]:
         """The models routed to ``box`` by name (the fallback box also serves every model not listed)."""
-        return sorted(model for model, routed in self.routes.items() if routed == box)
+        return sorted(model for model, replicas in self.routes.items() if box in replicas)
 
 
-def parse_routes(value: Any) -> dict[str, Box]:
-    """Routes from a settings value: a mapping, or its JSON text (empty: no routes)."""
+def parse_routes(value: Any) -> dict[str, tuple[Box, ...]]:
+    """Routes from a settings value: a mapping, or its JSON text (empty: no routes); each model → a box or a list."""
     if isinstance(value, str):
         value = json.loads(value) if value.strip() else {}
     if not isinstance(value, Mapping):
         # ValueError, not TypeError: pydantic reports a validator's ValueError as a bad setting.
-        raise ValueError("routes must be a JSON object: model name → {url, management_url, metrics_url, key_file}")  # noqa: TRY004
-    return {str(model): box if isinstance(box, Box) else Box.model_validate(box) for model, box in value.items()}
+        raise ValueError("routes must be a JSON object: model name → {url, management_url, metrics_url, key_file}"  # noqa: TRY004
+                         " or a list of them")
+    parsed: dict[str, tuple[Box, ...]] = {}
+    for model, boxes in value.items():
+        listed = [boxes] if isinstance(boxes, Box | Mapping) else list(boxes) if isinstance(boxes, Sequence) else None
+        if not listed or isinstance(boxes, str):
+            raise ValueError(f"route of {model!r}: a box {{url, management_url, key_file}} or a non-empty list of them")
+        replicas = tuple(box if isinstance(box, Box) else Box.model_validate(box) for box in listed)
+        if len(set(replicas)) != len(replicas):
+            raise ValueError(f"route of {model!r} lists the same box twice")
+        parsed[str(model)] = replicas
+    return parsed

@@ -622,3 +622,59 @@ def test_with_routes_each_model_is_managed_on_its_own_box(cli: Cli, fake: tuple[
         unrouted = cli("describe", "similar", environ=env)
         assert unrouted.code != 0 and "not routed" in unrouted.err
 
+
+
+# --- routes: one model scaled out to several boxes ----------------------------------------------------------
+
+
+@contextmanager
+def two_resnet18_boxes(cli: Cli, fake: tuple[FakeTorchServe, str], tmp_path: Path
+                       ) -> Iterator[tuple[FakeTorchServe, FakeTorchServe, dict[str, str]]]:
+    """resnet18 routed to two boxes (the ``fake`` one and another): the environment servingctl needs."""
+    box_a, url_a = fake
+    other = tmp_path / "other"
+    other.mkdir()
+    with fake_box(other) as (box_b, url_b):
+        routes = {"resnet18": [{"url": url, "management_url": url, "key_file": str(box.key_file)}
+                               for box, url in ((box_a, url_a), (box_b, url_b))]}
+        yield box_a, box_b, {"SERVINGCTL_ROUTES": json.dumps(routes)}
+
+
+def test_a_model_on_two_boxes_is_deployed_box_by_box(cli: Cli, fake: tuple[FakeTorchServe, str],
+                                                     tmp_path: Path) -> None:
+    with two_resnet18_boxes(cli, fake, tmp_path) as (box_a, box_b, env):
+        run = cli("deploy", "resnet18_v2.0.mar", "--set-default", environ=env)
+        assert run.code == 0, run.err
+        assert box_a.models["resnet18"]["default"] == box_b.models["resnet18"]["default"] == "2.0"
+        assert run.out.index("[box 127.0.0.1") < run.out.index("resnet18 default: 1.0 → 2.0")
+        assert run.out.count("[box ") == 2
+        boxes = {c.detail.get("box") for c in cli.history.changes("resnet18") if c.action == "set-default"}
+        assert len(boxes) == 2 and None not in boxes
+        listing = json.loads(cli("models", "--json", environ=env).out)
+        assert sorted((m["box"], m["default"]) for m in listing if m["model"] == "resnet18") == sorted(
+            (b, "2.0") for b in boxes)
+
+
+def test_a_deploy_failing_on_the_second_box_is_undone_on_the_first(cli: Cli, fake: tuple[FakeTorchServe, str],
+                                                                  tmp_path: Path) -> None:
+    with two_resnet18_boxes(cli, fake, tmp_path) as (box_a, box_b, env):
+        box_b.labels["2.0"] = "not a cat"  # box B answers the golden photo wrongly
+        run = cli("deploy", "resnet18_v2.0.mar", "--set-default", environ=env)
+        assert run.code != 0 and "golden" in run.err
+        for box in (box_a, box_b):
+            assert box.models["resnet18"]["default"] == "1.0" and "2.0" not in box.models["resnet18"]["versions"]
+        assert "undoing" in run.out
+
+
+def test_scale_and_rollback_change_every_box_of_the_model(cli: Cli, fake: tuple[FakeTorchServe, str],
+                                                          tmp_path: Path) -> None:
+    with two_resnet18_boxes(cli, fake, tmp_path) as (box_a, box_b, env):
+        assert cli("scale", "resnet18", "--min", "3", "--max", "3", environ=env).code == 0
+        for box in (box_a, box_b):
+            assert len(box.models["resnet18"]["versions"]["1.0"]["workers"]) == 3
+        assert cli("deploy", "resnet18_v2.0.mar", "--set-default", environ=env).code == 0
+        rolled = cli("rollback", "resnet18", environ=env)
+        assert rolled.code == 0, rolled.err
+        assert box_a.models["resnet18"]["default"] == box_b.models["resnet18"]["default"] == "1.0"
+        described = json.loads(cli("describe", "resnet18", "--json", environ=env).out)
+        assert [d["default"] for d in described] == ["1.0", "1.0"] and len({d["box"] for d in described}) == 2
