@@ -62,6 +62,25 @@ COPY archive_scripts/ archive_scripts/
 ARG ARCHIVE_FLAVOUR=cpu
 RUN python -m archive_scripts --flavour "$ARCHIVE_FLAVOUR" --store /build/model_store
 
+# ---- servingctl: the operators' CLI (image serving-ops; `make images`), for the boxes of a deployment -------
+# From the build stage: the same archives the boxes serve (a deploy registers an archive by its file name in the
+# box's store) and the golden photos' packages, so `servingctl deploy` runs its golden check here too.
+#   docker build -f docker/model-server.Dockerfile --target servingctl -t serving-ops .
+#   docker compose -f deploy/compose.yaml run --rm servingctl models
+FROM build AS servingctl
+RUN groupadd --gid 1000 serving \
+ && useradd --uid 1000 --gid 1000 --home-dir /tmp --no-create-home --shell /usr/sbin/nologin serving
+COPY stack/ stack/
+COPY ops/ ops/
+RUN python -m compileall -q ops stack handlers archive_scripts
+ENV PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    SERVINGCTL_MODEL_STORE=/build/model_store \
+    SERVINGCTL_STATE_DIR=/tmp/servingctl
+USER 1000:1000
+ENTRYPOINT ["python", "-m", "ops"]
+CMD ["--help"]
+
 # ---- runtime -------------------------------------------------------------------------------------------------
 FROM ${PYTHON_IMAGE} AS runtime
 

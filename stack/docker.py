@@ -11,7 +11,7 @@
   (debootstrap of bookworm with python3.11 + venv + pip, the host's CA bundle trusted by pip) and imported
   under a local name, once.
 - ``images``: ``up`` + ``base`` + an image of torch wheels (made once from the host's pip), then builds ``serving-api``,
-  ``serving-model`` and ``serving-balancer`` (nginx from Debian: the bridges' one address on a host).
+  ``serving-model``, ``serving-ops`` (servingctl) and ``serving-balancer`` (nginx from Debian: the bridges' one address on a host).
 
 Debian's CLI ``/usr/bin/docker`` (20.10) is used, not whatever ``docker`` is first on PATH: it builds with BuildKit
 without the buildx plugin (``DOCKER_BUILDKIT=1``), which ``COPY --chmod`` and ``RUN --mount`` need.
@@ -44,6 +44,7 @@ IMAGE_CA_BUNDLE = "/etc/ssl/certs/host-ca-bundle.crt"
 LOCAL_TORCH_WHEELS = "serving-local/torch-wheels"
 API_IMAGE = "serving-api"
 MODEL_IMAGE = "serving-model"
+OPS_IMAGE = "serving-ops"  # servingctl, built from the model image's build stage
 BALANCER_IMAGE = "serving-balancer"
 START_TIMEOUT_S = 60.0
 
@@ -297,11 +298,13 @@ class Image:
 
     name: str
     dockerfile: str
+    target: str | None = None  # the Dockerfile's stage; None: its last
 
 
 IMAGES = (
     Image(API_IMAGE, "docker/api.Dockerfile"),
     Image(MODEL_IMAGE, "docker/model-server.Dockerfile"),
+    Image(OPS_IMAGE, "docker/model-server.Dockerfile", target="servingctl"),
     Image(BALANCER_IMAGE, "docker/balancer.Dockerfile"),
 )
 
@@ -315,6 +318,7 @@ def build(image: Image, base: str, extra_args: Sequence[str] = ()) -> float:
         # PYTHON_IMAGE for the Python images, BASE_IMAGE (Debian) for the balancer: the base is Debian bookworm.
         "build", "--network", "host", "--file", image.dockerfile, "--build-arg", f"PYTHON_IMAGE={base}",
         "--build-arg", f"BASE_IMAGE={base}",
+        *(["--target", image.target] if image.target else []),
         *extra_args, "--tag", image.name, str(REPO_ROOT), check=False, capture=False, env=env,
     )
     if result.returncode != 0:
@@ -332,7 +336,8 @@ def images(names: Sequence[str] = ()) -> int:
     for image in IMAGES:
         if names and image.name not in names:
             continue
-        extra = ["--build-arg", f"TORCH_WHEELS_IMAGE={torch_wheels_image()}"] if image.name == MODEL_IMAGE else []
+        uses_torch = image.dockerfile == "docker/model-server.Dockerfile"
+        extra = ["--build-arg", f"TORCH_WHEELS_IMAGE={torch_wheels_image()}"] if uses_torch else []
         build(image, base, extra)
     return 0
 
@@ -355,7 +360,7 @@ def main(argv: list[str]) -> int:
     except DockerError as exc:
         print(f"docker: error: {exc}", file=sys.stderr)
         return 1
-    print("usage: python -m stack.docker up|status|down|base|images [serving-api|serving-model|serving-balancer ...]", file=sys.stderr)
+    print("usage: python -m stack.docker up|status|down|base|images [serving-api|serving-model|serving-ops|serving-balancer ...]", file=sys.stderr)
     return 2
 
 

@@ -1,5 +1,5 @@
-"""The topology of deploy/compose.yaml run for real (``make test-containers``): a balancer, two bridges and one
-model server box per model (classifier, similar, price), each in its own container, on loopback.
+"""The topology of deploy/compose.yaml run for real (``make test-containers``): a balancer, two bridges and a
+model server box per model (classifier on two boxes, similar, price), each in its own container, on loopback.
 
 The compose file runs as it is, under its own project name and a port prefix (SERVING_PORT_PREFIX: 4 → 48000,
 48180, ...) so it never meets the shared local stack; PostgreSQL and InfluxDB are private instances of the service
@@ -38,7 +38,8 @@ PROJECT = "photo-serving-test"
 COMPOSE_FILE = REPO_ROOT / "deploy" / "compose.yaml"
 MODELS = ("classifier", "similar", "price")
 BOX_PORTS = {"classifier": 8180, "similar": 8280, "price": 8380}
-SERVICES = ("balancer", "bridge-1", "bridge-2", *(f"box-{m}" for m in MODELS))
+REPLICA_PORT = 8580  # box-classifier-2: classifier's second box
+SERVICES = ("balancer", "bridge-1", "bridge-2", *(f"box-{m}" for m in MODELS), "box-classifier-2")
 HEALTHY_WITHIN_S = 300.0
 ADOPT_AFTER_S = 3
 FIGURES = REPO_ROOT / ".state" / "containers" / "figures.json"
@@ -69,7 +70,7 @@ def port_free(port: int) -> bool:
 
 def ports_of(prefix: str) -> list[int]:
     base = [8000, 8001, 8002, 5432, 8086, 8088]
-    for port in BOX_PORTS.values():
+    for port in (*BOX_PORTS.values(), REPLICA_PORT):
         # inference, management, metrics, gRPC x2, the first workers' sockets
         base += [port, port + 1, port + 2, port - 1010, port - 1009, port + 1000, port + 1001]
     return [int(f"{prefix}{p}") for p in base]
@@ -101,9 +102,10 @@ class Topology:
     def url(self, port: int) -> str:
         return f"http://127.0.0.1:{self.port(port)}"
 
-    def compose(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    def compose(self, *args: str, check: bool = True, override: Path | None = None) -> subprocess.CompletedProcess[str]:
+        files = [str(COMPOSE_FILE), *([str(override)] if override else [])]
         command = [str(Path(sys.executable).parent / "docker-compose"), "-p", PROJECT, "--env-file",
-                   str(self.env_file), "-f", str(COMPOSE_FILE), *args]
+                   str(self.env_file), *(arg for f in files for arg in ("-f", f)), *args]
         result = subprocess.run(command, capture_output=True, text=True, check=False, timeout=600)
         if check and result.returncode != 0:
             pytest.fail(f"{' '.join(command)} failed:\n{result.stdout}\n{result.stderr}")
@@ -211,7 +213,9 @@ class Load:
     base_url: str
     models: tuple[str, ...]
     clients_per_model: int = 1
+    uncached: bool = False  # Cache-Control: no-cache: every photo reaches a box, none is answered from the record
     answers: list[tuple[float, str, int, str, dict[str, str]]] = field(default_factory=list)
+    versions: list[tuple[float, str]] = field(default_factory=list)  # (time, version) of each 200
     _stop: threading.Event = field(default_factory=threading.Event)
     _threads: list[threading.Thread] = field(default_factory=list)
 
@@ -225,11 +229,14 @@ class Load:
         return self
 
     def _client(self, model: str, body: bytes) -> None:
-        with httpx.Client(base_url=self.base_url, timeout=30) as client:
+        headers = {"Cache-Control": "no-cache"} if self.uncached else {}
+        with httpx.Client(base_url=self.base_url, timeout=30, headers=headers) as client:
             while not self._stop.is_set():
                 try:
                     response = client.put(f"/predictions/{model}", content=body)
                     answer = (response.status_code, response.headers.get("x-request-id", ""), dict(response.headers))
+                    if response.status_code == 200:
+                        self.versions.append((time.monotonic(), str(response.json()["model"]["version"])))
                 except httpx.HTTPError as exc:
                     answer = (0, "", {"error": type(exc).__name__})
                 self.answers.append((time.monotonic(), model, *answer))
@@ -243,6 +250,10 @@ class Load:
 
     def statuses(self, model: str | None = None, after: float = 0.0, before: float = float("inf")) -> Counter[int]:
         return Counter(a[2] for a in self.answers if (model is None or a[1] == model) and after <= a[0] < before)
+
+    def per_second(self, model: str, after: float, before: float) -> float:
+        """Answers of ``model`` with 200 per second between two times."""
+        return self.statuses(model, after, before)[200] / (before - after)
 
     def acknowledged(self) -> list[str]:
         return [a[3] for a in self.answers if a[2] == 200 and a[3]]
@@ -381,3 +392,115 @@ def test_a_bridge_removed_under_load_loses_no_acknowledged_record(topology: Topo
     assert set(balanced.statuses(after=removed_at + 1)) == {200}, balanced.statuses(after=removed_at)
     topology.compose("up", "--detach", "--no-deps", "bridge-1")
     topology.wait_healthy("bridge-1", 60)
+
+
+# --- one model on two boxes ----------------------------------------------------------------------------------------
+
+
+def servingctl(topology: Topology, *argv: str) -> subprocess.CompletedProcess[str]:
+    """servingctl from its image (compose service `servingctl`, profile ops), as an operator runs it."""
+    return topology.compose("--profile", "ops", "run", "--rm", "--no-deps", "-T", "servingctl", *argv, check=False)
+
+
+def box_workers(topology: Topology, port: int, model: str) -> int:
+    """Workers of ``model``'s default version on the box whose inference port is ``port`` (its own key)."""
+    volume = "classifier-2" if port == REPLICA_PORT else model
+    mountpoint = docker("volume", "inspect", "--format", "{{.Mountpoint}}", f"{PROJECT}_{volume}-keys").stdout
+    key = read_keys(Path(mountpoint.strip()) / "key_file.json").management
+    described = httpx.get(f"{topology.url(port + 1)}/models/{model}", timeout=10,
+                          headers={"Authorization": f"Bearer {key}"}).json()
+    return len(described[0]["workers"])
+
+
+def test_servingctl_changes_a_scaled_out_model_box_by_box(topology: Topology) -> None:
+    for service in SERVICES:
+        topology.wait_healthy(service, 240)
+    boxes = (BOX_PORTS["classifier"], REPLICA_PORT)
+    started = time.monotonic()
+    scaled = servingctl(topology, "scale", "classifier", "--min", "2", "--max", "2")
+    assert scaled.returncode == 0, scaled.stdout + scaled.stderr
+    assert scaled.stdout.count("[box ") == 2, scaled.stdout
+    assert [box_workers(topology, port, "classifier") for port in boxes] == [2, 2]
+    figure("servingctl_scale_two_boxes_s", round(time.monotonic() - started, 1))
+    listing = servingctl(topology, "models", "--json")
+    assert listing.returncode == 0, listing.stderr
+    shown = [m for m in json.loads(listing.stdout) if m["model"] == "classifier"]
+    assert len({m["box"] for m in shown}) == 2
+    history = servingctl(topology, "history", "classifier", "--json")
+    assert sum(c["action"] == "scale" for c in json.loads(history.stdout)) == 2  # one change per box, recorded
+    back = servingctl(topology, "scale", "classifier", "--min", "1", "--max", "1")
+    assert back.returncode == 0, back.stderr
+    assert [box_workers(topology, port, "classifier") for port in boxes] == [1, 1]
+
+
+def test_a_second_box_adds_throughput_and_a_stopped_one_fails_no_request(topology: Topology) -> None:
+    """A figure, not a timed assert: classifier's throughput on one box, then on two, with price beside it."""
+    for service in SERVICES:
+        topology.wait_healthy(service, 240)
+    phase_s = 20.0
+    load = Load(topology.url(8000), ("classifier", "price"), clients_per_model=4, uncached=True).start()
+    time.sleep(3)
+    stopped_at = time.monotonic()
+    topology.compose("stop", "--timeout", "30", "box-classifier-2")  # classifier on one box
+    one_from = time.monotonic() + 2
+    time.sleep(phase_s + 2)
+    one_until = time.monotonic()
+    topology.compose("start", "box-classifier-2")
+    topology.wait_healthy("box-classifier-2", 240)
+    two_from = time.monotonic() + 2
+    time.sleep(phase_s + 2)
+    two_until = time.monotonic()
+    load.stop()
+    rates = {
+        "one_box": {m: round(load.per_second(m, one_from, one_until), 2) for m in ("classifier", "price")},
+        "two_boxes": {m: round(load.per_second(m, two_from, two_until), 2) for m in ("classifier", "price")},
+    }
+    rates["classifier_ratio"] = round(rates["two_boxes"]["classifier"] / max(rates["one_box"]["classifier"], 1e-9), 2)
+    rates["price_ratio"] = round(rates["two_boxes"]["price"] / max(rates["one_box"]["price"], 1e-9), 2)
+    figure("scale_out_classifier", {**rates, "clients_per_model": 4, "phase_s": phase_s, "cpus": os.cpu_count()})
+    # Stopping one of classifier's boxes and starting it again under load failed no request.
+    assert set(load.statuses(after=stopped_at)) == {200}, load.statuses(after=stopped_at)
+
+
+ROLLOUT_IMAGE = "serving-model:rollout-1.1"
+
+
+def test_a_new_version_rolled_out_box_by_box_fails_no_request(topology: Topology, tmp_path: Path) -> None:
+    """The release: classifier 1.1 built and gated like any archive, an image carrying it; then each box is replaced
+    in turn (`compose up` of one service with the release's override) while clients keep sending photos."""
+    for service in SERVICES:
+        topology.wait_healthy(service, 240)
+    context = tmp_path / "release"
+    context.mkdir()
+    built = subprocess.run([sys.executable, "-m", "archive_scripts", "classifier", "--version", "1.1", "--store",
+                            str(context)], cwd=REPO_ROOT, capture_output=True, text=True, timeout=900, check=False)
+    assert built.returncode == 0, built.stdout + built.stderr
+    (context / "Dockerfile").write_text(f"FROM {docker_stack.MODEL_IMAGE}\nCOPY classifier_v1.1.mar /app/model_store/\n")
+    docker("build", "--network", "host", "--tag", ROLLOUT_IMAGE, str(context))
+    load = Load(topology.url(8000), ("classifier",), clients_per_model=4, uncached=True).start()
+    time.sleep(3)
+    rolled: list[str] = []
+    took: dict[str, float] = {}
+    began = time.monotonic()
+    for service in ("box-classifier", "box-classifier-2"):
+        rolled.append(service)
+        override = tmp_path / "release.yaml"
+        override.write_text("services:\n" + "".join(
+            f"  {name}:\n    image: {ROLLOUT_IMAGE}\n    environment:\n      SERVING_MODELS: classifier_v1.1.mar\n"
+            for name in rolled))
+        step = time.monotonic()
+        topology.compose("up", "--detach", "--no-deps", service, override=override)
+        topology.wait_healthy(service, 240)
+        took[service] = round(time.monotonic() - step, 1)
+    done = time.monotonic()
+    time.sleep(3)
+    load.stop()
+    before = Counter(v for t, v in load.versions if t < began)
+    during = Counter(v for t, v in load.versions if began <= t < done)
+    after = Counter(v for t, v in load.versions if t >= done + 1)
+    figure("rollout_box_by_box", {"replace_to_healthy_s": took, "statuses": dict(load.statuses()),
+                                  "versions_before": dict(before), "versions_during": dict(during),
+                                  "versions_after": dict(after)})
+    assert set(load.statuses()) == {200}, load.statuses()
+    assert set(before) == {"1.0"} and set(after) == {"1.1"}, (before, after)
+    assert during["1.0"] and during["1.1"], "both versions answered while the boxes were replaced one by one"

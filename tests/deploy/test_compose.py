@@ -22,9 +22,12 @@ from tests.deploy.conftest import (
     tool,
 )
 
-BOXES = {"box-classifier", "box-similar", "box-price", "box-resnet18"}
+# Each model server box and the model it serves (classifier is scaled out to two boxes).
+MODEL_OF = {"box-classifier": "classifier", "box-classifier-2": "classifier", "box-similar": "similar",
+            "box-price": "price", "box-resnet18": "resnet18"}
+BOXES = set(MODEL_OF)
 BRIDGES = {"bridge-1", "bridge-2"}
-SERVICES = {"balancer", *BRIDGES, *BOXES, "postgres", "influxdb", "grafana"}
+SERVICES = {"balancer", *BRIDGES, *BOXES, "postgres", "influxdb", "grafana"}  # servingctl: profile ops, on demand
 
 
 def seconds(duration: str) -> float:
@@ -107,7 +110,7 @@ def test_each_box_serves_one_model_on_ports_of_its_own(full: dict[str, Any]) -> 
     seen: set[str] = set()
     for name in BOXES:
         env = full["services"][name]["environment"]
-        assert env["SERVING_MODELS"] == f"{name.removeprefix('box-')}_v1.0.mar"
+        assert env["SERVING_MODELS"] == f"{MODEL_OF[name]}_v1.0.mar"
         ports = {v for k, v in env.items() if k.startswith("SERVING_TS_") and k.endswith("_PORT")}
         assert len(ports) == 6 and not ports & seen, name  # inference, management, metrics, gRPC x2, workers
         seen |= ports
@@ -124,11 +127,12 @@ def test_the_bridges_route_each_model_to_its_box_with_its_key(full: dict[str, An
     routes = {full["services"][name]["environment"]["BRIDGE_ROUTES"] for name in BRIDGES}
     assert len(routes) == 1, "every bridge has the same routes"
     parsed = parse_routes(routes.pop())
+    assert len(parsed["classifier"]) == 2, "classifier is scaled out to two boxes"
+    assert {model for model, boxes in parsed.items() for _ in boxes} == set(MODEL_OF.values())
     for name in BOXES:
-        model = name.removeprefix("box-")
+        model = MODEL_OF[name]
         env = full["services"][name]["environment"]
-        box = parsed[model]
-        assert box.url == f"http://127.0.0.1:{env['SERVING_TS_INFERENCE_PORT']}"
+        (box,) = [b for b in parsed[model] if b.url == f"http://127.0.0.1:{env['SERVING_TS_INFERENCE_PORT']}"]
         assert box.management_url == f"http://127.0.0.1:{env['SERVING_TS_MANAGEMENT_PORT']}"
         assert box.metrics_url == f"http://127.0.0.1:{env['SERVING_TS_METRICS_PORT']}/metrics"
         # The box writes its key file into its own volume; every bridge mounts that volume read-only.
@@ -175,6 +179,22 @@ def test_named_volumes_hold_every_piece_of_state(full: dict[str, Any]) -> None:
         assert mounts(name)["/var/lib/serving/spool"] == "bridge-journal"
     assert set(full["volumes"]) == {"pg-data", "influx-data", "grafana-data", "bridge-journal",
                                     *(f"{b.removeprefix('box-')}-keys" for b in BOXES)}
+
+
+def test_servingctl_runs_on_demand_with_the_same_routes_and_every_key(compose_env: dict[str, str]) -> None:
+    from stack.routing import parse_routes
+
+    result = run([*compose_command(), "--env-file", str(ENV_EXAMPLE), "-f", str(COMPOSE_FILE), "--profile",
+                  "ops", "config", "--format", "json"], env=compose_env)
+    services = json.loads(result.stdout)["services"]
+    ctl = services["servingctl"]
+    assert ctl["profiles"] == ["ops"] and ctl["image"].split(":")[0] == "serving-ops" and ctl["read_only"] is True
+    routes = parse_routes(ctl["environment"]["SERVINGCTL_ROUTES"])
+    assert routes == parse_routes(services["bridge-1"]["environment"]["BRIDGE_ROUTES"])
+    mounts = {v["target"]: v for v in ctl["volumes"]}
+    for boxes in routes.values():
+        for box in boxes:
+            assert mounts[str(box.key_file.parent)]["read_only"] is True
 
 
 def test_our_containers_run_read_only_with_writable_state(full: dict[str, Any]) -> None:

@@ -66,7 +66,7 @@ def image_repository(image: str) -> str:
 
 
 BRIDGES = ("bridge-1", "bridge-2")
-BOXES = ("box-classifier", "box-similar", "box-price")
+BOXES = ("box-classifier", "box-classifier-2", "box-similar", "box-price")
 
 
 def test_compose_runs_the_images_make_images_builds(compose_config: dict[str, Any]) -> None:
@@ -74,7 +74,7 @@ def test_compose_runs_the_images_make_images_builds(compose_config: dict[str, An
 
     built = {image.name: image.dockerfile for image in docker_stack.IMAGES}
     assert built == {"serving-api": "docker/api.Dockerfile", "serving-model": "docker/model-server.Dockerfile",
-                     "serving-balancer": "docker/balancer.Dockerfile"}
+                     "serving-ops": "docker/model-server.Dockerfile", "serving-balancer": "docker/balancer.Dockerfile"}
     assert re.search(r"docker build -f docker/api\.Dockerfile -t serving-api \.", DOCKERFILE)
     assert re.search(r"docker build -f docker/model-server\.Dockerfile -t serving-model \.", MODEL_DOCKERFILE)
     services = compose_config["services"]
@@ -213,7 +213,7 @@ def test_routes_reach_the_boxes_on_their_own_network(compose_config: dict[str, A
         for name in ("BRIDGE_TORCHSERVE_URL", "BRIDGE_TORCHSERVE_MANAGEMENT_URL"):
             if name in env:
                 assert urlsplit(env[name]).hostname == "127.0.0.1", name
-        for box in parse_routes(env.get("BRIDGE_ROUTES", "")).values():
+        for box in [b for replicas in parse_routes(env.get("BRIDGE_ROUTES", "")).values() for b in replicas]:
             for url in (box.url, box.management_url, box.metrics_url or box.url):
                 if where.startswith("compose"):  # host networking: loopback
                     assert urlsplit(url).hostname == "127.0.0.1", url
@@ -224,17 +224,17 @@ def test_routes_reach_the_boxes_on_their_own_network(compose_config: dict[str, A
 # --- routing: each model to the box that serves it -------------------------------------------------------------
 
 
-def compose_boxes(compose_config: dict[str, Any]) -> dict[str, dict[str, str]]:
-    """Each compose box's environment by the model it serves."""
+def compose_boxes(compose_config: dict[str, Any]) -> dict[str, list[dict[str, str]]]:
+    """The environments of the compose boxes serving each model (several when it is scaled out)."""
     from archive_scripts.specs import SPECS
 
     model_of = {spec.archive_name: spec.name for spec in SPECS}
-    out: dict[str, dict[str, str]] = {}
+    out: dict[str, list[dict[str, str]]] = {}
     for service in compose_config["services"].values():
         env = service.get("environment") or {}
         if "SERVING_MODELS" in env:
             (archive,) = env["SERVING_MODELS"].split(",")
-            out[model_of[archive]] = env
+            out.setdefault(model_of[archive], []).append(env)
     return out
 
 
@@ -255,9 +255,12 @@ def test_compose_and_kubernetes_route_the_same_models(compose_config: dict[str, 
     for overlay in (*OVERLAYS, BENCHMARK):
         k8s = k8s_routes(rendered, overlay)
         assert sorted(k8s) == sorted(compose), overlay
-        assert {m: b.required for m, b in k8s.items()} == {m: b.required for m, b in compose.items()}, overlay
+        # Kubernetes: one Service per model, its replicas behind it; compose lists a scaled-out model's boxes.
+        assert all(len(replicas) == 1 for replicas in k8s.values()), overlay
+        assert {m: b.required for m, (b,) in k8s.items()} == {
+            m: {b.required for b in replicas} == {True} for m, replicas in compose.items()}, overlay
     # Both run a box for every model routed as required (the benchmark-only ones under a profile / overlay).
-    required = sorted(m for m, b in compose.items() if b.required)
+    required = sorted(m for m, replicas in compose.items() if replicas[0].required)
     assert sorted(compose_boxes(compose_config)) == sorted(boxes(rendered["cpu"])) == required
     assert sorted(compose_boxes(compose_benchmark_config)) == sorted(boxes(rendered[BENCHMARK])) == sorted(compose)
 
@@ -270,16 +273,17 @@ def test_each_route_points_at_the_box_that_serves_its_model(compose_benchmark_co
     compose = parse_routes(compose_benchmark_config["services"][BRIDGES[0]]["environment"]["BRIDGE_ROUTES"])
     compose_served = compose_boxes(compose_benchmark_config)
     assert sorted(compose_served) == sorted(compose)
-    for model, env in compose_served.items():
-        box = compose[model]
-        assert urlsplit(box.url).port == int(env["SERVING_TS_INFERENCE_PORT"]), model
-        assert urlsplit(box.management_url).port == int(env["SERVING_TS_MANAGEMENT_PORT"]), model
-        assert box.metrics_url and urlsplit(box.metrics_url).port == int(env["SERVING_TS_METRICS_PORT"]), model
+    for model, envs in compose_served.items():
+        assert len(envs) == len(compose[model]), f"{model}: one route entry per box"
+        for box, env in zip(compose[model], sorted(envs, key=lambda e: int(e["SERVING_TS_INFERENCE_PORT"])), strict=True):
+            assert urlsplit(box.url).port == int(env["SERVING_TS_INFERENCE_PORT"]), model
+            assert urlsplit(box.management_url).port == int(env["SERVING_TS_MANAGEMENT_PORT"]), model
+            assert box.metrics_url and urlsplit(box.metrics_url).port == int(env["SERVING_TS_METRICS_PORT"]), model
     # Kubernetes: a route's host is a Service that selects the model's box, and its port reaches TorchServe's.
     objects = rendered[BENCHMARK]
     routes = k8s_routes(rendered, BENCHMARK)
     for model, deployment in boxes(objects).items():
-        box = routes[model]
+        (box,) = routes[model]
         service = find(objects, "Service", urlsplit(box.url).hostname)
         assert urlsplit(box.management_url).hostname == service["metadata"]["name"]
         selected = [d for d in boxes(objects).values()
@@ -298,7 +302,8 @@ def test_each_box_serves_the_same_archive_with_the_specs_settings(compose_benchm
     from archive_scripts.specs import SPECS
 
     specs = {spec.name: spec for spec in SPECS}
-    compose = {m: env["SERVING_MODELS"] for m, env in compose_boxes(compose_benchmark_config).items()}
+    compose = {m: {env["SERVING_MODELS"] for env in envs} for m, envs in compose_boxes(compose_benchmark_config).items()}
+    assert all(len(archives) == 1 for archives in compose.values()), "a model's replicas serve the same archive"
     k8s = {m: next(e["value"] for e in container(d, "torchserve")["env"] if e["name"] == "SERVING_MODELS")
            for m, d in boxes(rendered[BENCHMARK]).items()}
     kserve: dict[str, str] = {}
@@ -308,7 +313,7 @@ def test_each_box_serves_the_same_archive_with_the_specs_settings(compose_benchm
         kserve[model] = entry["marName"]
         # Workers and batching: the archive's model-config.yaml (compose, Kubernetes) = KServe's snapshot = spec.
         assert {k: entry[k] for k in specs[model].model_config} == specs[model].model_config, model
-    assert compose == k8s == kserve == {m: specs[m].archive_name for m in compose}
+    assert {m: archive for m, (archive,) in compose.items()} == k8s == kserve == {m: specs[m].archive_name for m in compose}
 
 
 def test_kserve_is_sized_and_scaled_like_the_boxes(rendered: dict[str, list[dict[str, Any]]]) -> None:
