@@ -341,16 +341,30 @@ def test_a_box_killed_under_load_fails_only_its_model_and_comes_back(topology: T
     # person's stop: Docker does not restart it, by design.)
     killed_at = time.monotonic()
     os.kill(int(topology.state("box-price")["Pid"]), 9)
+    # A job submitted while the box is down waits out the outage (bridge.job_runner) and finishes once it is back.
+    submitted = httpx.post(f"{topology.url(8000)}/v1/jobs?models=price,classifier", content=photo(), timeout=30)
+    assert submitted.status_code == 202, submitted.text
+    job_url = f"{topology.url(8000)}/v1/jobs/{submitted.json()['id']}"
     wait(lambda: topology.restarts("box-price") > restarts, 60, f"{box} restarted by its restart policy")
     topology.wait_healthy("box-price", 240)
     back_s = time.monotonic() - killed_at
     wait(lambda: load.statuses("price", after=time.monotonic() - 1)[200] > 0, 60, "price answering again")
+    job: dict[str, Any] = {}
+
+    def job_done() -> bool:
+        job.update(httpx.get(job_url, params={"wait": 5}, timeout=30).json())
+        return job["status"] in ("succeeded", "failed")
+
+    job_took = wait(job_done, 120, "the job submitted during the outage")
     time.sleep(2)
     load.stop()
     during = load.statuses("price", after=killed_at, before=killed_at + back_s)
     others = {m: dict(load.statuses(m, after=killed_at)) for m in ("classifier", "similar")}
     figure("box_killed", {"price_back_healthy_s": round(back_s, 1), "price_during_outage": dict(during),
-                          "others_after_kill": others})
+                          "others_after_kill": others, "job_attempts": job.get("attempts"),
+                          "job_done_s_after_box_healthy": round(job_took, 1)})
+    assert job["status"] == "succeeded" and job["attempts"] >= 2, job  # at least one attempt met the outage
+    assert set(job["results"]) == {"price", "classifier"}, job
     assert set(during) <= {200, 503} and during[503] > 0, during
     assert all(a[4].get("retry-after") for a in load.answers if a[1] == "price" and a[2] == 503)
     for model, statuses in others.items():
