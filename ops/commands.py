@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from archive_scripts.golden import GoldenCase
-from ops.errors import GoldenCheckFailed, NotFound, OpsError, Refused, UsageError
+from ops.errors import GoldenCheckFailed, NotFound, OpsError, Refused, TorchServeDown, UsageError
 from ops.golden import GoldenLookup, PhotoLoader, check_through_torchserve
 from ops.history import Change, ChangeSink, History, rollback_target
 from ops.settings import Settings
@@ -116,8 +116,16 @@ def _info_json(info: ModelInfo) -> dict[str, Any]:
 def models(ctx: Context, as_json: bool = False) -> int:
     """One row per registered version of every model (per box when there are several): default, workers, batch."""
     boxes = ctx.torchserve.boxes()
-    infos = [(box.name, view.describe(name)) for box in boxes
-             for view in [ctx.torchserve.on(box)] for name in view.list_models()]
+    infos: list[tuple[str, ModelInfo]] = []
+    for box in boxes:
+        view = ctx.torchserve.on(box)
+        try:
+            infos += [(box.name, view.describe(name)) for name in view.list_models()]
+        except TorchServeDown as exc:
+            if len(boxes) == 1:
+                raise
+            # One box down (or a benchmark-only box not started) must not hide the others.
+            ctx.warn(f"box {box.name}: {exc.message}")
     if as_json:
         ctx.say(json.dumps([{**_info_json(i), "box": box} for box, i in infos], indent=2))
         return 0

@@ -678,3 +678,15 @@ def test_scale_and_rollback_change_every_box_of_the_model(cli: Cli, fake: tuple[
         assert box_a.models["resnet18"]["default"] == box_b.models["resnet18"]["default"] == "1.0"
         described = json.loads(cli("describe", "resnet18", "--json", environ=env).out)
         assert [d["default"] for d in described] == ["1.0", "1.0"] and len({d["box"] for d in described}) == 2
+
+
+def test_models_lists_the_boxes_that_answer_and_warns_of_one_that_does_not(cli: Cli, fake: tuple[FakeTorchServe, str],
+                                                                           tmp_path: Path) -> None:
+    box_a, url_a = fake
+    down = f"http://127.0.0.1:{free_port()}"
+    routes = {"resnet18": {"url": url_a, "management_url": url_a, "key_file": str(box_a.key_file)},
+              "similar": {"url": down, "management_url": down, "key_file": str(tmp_path / "absent.json")}}
+    listing = cli("models", "--json", environ={"SERVINGCTL_ROUTES": json.dumps(routes)})
+    assert listing.code == 0, listing.err
+    assert [m["model"] for m in json.loads(listing.out)] == ["resnet18"]
+    assert "not running" in listing.err and down.removeprefix("http://") in listing.err
