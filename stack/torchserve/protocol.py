@@ -40,6 +40,7 @@ INVALID_KEY = b"InvalidKeyException"
 # TorchServe's own failures that say "try again" rather than "your input was wrong".
 WORKER_FAILURES = (b"Worker died", b"Out of resources", b"Prediction failed")
 WORKER_FAILURE_STATUSES = (500, 503, 507)
+SCALE_SETTLE_CHECKS = 10  # half a second apart: how long a refused scale may take to show its workers
 
 
 @dataclass(frozen=True)
@@ -289,4 +290,17 @@ class Protocol:
         """Set a version's (default: the default version's) worker range and wait until TorchServe has scaled it."""
         path = f"/models/{model}" + (f"/{version}" if version else "")
         params = {"min_worker": min_workers, "max_worker": max_workers, "synchronous": "true"}
-        yield from self.management("PUT", path, model, version, self.sync_timeout_s, params)
+        try:
+            yield from self.management("PUT", path, model, version, self.sync_timeout_s, params)
+        except ManagementRefused as exc:
+            # TorchServe 0.12 may answer a synchronous scale-down 500 "Failed to start workers": the worker it
+            # stops ends its start future with an error, yet the scale-down happened. Believe the workers, not
+            # the status: success once the worker count is in range (the stopped one can linger a moment).
+            if exc.status != 500:
+                raise
+            for _ in range(SCALE_SETTLE_CHECKS):
+                (described,) = yield from self.describe(model, version)
+                if min_workers <= len(described.get("workers", [])) <= max_workers:
+                    return
+                yield Pause(0.5)
+            raise

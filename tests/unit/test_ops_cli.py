@@ -64,6 +64,7 @@ class FakeTorchServe:
     labels: dict[str, str | None] = field(default_factory=dict)
     management_key: str = "mgmt-1"
     inference_key: str = "inf-1"
+    scale_answers_500: bool = False  # TorchServe 0.12 on some synchronous scale-downs that did happen
 
     def add(self, model: str, version: str, default: bool = False, workers: int = 1) -> None:
         entry = self.models.setdefault(model, {"default": version, "versions": {}})
@@ -112,6 +113,9 @@ class FakeTorchServe:
             described = model["versions"][version or model["default"]]
             lo, hi = int(query["min_worker"]), int(query["max_worker"])
             described.update(version_json(parts[1], described["modelVersion"], lo, lo, hi))
+            if self.scale_answers_500:
+                return 500, {"code": 500, "type": "InternalServerException",
+                             "message": f"Failed to start workers for model {parts[1]} version: null"}
             return 200, {"status": "Workers scaled"}
         if method == "DELETE":
             if version == model["default"]:
@@ -690,3 +694,32 @@ def test_models_lists_the_boxes_that_answer_and_warns_of_one_that_does_not(cli: 
     assert listing.code == 0, listing.err
     assert [m["model"] for m in json.loads(listing.out)] == ["resnet18"]
     assert "not running" in listing.err and down.removeprefix("http://") in listing.err
+
+
+def test_a_scale_down_answered_500_by_torchserve_succeeds_when_the_workers_are_in_range(
+        cli: Cli, fake: tuple[FakeTorchServe, str]) -> None:
+    state, _ = fake
+    state.scale_answers_500 = True
+    run = cli("scale", "resnet18", "--min", "1", "--max", "1")
+    assert run.code == 0, run.err
+    assert "workers=2 → min=1 max=1 workers=1" in run.out, run.out
+    assert len(state.models["resnet18"]["versions"]["1.0"]["workers"]) == 1
+
+
+def test_a_scale_refused_500_with_the_workers_out_of_range_still_fails(cli: Cli, fake: tuple[FakeTorchServe, str],
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    from stack.torchserve import protocol
+
+    monkeypatch.setattr(protocol, "SCALE_SETTLE_CHECKS", 2)
+    state, _ = fake
+    state.scale_answers_500 = True
+    real = state.handle
+
+    def no_change(method: str, target: str, headers: dict[str, str]) -> tuple[int, Any]:
+        if method == "PUT":
+            return 500, {"code": 500, "type": "InternalServerException", "message": "Failed to start workers"}
+        return real(method, target, headers)
+
+    state.handle = no_change  # type: ignore[method-assign]
+    run = cli("scale", "resnet18", "--min", "3", "--max", "3")
+    assert run.code != 0 and "500" in run.err
