@@ -127,14 +127,14 @@ def models(ctx: Context, as_json: bool = False) -> int:
             # One box down (or a benchmark-only box not started) must not hide the others.
             ctx.warn(f"box {box.name}: {exc.message}")
     if as_json:
-        ctx.say(json.dumps([{**_info_json(i), "box": box} for box, i in infos], indent=2))
+        ctx.say(json.dumps([{**_info_json(i), "box": name} for name, i in infos], indent=2))
         return 0
     several = len(boxes) > 1
     rows: list[tuple[str, ...]] = [(("BOX",) if several else ()) + (
         "MODEL", "VERSION", "DEFAULT", "WORKERS ready/total", "MIN-MAX", "BATCH", "DELAY ms", "TIMEOUT s")]
-    for box, info in infos:
+    for name, info in infos:
         for v in info.versions:
-            rows.append(((box,) if several else ()) + (
+            rows.append(((name,) if several else ()) + (
                 info.name, v.version, "*" if v.version == info.default else "", f"{v.ready}/{len(v.workers)}",
                 f"{v.min_workers}-{v.max_workers}", str(v.batch_size), str(v.max_batch_delay_ms),
                 str(v.response_timeout_s)))
