@@ -291,9 +291,10 @@ class _DurableLane(_Lane):
             except Exception as exc:  # noqa: BLE001
                 self.failed(exc)
                 return
-            self._recorder.segment_stored(segment, self, end)
+            # Counted before the segment is marked stored (which may delete it): whoever sees it gone sees the count.
             self.counts[self.keys.replayed] += len(records)
             adopted += len(records)
+            self._recorder.segment_stored(segment, self, end)
         if older_than_s is not None and adopted:
             logger.info("%s: adopted %d records a stopped bridge left in %s", self.sink.name, adopted,
                         self._spool.directory)
