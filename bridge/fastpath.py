@@ -5,7 +5,9 @@ injection; for the one request the bridge serves thousands of times a second tha
 :class:`BridgeApp` answers those paths itself with the routes' own code — the API key check
 (:func:`bridge.auth.require_api_key`), :func:`bridge.api.predictions.answer` and the app's exception
 handlers — and hands every other request, and any prediction path with a name the routes would refuse, to
-FastAPI unchanged. Responses, error bodies and the OpenAPI document are therefore the routes'.
+FastAPI unchanged. Responses, error bodies and the OpenAPI document are therefore the routes'. When
+FastAPI's OpenTelemetry instrumentation is on (a tracer or meter provider configured; the bridge sets none),
+every request goes through FastAPI, so no prediction is missing from its spans and metrics.
 """
 
 from __future__ import annotations
@@ -28,9 +30,15 @@ METHODS = frozenset(("POST", "PUT"))
 class BridgeApp(FastAPI):
     """The bridge's FastAPI app, with the prediction routes answered before FastAPI's routing."""
 
+    _instrumented: bool | None = None  # FastAPI's OpenTelemetry instrumentation is on: no fast path
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] in METHODS and not scope.get("root_path"):
-            match = PREDICTION_PATH.fullmatch(scope["path"])
+        if scope["type"] == "lifespan":
+            self._instrumented = None  # decided again at the first request, once OpenTelemetry is set up (or not)
+        elif scope["type"] == "http" and scope["method"] in METHODS and not scope.get("root_path"):
+            if self._instrumented is None:  # ~10 µs a call: asked once, providers are set once at start-up
+                self._instrumented = self._native_telemetry.enabled()
+            match = None if self._instrumented else PREDICTION_PATH.fullmatch(scope["path"])
             if match is not None:
                 scope["app"] = self  # what Starlette sets: the routes read settings and services from app.state
                 await self._predict(scope, receive, send, match[1], match[2])

@@ -194,3 +194,13 @@ def test_every_prediction_is_recorded_once(tmp_path: Path) -> None:
         ids = [client.put("/predictions/m", content=PHOTO).headers["x-request-id"] for _ in range(5)]
         assert client.app.state.recorder.wait_idle(5)
         assert isinstance(store, FlakyStore) and sorted(store.rows) == sorted(ids)
+
+
+def test_with_opentelemetry_on_predictions_go_through_fastapi(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    client, _, fake, fast = env
+    app = client.app
+    assert isinstance(app, BridgeApp)
+    monkeypatch.setattr(app._native_telemetry, "enabled", lambda: True)  # a tracer or meter provider configured
+    app._instrumented = None
+    assert client.put("/predictions/m", content=PHOTO, headers={"X-API-Key": KEY}).status_code == 200
+    assert fast == [] and len(fake.requests) == 1
