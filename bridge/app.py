@@ -18,6 +18,7 @@ from bridge.auth import require_api_key
 from bridge.cache import ResultCache
 from bridge.db import Database
 from bridge.errors import ERROR_RESPONSES, BridgeError, envelope, request_id_of
+from bridge.fastpath import BridgeApp
 from bridge.job_runner import JobRunner
 from bridge.jobs import JobStore
 from bridge.metrics_sink import InfluxSink
@@ -93,7 +94,7 @@ def create_app(
             database.close()
             await client.close()
 
-    app = FastAPI(
+    app = BridgeApp(
         title="Photo serving bridge",
         version="0.1.0",
         description=(

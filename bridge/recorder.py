@@ -338,7 +338,8 @@ class _BestEffortLane(_Lane):
                 self._buffer.popleft()
                 self.counts[self.keys.dropped] += 1
             self._buffer.append(record)
-        self._filled.set()
+        if not self._filled.is_set():  # set() takes the event's lock; most offers find it set already
+            self._filled.set()
 
     def loop(self) -> None:
         """Write the buffer in batches; after a failure wait the retry interval."""

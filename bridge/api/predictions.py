@@ -11,7 +11,8 @@ from bridge.uploads import read_photo
 
 router = APIRouter(tags=["predictions"])
 
-NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$"
+NAME = r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}"  # a model or version name (bridge.fastpath matches paths with it)
+NAME_PATTERN = f"^{NAME}$"
 ModelName = Annotated[str, Path(pattern=NAME_PATTERN, description="Model name, as registered in TorchServe")]
 ModelVersion = Annotated[str, Path(pattern=NAME_PATTERN, description="Model version, e.g. 1.0")]
 
@@ -55,7 +56,8 @@ PHOTO_BODY = {
 }
 
 
-async def _predict(request: Request, model: str, version: str | None) -> Response:
+async def answer(request: Request, model: str, version: str | None) -> Response:
+    """One prediction, read, run, recorded and answered: the routes below and :mod:`bridge.fastpath` call this."""
     settings = request.app.state.settings
     upload = await read_photo(request, settings.max_body_bytes, settings.request_body_timeout_s)
     no_cache = "no-cache" in request.headers.get("cache-control", "").lower()
@@ -97,11 +99,11 @@ GIVEN_VERSION = _RouteDoc(responses=PREDICTION_RESPONSES, openapi_extra=PHOTO_BO
 @router.put("/predictions/{model}", operation_id="predict_put", **DEFAULT_VERSION)
 async def predict(request: Request, model: ModelName) -> Response:
     """Send one photo (raw body or a one-file multipart form) to ``model``."""
-    return await _predict(request, model, None)
+    return await answer(request, model, None)
 
 
 @router.post("/predictions/{model}/{version}", operation_id="predict_version", **GIVEN_VERSION)
 @router.put("/predictions/{model}/{version}", operation_id="predict_version_put", **GIVEN_VERSION)
 async def predict_version(request: Request, model: ModelName, version: ModelVersion) -> Response:
     """Send one photo to a specific ``version`` of ``model``."""
-    return await _predict(request, model, version)
+    return await answer(request, model, version)

@@ -15,7 +15,7 @@ import re
 import types
 import typing
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Any
 
@@ -50,7 +50,8 @@ class InferenceRecord:
 
     def to_json(self) -> str:
         """One JSON line (for the spool)."""
-        data = asdict(self)
+        # A shallow dict: dataclasses.asdict deep-copies ``output`` first, 5x the cost of the whole line.
+        data = {f.name: getattr(self, f.name) for f in fields(self)}
         data["created_at"] = self.created_at.isoformat()
         return json.dumps(data, separators=(",", ":"))
 
