@@ -284,8 +284,9 @@ def send_together(
 ) -> tuple[list[requests.Response], requests.Response]:
     """The bad input amid a stream of good photos, so TorchServe batches it with some of them.
 
-    All start together (a barrier); each good-photo sender keeps sending until the bad input is answered,
-    because a multi-megabyte body arrives later than TorchServe's 10 ms maxBatchDelay.
+    All start together (a barrier); each good-photo sender keeps sending until the bad input is answered
+    (bounded by time, not by a count: on a slow machine a multi-megabyte body reaches TorchServe seconds later
+    than TorchServe's 10 ms maxBatchDelay, and a count ran out first).
     """
     barrier = threading.Barrier(len(GOOD) + 1)
     done = threading.Event()
@@ -293,7 +294,8 @@ def send_together(
     def good(name: str) -> list[requests.Response]:
         barrier.wait()
         answers: list[requests.Response] = []
-        while not answers or (not done.is_set() and len(answers) < 50):
+        until = time.monotonic() + 60
+        while not answers or (not done.is_set() and time.monotonic() < until):
             answers.append(requests.post(url, data=p.photo(name), headers={**OCTET, **headers}, timeout=120))
         return answers
 
