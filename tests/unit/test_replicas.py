@@ -18,7 +18,7 @@ from bridge.spool import Spool
 from stack.routing import Routes, parse_routes
 from tests.unit.fakes import FakeInflux, FlakyStore
 from tests.unit.test_bridge_app import PHOTO, FakeTorchServe, write_keys
-from tests.unit.test_routing import box
+from tests.unit.test_routing import box, management_answer
 
 REPLICA_PORTS = (18080, 18180)  # two boxes serving classifier
 PRICE_PORT = 18280
@@ -47,10 +47,7 @@ class Replicated:
         if inference in self.down:
             raise httpx.ConnectError("connection refused", request=request)
         if request.url.path.startswith("/models"):
-            model = "price" if inference == PRICE_PORT else "classifier"
-            return httpx.Response(200, json={"models": [{"modelName": model}]} if request.url.path == "/models" else
-                                  [{"modelName": model, "modelVersion": "1.0", "isDefault": True,
-                                    "workers": [{"status": "READY"}]}])
+            return management_answer(request, "price" if inference == PRICE_PORT else "classifier")
         return self.fakes[inference](request)
 
 

@@ -43,11 +43,15 @@ class Boxes:
         if port in self.down or port - 1 in self.down:
             raise httpx.ConnectError("connection refused", request=request)
         if request.url.path.startswith("/models"):
-            model = next(m for m, p in PORTS.items() if p in (port, port - 1))
-            return httpx.Response(200, json={"models": [{"modelName": model}]} if request.url.path == "/models" else
-                                  [{"modelName": model, "modelVersion": "1.0", "isDefault": True,
-                                    "workers": [{"status": "READY"}]}])
+            return management_answer(request, next(m for m, p in PORTS.items() if p in (port, port - 1)))
         return self.fakes[port](request)
+
+
+def management_answer(request: httpx.Request, model: str) -> httpx.Response:
+    """A box's management API serving one model, version 1.0 with a READY worker: its listing or description."""
+    return httpx.Response(200, json={"models": [{"modelName": model}]} if request.url.path == "/models" else
+                          [{"modelName": model, "modelVersion": "1.0", "isDefault": True,
+                            "workers": [{"status": "READY"}]}])
 
 
 @pytest.fixture
