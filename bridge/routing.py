@@ -121,7 +121,11 @@ class Router:
                 continue
             replicas.answered(box)
             return answer
-        answer = await self.clients[boxes[-1]].predict(model, version, body, content_type, params)
+        try:
+            answer = await self.clients[boxes[-1]].predict(model, version, body, content_type, params)
+        except UpstreamUnavailable:
+            replicas.failed(boxes[-1])
+            raise
         replicas.answered(boxes[-1])
         return answer
 
