@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,14 +10,9 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from bridge.app import create_app
-from bridge.recorder import Recorder
-from bridge.settings import Settings
-from bridge.spool import Spool
 from stack.routing import Routes, parse_routes
-from tests.unit.fakes import FakeInflux, FlakyStore
 from tests.unit.test_bridge_app import PHOTO, FakeTorchServe, write_keys
-from tests.unit.test_routing import box, management_answer
+from tests.unit.test_routing import box, management_answer, routed_bridge
 
 REPLICA_PORTS = (18080, 18180)  # two boxes serving classifier
 PRICE_PORT = 18280
@@ -58,11 +52,7 @@ def replicated(tmp_path: Path) -> Iterator[tuple[TestClient, Replicated]]:
         "classifier": [box(port, tmp_path / f"{port}-key.json") for port in REPLICA_PORTS],
         "price": box(PRICE_PORT, tmp_path / f"{PRICE_PORT}-key.json"),
     }
-    config = Settings(routes=json.dumps(routes), spool_dir=tmp_path / "spool", cache=False, telemetry_interval_s=0,
-                      torchserve_key_file=tmp_path / "absent.json")
-    recorder = Recorder([FlakyStore(), FakeInflux()], Spool(tmp_path / "spool"))
-    app = create_app(config, recorder=recorder, torchserve_transport=httpx.MockTransport(boxes), run_jobs=False)
-    with TestClient(app) as client:
+    with routed_bridge(tmp_path, routes, boxes) as client:
         yield client, boxes
 
 

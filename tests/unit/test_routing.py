@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -59,12 +61,20 @@ def routed(tmp_path: Path) -> Iterator[tuple[TestClient, Boxes]]:
     boxes = Boxes(tmp_path)
     routes = {model: box(port, tmp_path / f"{model}-key.json") for model, port in PORTS.items()}
     routes["resnet18"]["required"] = False
+    with routed_bridge(tmp_path, routes, boxes) as client:
+        yield client, boxes
+
+
+@contextmanager
+def routed_bridge(tmp_path: Path, routes: dict[str, Any],
+                  boxes: Callable[[httpx.Request], httpx.Response]) -> Iterator[TestClient]:
+    """The bridge's app with ``routes`` (as BRIDGE_ROUTES), its boxes faked by ``boxes``; no cache, jobs or telemetry."""
     config = Settings(routes=json.dumps(routes), spool_dir=tmp_path / "spool", cache=False, telemetry_interval_s=0,
                       torchserve_key_file=tmp_path / "absent.json")
     recorder = Recorder([FlakyStore(), FakeInflux()], Spool(tmp_path / "spool"))
     app = create_app(config, recorder=recorder, torchserve_transport=httpx.MockTransport(boxes), run_jobs=False)
     with TestClient(app) as client:
-        yield client, boxes
+        yield client
 
 
 def test_each_model_goes_to_its_box_with_that_boxs_key(routed: tuple[TestClient, Boxes]) -> None:

@@ -149,14 +149,16 @@ def test_servingctl_history_uses_the_stacks_schema(dsn: str) -> None:
         PostgresHistory(UNREACHABLE_DSN, connect_timeout_s=1)
 
 
-def test_connections_are_kept_only_when_asked_and_bounded(dsn: str) -> None:
-    def backend(database: Database) -> int:
-        with database.connection() as conn, conn.cursor() as cur:
-            cur.execute("SELECT pg_backend_pid()")
-            row = cur.fetchone()
-            assert row is not None
-            return int(row[0])
+def backend(database: Database) -> int:
+    """The PostgreSQL backend pid of the connection ``database`` hands out next (same pid: the same connection)."""
+    with database.connection() as conn, conn.cursor() as cur:
+        cur.execute("SELECT pg_backend_pid()")
+        row = cur.fetchone()
+        assert row is not None
+        return int(row[0])
 
+
+def test_connections_are_kept_only_when_asked_and_bounded(dsn: str) -> None:
     keeping, fresh = Database(dsn, max_connections=1, keep_idle=1), Database(dsn, max_connections=1)
     try:
         assert backend(keeping) == backend(keeping), "the recording sink's connection (and staging table) is reused"
@@ -169,13 +171,6 @@ def test_connections_are_kept_only_when_asked_and_bounded(dsn: str) -> None:
 
 
 def test_a_kept_connection_the_server_ended_is_replaced_without_a_failed_call(dsn: str) -> None:
-    def backend(database: Database) -> int:
-        with database.connection() as conn, conn.cursor() as cur:
-            cur.execute("SELECT pg_backend_pid()")
-            row = cur.fetchone()
-            assert row is not None
-            return int(row[0])
-
     keeping = Database(dsn, max_connections=2, keep_idle=2)
     try:
         first = backend(keeping)
