@@ -79,7 +79,7 @@ ts_env() {
         esac
     done < <(compgen -e)
     ts_env
-    exec torchserve --start --foreground --ncs --ts-config "$TS_CONFIG"
+    exec torchserve --start --foreground --ncs --ts-config "$TS_CONFIG" --log-config "$APP_DIR/log4j2.xml"
 ) &
 ts_pid=$!
 log "TorchServe started (pid $ts_pid) on $HOST:${SERVING_TS_INFERENCE_PORT:-8080} serving $models"

@@ -122,7 +122,7 @@ COPY --from=deps /opt/venv /opt/venv
 WORKDIR /app
 COPY handlers/ handlers/
 COPY stack/ stack/
-COPY config.properties ./
+COPY config.properties log4j2.xml ./
 COPY --from=build /build/model_store/ model_store/
 COPY --chmod=0755 docker/model-server-entrypoint.sh /usr/local/bin/model-server-entrypoint.sh
 COPY docker/model_server_health.py /usr/local/lib/serving/model_server_health.py

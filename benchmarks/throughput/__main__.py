@@ -53,10 +53,10 @@ import psutil
 
 from archive_scripts.build import sha256_file
 from benchmarks.machine import cpu_name
-from benchmarks.throughput import report
+from benchmarks.throughput import paired, report
 from benchmarks.throughput.limit import Layout, system_busy_s
 from benchmarks.throughput.limit import measure as measure_limit
-from benchmarks.throughput.photos import describe, make_photos
+from benchmarks.throughput.photos import describe, load_photos, make_photos
 from benchmarks.throughput.report import Limit, Measurement
 from benchmarks.throughput.servers import (
     BENCH_DATABASE,
@@ -334,6 +334,10 @@ def serve_and_measure(plan: Plan, run_dir: Path, photos_dir: Path, archive: Path
         log(f"limit used for the ratios: {limit.images_per_s:.1f} img/s (mean of the best layout's "
             f"{1 + len(limit.repeats)} runs)")
 
+        direct = next((t for t in targets if t.row == "torchserve_ours"), None)
+        if bridge is not None and direct is not None:
+            extras["added_latency"] = added_latency(bridge, direct, photos_dir, plan)
+
         if plan.serving_path:
             extras["serving_path"] = {"runs": [hey_resnet(targets, photos_dir, plan)]}
 
@@ -363,6 +367,20 @@ def serve_and_measure(plan: Plan, run_dir: Path, photos_dir: Path, archive: Path
         servers.stop_all()
     extras["limit_details"] = limit_details
     return limit, runs, extras
+
+
+def added_latency(bridge: Target, direct: Target, photos_dir: Path, plan: Plan) -> dict[str, Any]:
+    """The latency the bridge adds at 1 in flight, paired (:mod:`benchmarks.throughput.paired`), resnet18."""
+    pairs = 60 if plan.quick else 200
+
+    def endpoint(target: Target) -> paired.Endpoint:
+        headers = dict(h.split(": ", 1) for h in target.headers())
+        return paired.Endpoint(target.url, target.method, headers)
+
+    log(f"latency added at 1 in flight: {pairs} photos through the bridge and direct, alternating ...")
+    doc = paired.measure(endpoint(bridge), endpoint(direct), load_photos(photos_dir), pairs)
+    log("  " + paired.render(doc))
+    return doc
 
 
 HEY_ROLES = {"bridge": "bridge", "TorchServe frontend (Java)": "frontend", "TorchServe worker": "workers"}
@@ -447,6 +465,14 @@ def main(argv: list[str] | None = None) -> int:
         print_table(report.MEMORY_HEADER, report.memory_lines(extras["memory"]))
         print()
         print_table(report.PROCESS_COST_HEADER, report.process_cost_lines(runs))
+        gap = report.handler_gap_lines(report.handler_gap(runs, limit))
+        if gap:
+            print()
+            print_table(report.GAP_HEADER, gap)
+        added = report.added_latency_lines(report.added_latency(extras))
+        if added:
+            print()
+            print_table(report.ADDED_HEADER, added)
         if any(m.row in report.OIP_MODES for m in runs):
             print()
             print_table(report.OIP_HEADER, report.oip_lines(runs))
@@ -534,6 +560,24 @@ def _write_outputs(document: dict[str, Any], limit: Limit, runs: list[Measuremen
         "",
         report.render_markdown(report.PROCESS_COST_HEADER, report.process_cost_lines(runs)),
     ]
+    gap = report.handler_gap_lines(report.handler_gap(runs, limit))
+    if gap:
+        parts += [
+            "", ("Where our handler's gap to the limit goes (TorchServe direct): images/s = cores the workers kept busy "
+            "÷ their CPU per image, so × limit = × from cores × × from CPU per image. The cores the workers did not "
+            "get went to TorchServe's Java frontend, the load generator (the limit has none), other users, or stayed "
+            "idle (no batch ready for a worker):"), "",
+            report.render_markdown(report.GAP_HEADER, gap),
+        ]
+    added = report.added_latency_lines(report.added_latency(extras))
+    if added:
+        parts += [
+            "", ("The latency the bridge adds at 1 in flight, paired: each photo sent through the bridge and to "
+            "TorchServe direct back to back, the order alternating, one request at a time (resnet18 on the main "
+            "servers, the null model on the serving path's stack); the interval is that of the median of the "
+            "pairs' differences:"), "",
+            report.render_markdown(report.ADDED_HEADER, added),
+        ]
     if any(m.row in report.OIP_MODES for m in runs):
         parts += [
             "", ("The same photos through the Open Inference Protocol beside `/predictions`, on the full stack's "

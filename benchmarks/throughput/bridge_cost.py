@@ -12,6 +12,8 @@ of it recording into a PostgreSQL and an InfluxDB database of its own. Then, eac
 - load: our load generator at ``--concurrency`` in flight, uncached (``Cache-Control: no-cache``), through
   the bridge, then straight to TorchServe: CPU ms per answered request of each process, their ratio, the
   frontend's own cost per request when nothing stands in front of it, resident memory of each process;
+- the latency the bridge adds at 1 in flight, paired (:mod:`benchmarks.throughput.paired`: each photo through
+  the bridge and direct, back to back, alternating);
 - with ``--hey``: the same through the bridge with ``hey`` (Debian's package; installed when missing) — a
   load generator we did not write;
 - with the null model: requests/s per core of CPU spent by the serving processes (bridge + TorchServe, and
@@ -37,7 +39,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks.throughput.photos import make_photos
+from benchmarks.throughput import paired
+from benchmarks.throughput.photos import load_photos, make_photos
 from benchmarks.throughput.servers import prepare_databases
 from stack.services import REPO_ROOT, Bridge, StackError, TorchServe, TorchServePorts, log
 from stack.services.base import apt_install
@@ -46,6 +49,7 @@ from stack.services.faults import free_ports
 NULL_HANDLER = Path(__file__).resolve().parent / "null_handler.py"
 COST_DATABASE = "serving_bridge_cost"  # PostgreSQL and InfluxDB: never the stack's ``serving``
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+PAIRS = {"null": 400, "resnet18": 100}  # photos sent both ways at 1 in flight, for the latency the bridge adds
 PYSPY_DIRS = (Path("/tmp/pyspy/bin"),)
 
 
@@ -324,6 +328,11 @@ def measure(model: str, concurrency: int, warmup_s: float, duration_s: float, id
         log(f"TorchServe direct, {concurrency} in flight ...")
         doc["direct"] = loadgen(direct_url, "PUT", [f"Authorization: Bearer {ts.inference_key()}"], photos,
                                 concurrency, warmup_s, duration_s, processes)
+        log(f"latency added at 1 in flight: {PAIRS[model]} photos through the bridge and direct, alternating ...")
+        doc["paired"] = paired.measure(
+            paired.Endpoint(bridge_url, "PUT", {"Cache-Control": "no-cache"}),
+            paired.Endpoint(direct_url, "PUT", {"Authorization": f"Bearer {ts.inference_key()}"}),
+            load_photos(photos), PAIRS[model])
         if with_hey:
             log(f"hey: through the bridge, then TorchServe direct, {concurrency} in flight ...")
             photo = min(photos.glob("*.jpg"))
@@ -365,6 +374,8 @@ def render(doc: dict[str, Any]) -> str:
             lines.append(f"{name:10s} ({run['tool']}): {run['requests_per_s']} req/s, p50 {run['p50_ms'] or 0:.1f} ms, "
                          f"CPU ms/request: {per}; {run['requests_per_core_s']} req per CPU-second; RSS MiB "
                          + ", ".join(f"{k} {v:.0f}" for k, v in run["rss_mib"].items()))
+    if "paired" in doc:
+        lines.append(paired.render(doc["paired"]))
     lines.append("ratios: " + ", ".join(f"{k} {v}" for k, v in doc["ratios"].items()))
     return "\n".join(lines)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import statistics
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -210,7 +211,13 @@ def _fmt_ratio(value: float) -> str:
     return "n/a" if math.isnan(value) else f"{value:.2f}×"
 
 
-def serving_goals(runs: list[Measurement], limit: Limit) -> list[Goal]:
+def added_latency(extras: dict[str, Any]) -> dict[str, Any]:
+    """The paired 1-in-flight measurements by model: resnet18 from the main run, null from the serving path's."""
+    null = next((d["paired"] for d in extras.get("serving_path", {}).get("runs", []) if "paired" in d), None)
+    return {"resnet18": extras.get("added_latency"), "null": null}
+
+
+def serving_goals(runs: list[Measurement], limit: Limit, added: dict[str, Any] | None = None) -> list[Goal]:
     """The goals about the served rows: against the limit, the prototype and TorchServe direct.
 
     Met or not is judged on images/s, as the issue states them; the CPU-per-image ratio beside it says
@@ -230,7 +237,11 @@ def serving_goals(runs: list[Measurement], limit: Limit) -> list[Goal]:
                     noise_note([m.others_cores, limit.others_cores]))
 
     goals.append(vs_limit(full, "full stack vs limit", 0.90))  # issue 14: full stack ≥ 0.90× the in-process limit
-    goals.append(vs_limit(ours, "our TorchServe handler vs limit", 0.95))
+    handler = vs_limit(ours, "our TorchServe handler vs limit", 0.95)
+    if ours is not None:
+        why = gap_note(handler_gap(runs, limit), ours.concurrency)
+        handler.note = "; ".join(n for n in (handler.note, why) if n)
+    goals.append(handler)
     value = ratio(full.images_per_s, proto.images_per_s) if full and proto else math.nan
     ours_vs = ratio(ours.images_per_s, proto.images_per_s) if ours and proto else math.nan
     by_cpu = ratio(proto.cpu_ms_per_image, full.cpu_ms_per_image) if full and proto else math.nan
@@ -257,18 +268,62 @@ def serving_goals(runs: list[Measurement], limit: Limit) -> list[Goal]:
             None if math.isnan(top_ratio) else top_ratio >= 0.97,
             noise_note([b.others_cores, d.others_cores]),
         ))
-        low_c, _, added, b, d = per_c[0]
-        listed = ", ".join(f"{c}: {a:+.1f} ms" for c, _, a, *_ in per_c)
-        goals.append(Goal(
-            "bridge latency added at p50", "≤ 2 ms",
-            f"{added:+.1f} ms at {low_c} in flight (by load: {listed})",
-            None if math.isnan(added) else added <= 2.0,
-            noise_note([b.others_cores, d.others_cores]),
-        ))
+        goals.append(latency_goal(per_c, added))
     else:
         goals.append(Goal("bridge throughput vs TorchServe direct", "≥ 0.97× direct", "n/a", None))
-        goals.append(Goal("bridge latency added at p50", "≤ 2 ms", "n/a", None))
+        goals.append(latency_goal([], added))
     return goals
+
+
+LATENCY_GOAL_MS = 2.0  # issue 14: ≤ 2 ms added at p50 with 1 in flight
+
+
+def latency_goal(per_c: list[tuple[int, float, float, Measurement, Measurement]],
+                 added: dict[str, Any] | None) -> Goal:
+    """Judged on the paired measurement (resnet18, 1 in flight, alternating) when there is one, else on the runs.
+
+    The runs' p50s come from separate windows of a busy machine; they are listed beside it for reference.
+    """
+    name, target = "bridge latency added at p50", f"≤ {LATENCY_GOAL_MS:g} ms"
+    by_load = ", ".join(f"{c}: {a:+.1f} ms" for c, _, a, *_ in per_c)
+    model = (added or {}).get("resnet18")
+    if model and model.get("added_p50_ms") is not None:
+        value = float(model["added_p50_ms"])
+        low, high = model["added_median_interval_95_ms"]
+        null = (added or {}).get("null")
+        measured = (f"{value:+.2f} ms at 1 in flight, paired over {model['pairs']} photos (p50 "
+                    f"{model['bridge_p50_ms']:.1f} vs {model['direct_p50_ms']:.1f} ms; median of the pairs' differences "
+                    f"{model['added_median_of_pairs_ms']:+.2f} ms, 95 % interval {low:+.2f} to {high:+.2f})"
+                    + (f"; null model {null['added_p50_ms']:+.2f} ms" if null and null.get("added_p50_ms") is not None
+                       else "")
+                    + (f"; separate runs by load: {by_load}" if by_load else ""))
+        return Goal(name, target, measured, value <= LATENCY_GOAL_MS)
+    if not per_c:
+        return Goal(name, target, "n/a", None)
+    low_c, _, value, b, d = per_c[0]
+    return Goal(name, target, f"{value:+.1f} ms at {low_c} in flight (by load: {by_load})",
+                None if math.isnan(value) else value <= LATENCY_GOAL_MS, noise_note([b.others_cores, d.others_cores]))
+
+
+ADDED_HEADER = ("model", "path", "pairs", "bridge p50 ms", "direct p50 ms", "added at p50 ms",
+                "median of pair differences ms", "95 % interval ms", "errors")
+
+
+def added_latency_lines(added: dict[str, Any]) -> list[tuple[str, ...]]:
+    """The paired 1-in-flight measurements, one line per model."""
+    lines: list[tuple[str, ...]] = []
+    for model, doc in added.items():
+        if not doc:
+            continue
+        low, high = doc["added_median_interval_95_ms"]
+        lines.append((model, "bridge vs TorchServe direct, alternating", str(doc["pairs"]), _num(doc["bridge_p50_ms"], 2),
+                      _num(doc["direct_p50_ms"], 2), _signed(doc["added_p50_ms"]), _signed(doc["added_median_of_pairs_ms"]),
+                      f"{_signed(low)} to {_signed(high)}", str(doc["errors"])))
+    return lines
+
+
+def _signed(value: float | None) -> str:
+    return "-" if value is None else f"{value:+.2f}"
 
 
 def recording_goals(recording: dict[str, Any]) -> list[Goal]:
@@ -397,7 +452,7 @@ def results_document(
 ) -> dict[str, Any]:
     """Everything measured, as one JSON-able document (ratios and goals included)."""
     value = limit.images_per_s
-    goals = (serving_goals(runs, limit) + cost_goals(runs, extras.get("serving_path"))
+    goals = (serving_goals(runs, limit, added_latency(extras)) + cost_goals(runs, extras.get("serving_path"))
              + (oip_goals(runs) if any(m.row in OIP_MODES for m in runs) else [])
              + (recording_goals(recording) if recording else []))
     return _finite({
@@ -414,6 +469,7 @@ def results_document(
         "runs": [{**m.to_json(), "ratio_to_limit": ratio(m.images_per_s, value),
                   "ratio_to_limit_by_cpu": cpu_efficiency(m, limit)} for m in runs],
         "oip_vs_predictions": oip_comparison(runs),
+        "handler_gap": handler_gap(runs, limit),
         **extras,
         "recording": recording,
         "goals": [asdict(g) for g in goals],
@@ -495,6 +551,63 @@ def role_ms_per_request(m: Measurement, role: str) -> float:
 
 PROCESS_COST_HEADER = ("row", "in flight", "img/s", "bridge CPU ms/req", "frontend CPU ms/req",
                        "workers CPU ms/req", "bridge ÷ frontend")
+
+
+def handler_gap(runs: list[Measurement], limit: Limit, cores: int | None = None) -> list[dict[str, float]]:
+    """Where our handler's gap to the limit goes, at each load: the machine's cores, and CPU per image.
+
+    images/s = cores the workers kept busy ÷ worker CPU per image, and the limit's images/s likewise; so
+    × limit = (workers' cores ÷ the limit's cores) × (the limit's CPU per image ÷ the workers'). The cores the
+    workers did not get went to TorchServe's frontend, the load generator (the limit has none), other users'
+    processes, or stayed idle (nothing for a worker to do: batches not overlapping).
+    """
+    total = float(cores or os.cpu_count() or 1)
+    measured = [limit.best, *limit.repeats]
+    limit_cores = statistics.fmean(m.cpu_cores for m in measured)
+    limit_ms = statistics.fmean(m.cpu_ms_per_image for m in measured)
+    out = []
+    for m in sorted((m for m in runs if m.row == "torchserve_ours"), key=lambda m: m.concurrency or 0):
+        images = m.images_per_s * m.window_s
+        worker_s = m.cpu_breakdown.get(WORKER_ROLE, math.nan)
+        workers = worker_s / m.window_s
+        frontend = m.cpu_breakdown.get(FRONTEND_ROLE, math.nan) / m.window_s
+        client = m.client_cpu_s / m.window_s
+        others = 0.0 if math.isnan(m.others_cores) else m.others_cores
+        worker_ms = 1000.0 * worker_s / images if images else math.nan
+        out.append({
+            "concurrency": float(m.concurrency or 0), "images_per_s": m.images_per_s,
+            "ratio_to_limit": ratio(m.images_per_s, limit.images_per_s),
+            "workers_cores": workers, "frontend_cores": frontend, "load_generator_cores": client,
+            "others_cores": others, "idle_cores": max(0.0, total - workers - frontend - client - others),
+            "limit_cores": limit_cores, "worker_cpu_ms_per_image": worker_ms, "limit_cpu_ms_per_image": limit_ms,
+            "ratio_from_cores": ratio(workers, limit_cores), "ratio_from_cpu_per_image": ratio(limit_ms, worker_ms),
+        })
+    return out
+
+
+GAP_HEADER = ("in flight", "img/s", "× limit", "workers' cores", "frontend cores", "load generator cores",
+              "others' cores", "idle cores", "worker CPU ms/img", "limit CPU ms/img", "× from cores",
+              "× from CPU per image")
+
+
+def handler_gap_lines(gap: list[dict[str, float]]) -> list[tuple[str, ...]]:
+    """:func:`handler_gap` as table lines."""
+    return [(f"{g['concurrency']:.0f}", _num(g["images_per_s"]), _fmt_ratio(g["ratio_to_limit"]),
+             f"{_num(g['workers_cores'], 2)} of the limit's {_num(g['limit_cores'], 2)}", _num(g["frontend_cores"], 2),
+             _num(g["load_generator_cores"], 2), _num(g["others_cores"], 2), _num(g["idle_cores"], 2),
+             _num(g["worker_cpu_ms_per_image"]), _num(g["limit_cpu_ms_per_image"]), _fmt_ratio(g["ratio_from_cores"]),
+             _fmt_ratio(g["ratio_from_cpu_per_image"])) for g in gap]
+
+
+def gap_note(gap: list[dict[str, float]], concurrency: int | None) -> str:
+    """One sentence for the goal line: where the peak's gap went."""
+    g = next((g for g in gap if g["concurrency"] == (concurrency or 0)), None)
+    if g is None:
+        return ""
+    return (f"where the rest went: the workers had {g['workers_cores']:.2f} of the limit's {g['limit_cores']:.2f} cores "
+            f"(TorchServe's frontend {g['frontend_cores']:.2f}, the load generator {g['load_generator_cores']:.2f}, "
+            f"others {g['others_cores']:.2f}, idle {g['idle_cores']:.2f}) and spent "
+            f"{_fmt_ratio(ratio(g['worker_cpu_ms_per_image'], g['limit_cpu_ms_per_image']))} its CPU per image")
 
 
 def process_cost_lines(runs: list[Measurement]) -> list[tuple[str, ...]]:

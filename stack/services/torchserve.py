@@ -21,6 +21,7 @@ from stack.settings import StackSettings
 from stack.torchserve import KeyFileUnreadable, Keys, read_keys
 
 CONFIG = REPO_ROOT / "config.properties"
+LOG_CONFIG = REPO_ROOT / "log4j2.xml"  # each line once, no per-request lines (see the file)
 
 
 @dataclass(frozen=True)
@@ -246,7 +247,8 @@ class TorchServe(Service):
             raise StackError(f"archives missing from {self.model_store}: {missing}; run `python -m archive_scripts`")
         config = self.home / "config.properties"
         config.write_text(self.config_text())
-        cmd = [str(VENV_BIN / "torchserve"), "--start", "--foreground", "--ncs", "--ts-config", str(config)]
+        cmd = [str(VENV_BIN / "torchserve"), "--start", "--foreground", "--ncs", "--ts-config", str(config),
+               "--log-config", str(LOG_CONFIG)]
         self._spawn(cmd, self.home, self.env())
         wait_for(self.ready, timeout_s, f"TorchServe ({self.name}) and its models", self.log_file)
 
