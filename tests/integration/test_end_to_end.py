@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import threading
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
 
+from stack.services import TorchServe
 from tests.integration.conftest import LiveStack, json_body
 
 CAT_LABELS = {"tabby", "tiger cat", "Egyptian cat", "Persian cat", "Siamese cat"}
@@ -130,6 +132,29 @@ def test_torchserve_direct_batches_with_per_item_errors(live_stack: LiveStack, p
     statuses = [r.status_code for r in responses]
     assert statuses == [200] * 6 + [400, 400], statuses
     assert {json_body(r)["predictions"][0]["label"] for r in responses[:6]} <= KNOWN_ANSWERS["coffee"]
+
+
+def test_torchserve_logs_a_prediction_once_in_its_access_log_and_nowhere_else(
+    live_stack: LiveStack, photos: dict[str, bytes]
+) -> None:
+    """log4j2.xml: TorchServe's built-in logging wrote ~33 lines per prediction (ts_log.log, stdout, twice each)."""
+    torchserve = TorchServe()
+    files = {name: torchserve.logs / name for name in ("access_log.log", "ts_log.log", "model_log.log")}
+    files["stdout"] = torchserve.log_file
+    url = f"{live_stack.torchserve}/predictions/classifier"
+    for photo in list(photos.values())[:2]:  # warm: a first prediction may register its metrics (one-off lines)
+        assert requests.put(url, data=photo, headers=live_stack.inference_headers(), timeout=60).status_code == 200
+
+    def lines() -> dict[str, int]:
+        return {name: len(path.read_bytes().splitlines()) for name, path in files.items()}
+
+    before = lines()
+    for photo in list(photos.values()) * 2:
+        assert requests.put(url, data=photo, headers=live_stack.inference_headers(), timeout=60).status_code == 200
+    time.sleep(0.5)  # the frontend's appenders write as the answers go out; let a late line land
+    grown = {name: count - before[name] for name, count in lines().items()}
+    assert grown["access_log.log"] >= 2 * len(photos), grown  # one per prediction (plus the bridge's scrapes)
+    assert grown["ts_log.log"] < 3 and grown["stdout"] < 3 and grown["model_log.log"] < 3, grown
 
 
 def test_torchserve_refuses_requests_without_a_valid_token(live_stack: LiveStack, photos: dict[str, bytes]) -> None:

@@ -20,7 +20,7 @@ def server(delay_s: float, fail_every: int = 0) -> Iterator[tuple[str, list[byte
         protocol_version = "HTTP/1.1"
         disable_nagle_algorithm = True  # headers and body go in two writes: no 40 ms delayed-ACK stall
 
-        def do_PUT(self) -> None:  # noqa: N802 - http.server's name
+        def do_PUT(self) -> None:
             bodies.append(self.rfile.read(int(self.headers["Content-Length"])))
             time.sleep(delay_s)
             status = 500 if fail_every and len(bodies) % fail_every == 0 else 200
