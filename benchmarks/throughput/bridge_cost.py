@@ -50,6 +50,7 @@ NULL_HANDLER = Path(__file__).resolve().parent / "null_handler.py"
 COST_DATABASE = "serving_bridge_cost"  # PostgreSQL and InfluxDB: never the stack's ``serving``
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 PAIRS = {"null": 400, "resnet18": 100}  # photos sent both ways at 1 in flight, for the latency the bridge adds
+PAIRS_IDLE, IDLE_THINK_S = 150, 0.040  # the null model again, idle 40 ms (about a resnet18 forward) before each
 PYSPY_DIRS = (Path("/tmp/pyspy/bin"),)
 
 
@@ -333,6 +334,12 @@ def measure(model: str, concurrency: int, warmup_s: float, duration_s: float, id
             paired.Endpoint(bridge_url, "PUT", {"Cache-Control": "no-cache"}),
             paired.Endpoint(direct_url, "PUT", {"Authorization": f"Bearer {ts.inference_key()}"}),
             load_photos(photos), PAIRS[model])
+        if model == "null":  # the same with the servers idle before each request, as a real model's forward leaves them
+            log(f"the same with {1000 * IDLE_THINK_S:g} ms idle before each request ...")
+            doc["paired_idle"] = paired.measure(
+                paired.Endpoint(bridge_url, "PUT", {"Cache-Control": "no-cache"}),
+                paired.Endpoint(direct_url, "PUT", {"Authorization": f"Bearer {ts.inference_key()}"}),
+                load_photos(photos), PAIRS_IDLE, think_s=IDLE_THINK_S)
         if with_hey:
             log(f"hey: through the bridge, then TorchServe direct, {concurrency} in flight ...")
             photo = min(photos.glob("*.jpg"))
@@ -374,8 +381,9 @@ def render(doc: dict[str, Any]) -> str:
             lines.append(f"{name:10s} ({run['tool']}): {run['requests_per_s']} req/s, p50 {run['p50_ms'] or 0:.1f} ms, "
                          f"CPU ms/request: {per}; {run['requests_per_core_s']} req per CPU-second; RSS MiB "
                          + ", ".join(f"{k} {v:.0f}" for k, v in run["rss_mib"].items()))
-    if "paired" in doc:
-        lines.append(paired.render(doc["paired"]))
+    for name in ("paired", "paired_idle"):
+        if name in doc:
+            lines.append(paired.render(doc[name]))
     lines.append("ratios: " + ", ".join(f"{k} {v}" for k, v in doc["ratios"].items()))
     return "\n".join(lines)
 

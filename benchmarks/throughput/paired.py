@@ -70,10 +70,11 @@ def median_interval(values: Sequence[float], z: float = 1.96) -> tuple[float, fl
 
 
 def measure(bridge: Endpoint, direct: Endpoint, photos: Sequence[bytes], pairs: int,
-            warmup_pairs: int = 10) -> dict[str, Any]:
+            warmup_pairs: int = 10, think_s: float = 0.0) -> dict[str, Any]:
     """``pairs`` photos each sent through both paths, one request in flight; a JSON-able summary.
 
-    A pair counts only when both answers are 200; the others are counted as errors.
+    A pair counts only when both answers are 200; the others are counted as errors. ``think_s``: an untimed
+    pause before every request, so each one finds the servers idle (as a model's forward leaves the bridge).
     """
     through: list[float] = []
     straight: list[float] = []
@@ -82,7 +83,10 @@ def measure(bridge: Endpoint, direct: Endpoint, photos: Sequence[bytes], pairs: 
         for i in range(warmup_pairs + pairs):
             photo = photos[i % len(photos)]
             sides = (bridge, direct) if i % 2 == 0 else (direct, bridge)
-            answers = {id(side): side.send(photo) for side in sides}
+            answers = {}
+            for side in sides:
+                time.sleep(think_s)
+                answers[id(side)] = side.send(photo)
             (b_status, b_ms), (d_status, d_ms) = answers[id(bridge)], answers[id(direct)]
             if i < warmup_pairs:
                 continue
@@ -98,7 +102,7 @@ def measure(bridge: Endpoint, direct: Endpoint, photos: Sequence[bytes], pairs: 
     low, high = median_interval(differences)
     b50, d50 = percentile(through, 50), percentile(straight, 50)
     return {
-        "pairs": len(differences), "errors": errors,
+        "pairs": len(differences), "errors": errors, "think_ms": round(1000 * think_s, 1),
         "bridge_p50_ms": _round(b50), "direct_p50_ms": _round(d50), "added_p50_ms": _round(b50 - d50),
         "added_median_of_pairs_ms": _round(statistics.median(differences) if differences else math.nan),
         "added_median_interval_95_ms": [_round(low), _round(high)],
@@ -108,7 +112,8 @@ def measure(bridge: Endpoint, direct: Endpoint, photos: Sequence[bytes], pairs: 
 def render(doc: dict[str, Any]) -> str:
     """One line for the terminal."""
     low, high = doc["added_median_interval_95_ms"]
-    return (f"added at 1 in flight, {doc['pairs']} pairs ({doc['errors']} errors): p50 {doc['bridge_p50_ms']} ms "
+    idle = f", {doc['think_ms']:g} ms idle before each request" if doc.get("think_ms") else ""
+    return (f"added at 1 in flight{idle}, {doc['pairs']} pairs ({doc['errors']} errors): p50 {doc['bridge_p50_ms']} ms "
             f"through the bridge vs {doc['direct_p50_ms']} direct = {_signed(doc['added_p50_ms'])} ms; median of "
             f"the pairs' differences {_signed(doc['added_median_of_pairs_ms'])} ms (95 % interval {low} to {high})")
 

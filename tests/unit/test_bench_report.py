@@ -334,9 +334,15 @@ def test_latency_goal_is_judged_on_the_paired_measurement(limit: Limit) -> None:
     assert "null model +0.90 ms" in goal.measured and "separate runs by load: 1: +1.0 ms" in goal.measured
     met = {g.name: g for g in report.serving_goals(served(), limit, {"resnet18": paired_doc(1.5, 1.2, 1.8)})}
     assert met["bridge latency added at p50"].met is True
+    idle = {**paired_doc(1.8, 1.7, 1.9), "think_ms": 40.0}
+    added["null, idle before each request"] = idle
+    goal = {g.name: g for g in report.serving_goals(served(), limit, added)}["bridge latency added at p50"]
+    assert "null model +0.90 ms (+1.80 ms idle 40 ms before each request)" in goal.measured
     lines = report.added_latency_lines(added)
-    assert [line[0] for line in lines] == ["resnet18", "null"] and lines[0][5] == "+2.50"
-    extras = {"added_latency": added["resnet18"], "serving_path": {"runs": [{"paired": added["null"]}]}}
+    assert [line[:2] for line in lines] == [("resnet18", "0"), ("null", "0"), ("null", "40")]
+    assert lines[0][5] == "+2.50"
+    extras = {"added_latency": added["resnet18"],
+              "serving_path": {"runs": [{"paired": added["null"], "paired_idle": idle}]}}
     assert report.added_latency(extras) == added
 
 

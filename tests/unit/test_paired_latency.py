@@ -55,6 +55,17 @@ def test_the_added_latency_is_the_slower_paths_extra_time() -> None:
     assert "30 pairs (0 errors)" in paired.render(doc)
 
 
+def test_think_time_is_spent_before_each_request_and_not_timed() -> None:
+    with server(0.0) as (a, _), server(0.0) as (b, _):
+        started = time.monotonic()
+        doc = paired.measure(paired.Endpoint(a, "PUT", {}), paired.Endpoint(b, "PUT", {}), [b"x"], pairs=10,
+                             warmup_pairs=0, think_s=0.02)
+        elapsed = time.monotonic() - started
+    assert elapsed >= 20 * 0.02 and doc["think_ms"] == 20.0
+    assert doc["bridge_p50_ms"] < 20.0 and doc["direct_p50_ms"] < 20.0  # the pause is not in the latency
+    assert "20 ms idle before each request" in paired.render(doc)
+
+
 def test_a_pair_with_a_failed_answer_is_an_error_not_a_sample() -> None:
     with server(0.0, fail_every=5) as (failing, _), server(0.0) as (ok, _):
         doc = paired.measure(paired.Endpoint(failing, "PUT", {}), paired.Endpoint(ok, "PUT", {}), [b"x"], pairs=20,
