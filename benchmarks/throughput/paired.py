@@ -82,12 +82,12 @@ def measure(bridge: Endpoint, direct: Endpoint, photos: Sequence[bytes], pairs: 
     try:
         for i in range(warmup_pairs + pairs):
             photo = photos[i % len(photos)]
-            sides = (bridge, direct) if i % 2 == 0 else (direct, bridge)
-            answers = {}
-            for side in sides:
-                time.sleep(think_s)
-                answers[id(side)] = side.send(photo)
-            (b_status, b_ms), (d_status, d_ms) = answers[id(bridge)], answers[id(direct)]
+            answers: dict[bool, tuple[int, float]] = {}  # keyed by "through the bridge"
+            for side in (bridge, direct) if i % 2 == 0 else (direct, bridge):
+                if think_s:
+                    time.sleep(think_s)
+                answers[side is bridge] = side.send(photo)
+            (b_status, b_ms), (d_status, d_ms) = answers[True], answers[False]
             if i < warmup_pairs:
                 continue
             if b_status == 200 and d_status == 200:
