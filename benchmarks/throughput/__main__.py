@@ -531,6 +531,11 @@ def _recording(run_dir: Path, plan: Plan) -> dict[str, Any]:
         influx_query(f"DROP DATABASE {BENCH_DATABASE}")
 
 
+def _section(intro: str, header: tuple[str, ...], lines: list[tuple[str, ...]]) -> list[str]:
+    """A Markdown table after its introduction, or nothing when it has no lines."""
+    return ["", intro, "", report.render_markdown(header, lines)] if lines else []
+
+
 def _write_outputs(document: dict[str, Any], limit: Limit, runs: list[Measurement], extras: dict[str, Any],
                    recording: dict[str, Any] | None, goals: list[report.Goal], out: Path) -> None:
     # A quick (CI) run never overwrites the full run's figures that the README shows.
@@ -560,24 +565,18 @@ def _write_outputs(document: dict[str, Any], limit: Limit, runs: list[Measuremen
         "",
         report.render_markdown(report.PROCESS_COST_HEADER, report.process_cost_lines(runs)),
     ]
-    gap = report.handler_gap_lines(report.handler_gap(runs, limit))
-    if gap:
-        parts += [
-            "", ("Where our handler's gap to the limit goes (TorchServe direct): images/s = cores the workers kept busy "
-            "÷ their CPU per image, so × limit = × from cores × × from CPU per image. The cores the workers did not "
-            "get went to TorchServe's Java frontend, the load generator (the limit has none), other users, or stayed "
-            "idle (no batch ready for a worker):"), "",
-            report.render_markdown(report.GAP_HEADER, gap),
-        ]
-    added = report.added_latency_lines(report.added_latency(extras))
-    if added:
-        parts += [
-            "", ("The latency the bridge adds at 1 in flight, paired: each photo sent through the bridge and to "
-            "TorchServe direct back to back, the order alternating, one request at a time (resnet18 on the main "
-            "servers, the null model on the serving path's stack); the interval is that of the median of the "
-            "pairs' differences:"), "",
-            report.render_markdown(report.ADDED_HEADER, added),
-        ]
+    parts += _section(
+        "Where our handler's gap to the limit goes (TorchServe direct): images/s = cores the workers kept busy ÷ their "
+        "CPU per image, so × limit = × from cores × × from CPU per image. The cores the workers did not get went to "
+        "TorchServe's Java frontend, the load generator (the limit has none), other users, or stayed idle (no batch "
+        "ready for a worker):",
+        report.GAP_HEADER, report.handler_gap_lines(report.handler_gap(runs, limit)))
+    parts += _section(
+        "The latency the bridge adds at 1 in flight, paired: each photo sent through the bridge and to TorchServe "
+        "direct back to back, the order alternating, one request at a time (resnet18 on the main servers, the null "
+        "model on the serving path's stack, also with the servers idle before each request); the interval is that "
+        "of the median of the pairs' differences:",
+        report.ADDED_HEADER, report.added_latency_lines(report.added_latency(extras)))
     if any(m.row in report.OIP_MODES for m in runs):
         parts += [
             "", ("The same photos through the Open Inference Protocol beside `/predictions`, on the full stack's "
