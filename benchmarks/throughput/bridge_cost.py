@@ -332,10 +332,11 @@ def measure(model: str, concurrency: int, warmup_s: float, duration_s: float, id
         log(f"latency added at 1 in flight: {PAIRS[model]} photos through the bridge and direct, alternating ...")
         through = paired.Endpoint(bridge_url, "PUT", {"Cache-Control": "no-cache"})
         straight = paired.Endpoint(direct_url, "PUT", {"Authorization": f"Bearer {ts.inference_key()}"})
-        doc["paired"] = paired.measure(through, straight, load_photos(photos), PAIRS[model])
+        shots = load_photos(photos)
+        doc["paired"] = paired.measure(through, straight, shots, PAIRS[model])
         if model == "null":  # the same with the servers idle before each request, as a real model's forward leaves them
             log(f"the same with {1000 * IDLE_THINK_S:g} ms idle before each request ...")
-            doc["paired_idle"] = paired.measure(through, straight, load_photos(photos), PAIRS_IDLE,
+            doc["paired_idle"] = paired.measure(through, straight, shots, PAIRS_IDLE,
                                                 think_s=IDLE_THINK_S)
         if with_hey:
             log(f"hey: through the bridge, then TorchServe direct, {concurrency} in flight ...")

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from benchmarks.throughput.report import percentile
+from benchmarks.throughput.report import percentile, signed
 
 
 @dataclass
@@ -114,12 +114,8 @@ def render(doc: dict[str, Any]) -> str:
     low, high = doc["added_median_interval_95_ms"]
     idle = f", {doc['think_ms']:g} ms idle before each request" if doc.get("think_ms") else ""
     return (f"added at 1 in flight{idle}, {doc['pairs']} pairs ({doc['errors']} errors): p50 {doc['bridge_p50_ms']} ms "
-            f"through the bridge vs {doc['direct_p50_ms']} direct = {_signed(doc['added_p50_ms'])} ms; median of "
-            f"the pairs' differences {_signed(doc['added_median_of_pairs_ms'])} ms (95 % interval {low} to {high})")
-
-
-def _signed(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:+.2f}"
+            f"through the bridge vs {doc['direct_p50_ms']} direct = {signed(doc['added_p50_ms'], 'n/a')} ms; median of "
+            f"the pairs' differences {signed(doc['added_median_of_pairs_ms'], 'n/a')} ms (95 % interval {low} to {high})")
 
 
 def _round(value: float) -> float | None:

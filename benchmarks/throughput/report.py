@@ -320,13 +320,14 @@ def added_latency_lines(added: dict[str, Any]) -> list[tuple[str, ...]]:
             continue
         low, high = doc["added_median_interval_95_ms"]
         lines.append((model.split(",")[0], f"{doc.get('think_ms', 0):g}", str(doc["pairs"]), _num(doc["bridge_p50_ms"], 2),
-                      _num(doc["direct_p50_ms"], 2), _signed(doc["added_p50_ms"]), _signed(doc["added_median_of_pairs_ms"]),
-                      f"{_signed(low)} to {_signed(high)}", str(doc["errors"])))
+                      _num(doc["direct_p50_ms"], 2), signed(doc["added_p50_ms"]), signed(doc["added_median_of_pairs_ms"]),
+                      f"{signed(low)} to {signed(high)}", str(doc["errors"])))
     return lines
 
 
-def _signed(value: float | None) -> str:
-    return "-" if value is None else f"{value:+.2f}"
+def signed(value: float | None, missing: str = "-") -> str:
+    """``value`` in ms with its sign (``+1.93``), ``missing`` when there is none."""
+    return missing if value is None else f"{value:+.2f}"
 
 
 def recording_goals(recording: dict[str, Any]) -> list[Goal]:
