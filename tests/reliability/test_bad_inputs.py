@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import http.client
 import io
+import itertools
 import re
 import socket
 import threading
@@ -24,6 +25,7 @@ import pytest
 import requests
 from PIL import Image
 
+from archive_scripts.specs import find_spec
 from bridge.settings import Settings
 from handlers.image_decoding import DecodeLimits
 from stack.services import REPO_ROOT, TorchServe
@@ -276,7 +278,12 @@ def test_straight_to_torchserve(live_stack: LiveStack, case: BadInput) -> None:
         assert top_label(response) == reference_label(live_stack, case.same_answer_as), response.text[:300]
 
 
-GOOD = ("chelsea", "coffee", "flower", "rocket", "china")
+GOOD = p.GOOD_PHOTOS
+# Good-photo senders: one and a half of TorchServe's batches of them, so some wait in the queue whatever the
+# worker is doing and the bad input finds company there. With fewer senders than a batch, all of them could be
+# inside the running batch (or on their way back through the bridge) when the bad input is taken: a batch of 1.
+BATCH_SIZE = find_spec(MODEL).workers.batch_size
+SENDERS = BATCH_SIZE * 3 // 2
 
 
 def send_together(
@@ -284,31 +291,36 @@ def send_together(
 ) -> tuple[list[requests.Response], requests.Response]:
     """The bad input amid a stream of good photos, so TorchServe batches it with some of them.
 
-    All start together (a barrier); each good-photo sender keeps sending until the bad input is answered
-    (bounded by time, not by a count: on a slow machine a multi-megabyte body reaches TorchServe seconds later
-    than TorchServe's 10 ms maxBatchDelay, and a count ran out first).
+    The ``SENDERS`` good-photo senders start first; the bad input is sent once a batch of good photos has been
+    answered (a steady stream with a backlog: sent amid the starting burst, it could be first and alone in
+    TorchServe's 10 ms batch window). Each sender keeps sending until the bad input is answered (bounded by
+    time, not by a count: on a slow machine a multi-megabyte body reaches TorchServe seconds later than the
+    batch window, and a count ran out first).
     """
-    barrier = threading.Barrier(len(GOOD) + 1)
+    senders = [GOOD[i % len(GOOD)] for i in range(SENDERS)]
+    answered = itertools.count(1)  # next() on it is atomic under the GIL
+    flowing = threading.Event()
     done = threading.Event()
 
     def good(name: str) -> list[requests.Response]:
-        barrier.wait()
         answers: list[requests.Response] = []
         until = time.monotonic() + 60
         while not answers or (not done.is_set() and time.monotonic() < until):
             answers.append(requests.post(url, data=p.photo(name), headers={**OCTET, **headers}, timeout=120))
+            if next(answered) >= BATCH_SIZE:
+                flowing.set()
         return answers
 
     def bad() -> requests.Response:
         body = case.body()
-        barrier.wait()
+        flowing.wait(60)
         try:
             return requests.post(url, data=body, headers={**case.headers, **headers}, timeout=120)
         finally:
             done.set()
 
-    with ThreadPoolExecutor(len(GOOD) + 1) as pool:
-        goods = [pool.submit(good, name) for name in GOOD]
+    with ThreadPoolExecutor(len(senders) + 1) as pool:
+        goods = [pool.submit(good, name) for name in senders]
         odd = pool.submit(bad)
         return [r for f in goods for r in f.result()], odd.result()
 
@@ -336,6 +348,7 @@ def test_inside_a_batch_of_good_photos(live_stack: LiveStack, case: BadInput, ro
         if shares_a_batch or batch_sizes[-1] > 1:
             shares_a_batch = True
             break
+    print("BATCHES", case.name, batch_sizes)
     assert shares_a_batch, f"{case.name} never shared a TorchServe batch with the good photos: {batch_sizes}"
 
 
