@@ -348,7 +348,6 @@ def test_inside_a_batch_of_good_photos(live_stack: LiveStack, case: BadInput, ro
         if shares_a_batch or batch_sizes[-1] > 1:
             shares_a_batch = True
             break
-    print("BATCHES", case.name, batch_sizes)
     assert shares_a_batch, f"{case.name} never shared a TorchServe batch with the good photos: {batch_sizes}"
 
 
