@@ -9,14 +9,14 @@ CLIENTS_VENV := .venv-clients
 CLIENTS_PY := $(CLIENTS_VENV)/bin/python
 CLIENTS_STAMP := $(CLIENTS_VENV)/.installed
 
-.PHONY: up down status test unit lint clients archives clean bench bench-quick reliability images test-containers
+.PHONY: up down status test unit lint clients archives clean bench bench-quick bench-engines reliability images test-containers
 
 $(STAMP): requirements.txt requirements-dev.txt requirements-build.txt
 	@echo "Creating the Python environment in $(VENV) (torch and torchvision come from local disk) ..."
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@$(PY) -m pip install --quiet --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
 	@$(PY) -m pip install --quiet -r requirements.txt -r requirements-dev.txt 2>&1 | grep -v "^WARNING: Location" || true
-	@$(PY) -c "import torch, torchvision, ts, fastapi, psycopg2, influxdb, skimage" || { echo "Python environment is incomplete; see the pip output above"; exit 1; }
+	@$(PY) -c "import torch, torchvision, ts, fastapi, psycopg2, influxdb, skimage, onnx, onnxruntime, openvino" || { echo "Python environment is incomplete; see the pip output above"; exit 1; }
 	@touch $(STAMP)
 
 # About a minute and a half from PyPI on a clean machine (kserve and its ~65 pinned dependencies, 450 MB).
@@ -58,12 +58,21 @@ lint: $(STAMP)
 unit: $(STAMP)
 	@$(PY) -m pytest tests/unit
 
-# Throughput and latency, side by side in one run: the in-process limit, the seed prototype's design,
-# TorchServe (stock handler and ours) and the full stack through the bridge; then the recording path.
-# Starts its own servers on ports 17070-18090 and stops them; writes benchmarks/results/latest.{json,png,md}
-# (bench-quick: latest-quick.*). About 13 minutes; bench-quick about 3.
+# Throughput and latency, side by side in one run: the in-process limit (the archive's engine, the best layout
+# per load), TorchServe (eager PyTorch as served until now, and our archive) and the full stack through the bridge;
+# then the recording path. The classifier (benchmarks/results/latest.*), then resnet18 with the seed prototype's
+# design and TorchServe's stock handler beside it (latest-resnet18.*). Starts its own servers on ports
+# 17070-18090 and stops them; bench-quick: the classifier only, short (latest-quick.*). About 35 minutes;
+# bench-quick about 5.
 bench: $(STAMP)
-	@$(PY) -m benchmarks.throughput
+	@$(PY) -m benchmarks.throughput --model classifier
+	@$(PY) -m benchmarks.throughput --model resnet18 --no-recording --no-serving-path
+
+# Which engine is fastest for each model on this machine (forward only, 1-2 threads, batch 1 and 8) and what
+# decoding costs: benchmarks/results/engines.{json,md}, the measurement each spec's engine is chosen from
+# (a unit test holds them equal). About 10 minutes.
+bench-engines: $(STAMP)
+	@$(PY) -m benchmarks.engines
 
 # The same, short (1 and 8 in flight, fewer layouts of the limit): every row still runs. For CI.
 bench-quick: $(STAMP)

@@ -1,5 +1,5 @@
 """``python -m archive_scripts [MODEL ...] [--version V] [--weights MODEL=PATH] [--catalogue PATH] [--flavour F]
-[--force]``."""
+[--engine E] [--force]``."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ import time
 from pathlib import Path
 
 from archive_scripts.build import REPO_ROOT, GateFailed, build
+from archive_scripts.export import ExportFailed
 from archive_scripts.specs import FLAVOURS, SPECS, BuildInputs, find_spec
+from handlers.engines import ENGINES
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -33,7 +35,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--store", type=Path, default=REPO_ROOT / "model_store", help="model store directory")
     parser.add_argument(
         "--flavour", choices=FLAVOURS, default="cpu",
-        help="cpu: fp32, eager (default); gpu: each spec's GPU precision and torch.compile (docs/gpu.md)",
+        help="cpu: fp32 on the spec's engine (default); gpu: each spec's GPU precision and engine (docs/gpu.md)",
+    )
+    parser.add_argument(
+        "--engine", choices=ENGINES,
+        help="run the forward on this engine instead of the spec's (cpu: the fastest that passed its gate here; "
+        "docs/engines.md); exported at build time and gated against the fp32 eager twin",
     )
     parser.add_argument("--force", action="store_true", help="rebuild even when the inputs are unchanged")
     return parser.parse_args(argv)
@@ -54,18 +61,18 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         names = args.models or [s.name for s in SPECS]
-        specs = [find_spec(name, args.version, args.flavour) for name in names]
+        specs = [find_spec(name, args.version, args.flavour, args.engine) for name in names]
     except KeyError as exc:
         print(exc.args[0], file=sys.stderr)
         return 2
     for number, spec in enumerate(specs, 1):
         started = time.monotonic()
-        print(f"[{number}/{len(specs)}] {spec.name} {spec.version} ...", flush=True)
+        print(f"[{number}/{len(specs)}] {spec.name} {spec.version} (engine {spec.accelerator.engine}) ...", flush=True)
         catalogue = args.catalogue if spec.accepts_catalogue else None
         inputs = BuildInputs(weights=user_weights.get(spec.name), catalogue=catalogue)
         try:
             outcome = build(spec, args.store, inputs, force=args.force)
-        except GateFailed as exc:
+        except (GateFailed, ExportFailed) as exc:
             print(str(exc), file=sys.stderr)
             return 1
         print(f"[{number}/{len(specs)}] {spec.name} {spec.version}: {outcome} → {args.store / spec.archive_name} "

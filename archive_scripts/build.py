@@ -15,6 +15,7 @@ import shutil
 import tempfile
 import zipfile
 from collections.abc import Iterator
+from dataclasses import replace
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -23,14 +24,17 @@ import yaml
 from model_archiver.model_archiver_config import ModelArchiverConfig
 from model_archiver.model_packaging import generate_model_archive
 
+from archive_scripts.export import export_archive
 from archive_scripts.gate import run_gate
 from archive_scripts.golden import GoldenCase
 from archive_scripts.specs import ArchiveSpec, BuildInputs
+from handlers.engines import EXPORTED_FILES, RUNTIME_PACKAGES
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 HANDLERS_DIR = REPO_ROOT / "handlers"
 MANIFEST_NAME = "manifest.json"
-STACK_PACKAGES = ("torch", "torchvision", "torchserve", "torch-model-archiver")
+# The packages that shape an archive's behaviour: a change of any rebuilds it (the engines' runtimes included).
+STACK_PACKAGES = ("torch", "torchvision", "torchserve", "torch-model-archiver", "onnx", "onnxruntime", "openvino")
 # Fixed time for every zip entry and for MANIFEST.json's createdOn: archives depend on content only.
 EPOCH_ZIP = (1980, 1, 1, 0, 0, 0)
 EPOCH_TEXT = "01/01/1980 00:00:00"
@@ -120,7 +124,7 @@ def private_tempdir(path: Path) -> Iterator[None]:
 
 
 def assemble(spec: ArchiveSpec, workdir: Path, inputs: BuildInputs) -> tuple[Path, dict[str, Any]]:
-    """Write weights, extra files and config into ``workdir``, run torch-model-archiver, normalise."""
+    """Write weights, extra files and config into ``workdir``, export for the engine, package, normalise."""
     info = spec.make_weights(workdir / "weights.pt", inputs)
     extra_files = [HANDLERS_DIR / m for m in spec.modules]
     extra_metadata: dict[str, Any] = {}
@@ -131,15 +135,31 @@ def assemble(spec: ArchiveSpec, workdir: Path, inputs: BuildInputs) -> tuple[Pat
         extras = spec.make_extras(workdir, inputs)
         extra_files.extend(extras.files)
         extra_metadata = extras.metadata
+    about = {"description": spec.description, "weights": info.source, "trained": info.trained, **extra_metadata}
+    engine = spec.accelerator.engine
+    if engine in EXPORTED_FILES:  # exported from exactly what the eager archive's handler runs
+        eager = replace(spec, accelerator=replace(spec.accelerator, engine="eager"))
+        eager_mar = package(eager, workdir / "eager", info.path, extra_files, about)
+        extra_files += export_archive(eager_mar, engine, workdir / "exported")
+    mar = package(spec, workdir / "final", info.path, extra_files, about)
+    details = {
+        "weights_sha256": sha256_file(info.path),
+        "weights_source": info.source,
+        "trained": info.trained,
+        "handler_sha256": {p.name: sha256_file(p) for p in code_files(spec)},
+        "extra_files_sha256": {p.name: sha256_file(p) for p in extra_files if p.parent != HANDLERS_DIR},
+        **({"extras": extra_metadata} if extra_metadata else {}),
+    }
+    return mar, details
+
+
+def package(spec: ArchiveSpec, workdir: Path, weights: Path, extra_files: list[Path], metadata: dict[str, Any]) -> Path:
+    """model-config.yaml from the spec, then torch-model-archiver, then normalised: the ``.mar`` in ``workdir``."""
+    workdir.mkdir(parents=True)
     config = {
         **spec.model_config,
         "handler": {"architecture": spec.architecture, **spec.handler_config},
-        "metadata": {
-            "description": spec.description,
-            "weights": info.source,
-            "trained": info.trained,
-            **extra_metadata,
-        },
+        "metadata": metadata,
     }
     config_path = workdir / "model-config.yaml"
     config_path.write_text(yaml.safe_dump(config, sort_keys=False))
@@ -151,7 +171,7 @@ def assemble(spec: ArchiveSpec, workdir: Path, inputs: BuildInputs) -> tuple[Pat
                 model_name=spec.name,
                 handler=str(HANDLERS_DIR / spec.handler),
                 version=spec.version,
-                serialized_file=str(info.path),
+                serialized_file=str(weights),
                 extra_files=",".join(str(p) for p in extra_files),
                 export_path=str(out),
                 config_file=str(config_path),
@@ -162,15 +182,7 @@ def assemble(spec: ArchiveSpec, workdir: Path, inputs: BuildInputs) -> tuple[Pat
     mar = out / spec.archive_name
     os.replace(out / f"{spec.name}.mar", mar)
     normalise_archive(mar)
-    details = {
-        "weights_sha256": sha256_file(info.path),
-        "weights_source": info.source,
-        "trained": info.trained,
-        "handler_sha256": {p.name: sha256_file(p) for p in code_files(spec)},
-        "extra_files_sha256": {p.name: sha256_file(p) for p in extra_files if p.parent != HANDLERS_DIR},
-        **({"extras": extra_metadata} if extra_metadata else {}),
-    }
-    return mar, details
+    return mar
 
 
 def golden_cases(spec: ArchiveSpec, inputs: BuildInputs) -> tuple[GoldenCase, ...]:
@@ -231,6 +243,11 @@ def build(spec: ArchiveSpec, store: Path, inputs: BuildInputs = OURS, force: boo
             "fingerprint": print_fp,
             "golden": "expected answers" if inputs == BuildInputs() else "answer form only (user inputs)",
             "accelerator": spec.accelerator.handler_config(),
+            "engine": {
+                "name": spec.accelerator.engine,
+                "package": RUNTIME_PACKAGES[spec.accelerator.engine],
+                "version": metadata.version(RUNTIME_PACKAGES[spec.accelerator.engine]),
+            },
             **details,
             "packages": package_versions(),
         }

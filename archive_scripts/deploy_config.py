@@ -43,13 +43,22 @@ BOX_PORTS = {"inference": 8080, "management": 8081, "metrics": 8082}
 TOKEN_OFF_KEY_FILE = "/var/lib/serving/boxes/token-auth-off.json"
 TOKEN_OFF_KEYS = {name: {"key": "token-authorization-is-off"} for name in ("management", "inference", "API")}
 
-# A box's resources: TorchServe's frontend (JVM, -Xmx512m) plus, per worker, its torch threads and memory.
+# A box's resources: TorchServe's frontend (JVM, -Xmx512m) plus the workers' cores, and memory per worker. Workers
+# whose spec says threads 0 share the box's cores, each batch taking its share among the busy workers
+# (handlers/box_load.py): the box asks for BOX_CORES for them, and its CPU limit is its request, so the workers size
+# their threads to exactly that (handlers/batch_handler.py usable_cores).
+BOX_CORES = 2
 FRONTEND_CPU_M = 500
 FRONTEND_MEMORY_MI = 1024
 WORKER_MEMORY_MI = 768
 QUEUE_TARGET_BATCH_DELAYS = 5  # a queue wait well above maxBatchDelay means the workers are saturated
+# ... and well above one batch's time: with a 1 ms delay, 5 ms of queue is a single batch's wait, not saturation
+QUEUE_TARGET_MIN_MS = 50
 MIN_REPLICAS, MAX_REPLICAS = 2, 10
 KSERVE_STORAGE = "s3://photo-serving-models/kserve/0.1.0"
+# KServe's TorchServe runtime plus the engines' runtimes (docker/kserve-runtime.Dockerfile), built where the
+# cluster's registry is.
+KSERVE_IMAGE = "photo-serving/torchserve-kfs-engines:0.12.0"
 NAMESPACE = "photo-serving"
 
 
@@ -89,17 +98,23 @@ def box_name(spec: ArchiveSpec) -> str:
     return f"box-{spec.name}"
 
 
+def worker_cores(spec: ArchiveSpec) -> int:
+    """The cores a box's workers use together: BOX_CORES when they share every core (threads 0), else workers ×
+    threads."""
+    return spec.workers.max_workers * spec.workers.threads if spec.workers.threads else BOX_CORES
+
+
 def resources(spec: ArchiveSpec) -> dict[str, dict[str, str]]:
-    """Requests and limits of one box: the frontend plus the spec's workers × threads (limits: CPU × 2)."""
+    """Requests and limits of one box: the frontend plus its workers' cores (limits = requests)."""
     workers = spec.workers.max_workers
-    cpu_m = FRONTEND_CPU_M + 1000 * workers * spec.workers.threads
+    cpu_m = FRONTEND_CPU_M + 1000 * worker_cores(spec)
     memory = f"{FRONTEND_MEMORY_MI + WORKER_MEMORY_MI * workers}Mi"
-    return {"requests": {"cpu": f"{cpu_m}m", "memory": memory}, "limits": {"cpu": f"{2 * cpu_m}m", "memory": memory}}
+    return {"requests": {"cpu": f"{cpu_m}m", "memory": memory}, "limits": {"cpu": f"{cpu_m}m", "memory": memory}}
 
 
 def queue_target_ms(spec: ArchiveSpec) -> int:
-    """The HPA's target queue wait per request for the box of ``spec``."""
-    return QUEUE_TARGET_BATCH_DELAYS * spec.workers.max_batch_delay_ms
+    """The HPA's target queue wait per request for the box of ``spec``: 5 batch delays, at least QUEUE_TARGET_MIN_MS."""
+    return max(QUEUE_TARGET_MIN_MS, QUEUE_TARGET_BATCH_DELAYS * spec.workers.max_batch_delay_ms)
 
 
 def routes() -> dict[str, dict[str, Any]]:
@@ -170,8 +185,8 @@ def box_files(spec: ArchiveSpec) -> dict[str, str]:
         "kustomization.yaml": _yaml(f"{_generated(about)}\nThe box {name}: deploy/k8s/box with this model's patches.",
                                     kustomization),
         "deployment.patch.yaml": _yaml(
-            f"{_generated(about)}\n{spec.archive_name}: {workers.max_workers} worker(s) x {workers.threads} thread(s)"
-            f" + TorchServe's frontend.",
+            f"{_generated(about)}\n{spec.archive_name}: {workers.max_workers} worker(s) sharing {worker_cores(spec)}"
+            f" core(s) ({spec.accelerator.engine}) + TorchServe's frontend.",
             deployment,
         ),
         "hpa.patch.yaml": _yaml(
@@ -228,6 +243,7 @@ def inference_service(spec: ArchiveSpec) -> str:
                 "modelFormat": {"name": "pytorch"},
                 "protocolVersion": "v1",
                 "runtimeVersion": "0.12.0",
+                "image": KSERVE_IMAGE,  # the runtime's own image lacks the engines (docker/kserve-runtime.Dockerfile)
                 "storageUri": f"{KSERVE_STORAGE}/{spec.name}",
                 "resources": resources(spec),
             },
@@ -235,7 +251,8 @@ def inference_service(spec: ArchiveSpec) -> str:
     }
     header = (
         f"{_generated(f'archive_scripts/specs.py ({spec.name} {spec.version})')}\n"
-        f"KServe's TorchServe runtime serving {spec.archive_name} alone, sized like the box box-{spec.name}.\n"
+        f"KServe's TorchServe runtime serving {spec.archive_name} alone (engine {spec.accelerator.engine}: the image\n"
+        f"{KSERVE_IMAGE} adds the engines' runtimes), sized like the box box-{spec.name}.\n"
         f"{KSERVE_STORAGE}/{spec.name}/config/config.properties <- deploy/kserve/{spec.name}/config.properties\n"
         f"{KSERVE_STORAGE}/{spec.name}/model-store/{spec.archive_name} <- model_store/{spec.archive_name}"
     )

@@ -3,8 +3,9 @@
 Runs in a separate (spawned) process so the archive's bare-named modules are imported fresh and a crash
 in the handler cannot take the builder with it. Golden photos go as one batch, plus an unusable item, so
 the gate also proves that one bad item gets its own 4xx while its batch-mates are answered. An archive that
-runs in reduced precision or compiled is also loaded as its fp32, eager twin, and its answers must agree
-with the twin's (top-1 label, nearest item, price within the fp32 interval).
+runs in reduced precision or on any engine but eager PyTorch (channels_last, compiled, ONNX Runtime, OpenVINO) is
+also loaded as its fp32, eager twin, and its answers must agree with the twin's (top-1 label, nearest item, price
+within the fp32 interval).
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ import traceback
 from pathlib import Path
 
 from archive_scripts.golden import GoldenCase
+from handlers.engines import EXPORTED_FILES
 
-FP32_EAGER = {"precision": "fp32", "compile": False}
+FP32_EAGER = {"precision": "fp32", "engine": "eager"}
 
 
 def check(mar_path: Path, cases: tuple[GoldenCase, ...]) -> list[str]:
@@ -32,8 +34,8 @@ def check(mar_path: Path, cases: tuple[GoldenCase, ...]) -> list[str]:
         with tempfile.TemporaryDirectory(prefix="gate-") as tmp:
             worker = LocalWorker.from_archive(mar_path, Path(tmp))
             config = worker.handler.config
-            accelerated = config.precision != "fp32" or config.compile
-            if accelerated and torch.cuda.is_available():
+            accelerated = config.precision != "fp32" or config.engine != "eager"
+            if accelerated and config.engine not in EXPORTED_FILES and torch.cuda.is_available():
                 worker = LocalWorker.from_model_dir(Path(tmp), gpu_id=0)  # the GPU flavour, gated where it runs
             *answers, bad = worker.handle([*items, {"body": b"not an image"}])
             if accelerated:
@@ -55,7 +57,7 @@ def check(mar_path: Path, cases: tuple[GoldenCase, ...]) -> list[str]:
         if answer.status == 200 and fp32.status == 200:
             problem = case.expect.agrees(answer.body, fp32.body)
             if problem:
-                failures.append(f"{case.photo}: {problem} ({config.precision}, compile {config.compile})")
+                failures.append(f"{case.photo}: {problem} ({config.precision}, engine {config.engine})")
         elif fp32.status != 200:
             failures.append(f"{case.photo}: the fp32 twin answered {fp32.status}: {fp32.body}")
     return failures

@@ -14,10 +14,13 @@ from typing import Any
 from archive_scripts import catalogue, price_model, weights
 from archive_scripts.golden import GoldenCase, NearestItemIs, PriceWithin, TopLabelIn
 from archive_scripts.weights import LITE0_FEATURES, LITE0_INPUT, WeightsInfo, input_config
+from handlers.engines import check_engine
 from handlers.image_decoding import TensorSpec
 
 # Handler modules every image archive carries (imported by bare name inside the worker).
-SHARED_MODULES = ("batch_handler.py", "image_decoding.py", "device_preprocess.py", "model_architectures.py")
+SHARED_MODULES = (
+    "batch_handler.py", "box_load.py", "image_decoding.py", "device_preprocess.py", "engines.py", "model_architectures.py",
+)
 PRICE_HEAD_FILE = "price_head.pt"
 IMAGENET_INPUT = TensorSpec()  # resize 256, crop 224, ImageNet's mean and std: the handler's defaults too
 
@@ -26,14 +29,23 @@ CAT_LABELS = ("tabby", "tiger cat", "Egyptian cat", "Persian cat", "Siamese cat"
 
 @dataclass(frozen=True)
 class Workers:
-    """How TorchServe runs a model (model-config.yaml's top level) and each worker's torch threads."""
+    """How TorchServe runs a model (model-config.yaml's top level) and each worker's threads.
 
-    min_workers: int = 1
-    max_workers: int = 1
-    batch_size: int = 8
-    max_batch_delay_ms: int = 10
+    The defaults adapt to the load (docs/engines.md, measured with benchmarks.throughput on 2 cores): two workers,
+    each batch run on its share of the box's cores among the workers busy at that moment (handlers/box_load.py).
+    A lone photo gets every core; 8 in flight fill both workers with batches of 4 on one core each, the best
+    in-process layout at that load. The exported engines gain nothing from batches on one thread, so the delay
+    that fills them is 1 ms (10 ms added 10 ms to a lone photo; TorchServe 0.12 treats 0 as about 100 ms).
+    """
+
+    min_workers: int = 2
+    max_workers: int = 2
+    batch_size: int = 4
+    max_batch_delay_ms: int = 1
     response_timeout_s: int = 30
-    threads: int = 1  # keep workers × threads ≤ cores
+    # The most threads a worker uses (its engine's and its decoding's); 0: every core the worker may use (its CPU
+    # affinity, capped by its container's CPU limit). Each batch gets its share among the busy workers.
+    threads: int = 0
 
     def model_config(self) -> dict[str, int]:
         """The top-level keys of model-config.yaml (and of a TorchServe model snapshot entry)."""
@@ -48,23 +60,26 @@ class Workers:
 
 @dataclass(frozen=True)
 class Accelerator:
-    """How the forward pass runs (model-config.yaml's handler section): autocast precision and torch.compile.
+    """How the forward pass runs (model-config.yaml's handler section): autocast precision and engine.
 
-    The defaults (fp32, eager) are what every archive of the default flavour carries; the ``gpu`` flavour
-    (``python -m archive_scripts --flavour gpu``) writes each spec's ``gpu`` setting instead. A setting other
-    than the defaults makes the golden gate also check that the answers agree with fp32 (archive_scripts.gate).
+    The cpu flavour (the default) writes fp32 and the spec's ``engine``; the ``gpu`` flavour
+    (``python -m archive_scripts --flavour gpu``) writes each spec's ``gpu`` setting instead. Anything but fp32
+    eager makes the golden gate also check that the answers agree with the fp32 eager twin (archive_scripts.gate).
     """
 
     precision: str = "fp32"  # fp32 | fp16 | bf16 (autocast)
-    compile: bool = False
+    engine: str = "eager"  # handlers/engines.py: eager | channels_last | compile | onnxruntime | openvino
+
+    def __post_init__(self) -> None:
+        check_engine(self.engine)
 
     def handler_config(self) -> dict[str, Any]:
         """The handler-section keys."""
-        return {"precision": self.precision, "compile": self.compile}
+        return {"precision": self.precision, "engine": self.engine}
 
 
 FLAVOURS = ("cpu", "gpu")
-GPU_DEFAULT = Accelerator(precision="fp16", compile=True)
+GPU_DEFAULT = Accelerator(precision="fp16", engine="compile")
 # TorchServe's per-model worker start-up limit (model-config.yaml startupTimeout) when the model is compiled:
 # several workers compiling at once on a pod's few CPU cores take minutes, not TorchServe's default 120 s.
 COMPILE_STARTUP_TIMEOUT_S = 600
@@ -96,6 +111,9 @@ class ArchiveSpec:
     architecture: str
     make_weights: Callable[[Path, BuildInputs], WeightsInfo]
     golden: tuple[GoldenCase, ...]
+    # The cpu flavour's engine (docs/engines.md). Our specs name the fastest that agreed with eager PyTorch in the
+    # committed measurement benchmarks/results/engines.json (`make bench-engines`; a unit test holds them equal).
+    engine: str = "onnxruntime"
     workers: Workers = Workers()
     accelerator: Accelerator = Accelerator()  # what this build writes (see flavoured())
     gpu: Accelerator = GPU_DEFAULT  # the gpu flavour's setting
@@ -117,7 +135,7 @@ class ArchiveSpec:
     @property
     def model_config(self) -> dict[str, int]:
         """model-config.yaml's top-level keys: TorchServe's worker and batching settings."""
-        if self.accelerator.compile:  # compiling and warming up before the worker reports ready takes minutes
+        if self.accelerator.engine == "compile":  # compiling and warming up before the worker is ready takes minutes
             return {**self.workers.model_config(), "startupTimeout": COMPILE_STARTUP_TIMEOUT_S}
         return self.workers.model_config()
 
@@ -133,11 +151,17 @@ class ArchiveSpec:
             **self.handler_options,
         }
 
-    def flavoured(self, flavour: str) -> ArchiveSpec:
-        """This spec as the ``cpu`` (fp32, eager: the default) or ``gpu`` flavour builds it."""
+    def flavoured(self, flavour: str, engine: str | None = None) -> ArchiveSpec:
+        """This spec as the ``cpu`` (fp32, the spec's engine: the default) or ``gpu`` flavour builds it.
+
+        ``engine`` replaces the flavour's engine (e.g. ``eager`` for the benchmark's row of the eager path).
+        """
         if flavour not in FLAVOURS:
             raise KeyError(f"no flavour {flavour!r}; known: {', '.join(FLAVOURS)}")
-        return replace(self, accelerator=self.gpu if flavour == "gpu" else Accelerator())
+        accelerator = self.gpu if flavour == "gpu" else Accelerator(engine=self.engine)
+        if engine is not None:
+            accelerator = replace(accelerator, engine=check_engine(engine))
+        return replace(self, accelerator=accelerator)
 
 
 def _weights_or(
@@ -182,6 +206,7 @@ SPECS: tuple[ArchiveSpec, ...] = (
     ArchiveSpec(
         name="classifier",
         version="1.0",
+        engine="onnxruntime",
         handler="classifier_handler.py",
         architecture="efficientnet_lite0",
         make_weights=_weights_or("efficientnet_lite0", weights.efficientnet_lite0_imagenet),
@@ -196,16 +221,17 @@ SPECS: tuple[ArchiveSpec, ...] = (
     ArchiveSpec(
         name="resnet18",
         version="1.0",
+        engine="openvino",
         handler="classifier_handler.py",
         architecture="resnet18",
         make_weights=_weights_or("resnet18", lambda dest: weights.seeded_init("resnet18", dest, seed=0)),
-        workers=Workers(min_workers=2, max_workers=2),
         golden=(GoldenCase("chelsea"), GoldenCase("rocket")),
         description="torchvision ResNet-18 at 224x224, the throughput model (untrained unless weights are given)",
     ),
     ArchiveSpec(
         name="similar",
         version="1.0",
+        engine="onnxruntime",
         handler="similar_handler.py",
         architecture="efficientnet_lite0",
         make_weights=_weights_or("efficientnet_lite0", weights.efficientnet_lite0_imagenet),
@@ -228,6 +254,7 @@ SPECS: tuple[ArchiveSpec, ...] = (
     ArchiveSpec(
         name="price",
         version="1.0",
+        engine="onnxruntime",
         handler="price_handler.py",
         architecture="efficientnet_lite0",
         make_weights=_pretrained_backbone,
@@ -259,9 +286,9 @@ SPECS: tuple[ArchiveSpec, ...] = (
 # resnet18 --version 2.0 --weights resnet18=PATH`).
 
 
-def find_spec(name: str, version: str | None = None, flavour: str = "cpu") -> ArchiveSpec:
-    """The spec called ``name`` (as ``version`` when given, of ``flavour``); a clear error listing the known ones."""
+def find_spec(name: str, version: str | None = None, flavour: str = "cpu", engine: str | None = None) -> ArchiveSpec:
+    """The spec called ``name`` (as ``version``, ``flavour`` and ``engine`` when given); a clear error if unknown."""
     for spec in SPECS:
         if spec.name == name:
-            return (replace(spec, version=version) if version else spec).flavoured(flavour)
+            return (replace(spec, version=version) if version else spec).flavoured(flavour, engine)
     raise KeyError(f"no archive spec named {name!r}; known: {', '.join(s.name for s in SPECS)}")

@@ -104,7 +104,7 @@ def model_dir(name: str, dest: Path, precision: str | None, compile_: bool | Non
     if precision:
         handler["precision"] = precision
     if compile_ is not None:
-        handler["compile"] = compile_
+        handler["engine"] = "compile" if compile_ else "channels_last"
     config = {**spec.model_config, "handler": handler}
     (dest / "model-config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     (dest / "MAR-INF").mkdir()
@@ -181,7 +181,8 @@ def measure_model(name: str, args: argparse.Namespace, photos: list[bytes], work
 
     handler.prepare_batch = timed_prepare
     result: dict[str, Any] = {
-        "precision": handler.config.precision, "compile": handler.config.compile,
+        "precision": handler.config.precision, "compile": handler.config.engine == "compile",
+        "engine": handler.config.engine,
         "initialize_s": round(load_s, 1), "tolerance_levels": tolerance(handler), "batches": {},
     }
     pipeline = raw_pipeline(handler)

@@ -13,12 +13,15 @@ import binascii
 import json
 import logging
 import os
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from box_load import BoxLoad, thread_shares
 from device_preprocess import DevicePreprocessor, ItemErrors, cpu_batch, to_device
+from engines import EXPORTED_FILES, LEGACY_ENGINE, Engine, check_engine, load_engine
 from image_decoding import (
     DecodeLimits,
     EmptyImage,
@@ -43,14 +46,14 @@ class HandlerConfig:
     """The ``handler:`` section of an archive's ``model-config.yaml``."""
 
     architecture: str
-    threads: int = 1
+    threads: int = 0  # torch / engine threads and decoding threads; 0: every core this worker may use
     num_classes: int = 1000
     topk: int = 5
     labels_file: str = "index_to_name.json"
     tensor: TensorSpec = field(default_factory=TensorSpec)
     limits: DecodeLimits = field(default_factory=DecodeLimits)
     precision: str = "fp32"  # fp16 / bf16: the forward pass under autocast
-    compile: bool = False  # torch.compile the model (warmed up before the worker reports ready)
+    engine: str = LEGACY_ENGINE  # how the forward runs: handlers/engines.py
     decode_on_device: bool = True  # on a GPU worker, JPEGs are decoded and preprocessed on the GPU
     device: str | None = None  # run on this device instead of gpu_id's (tests, benchmarks: "cpu" drives the device path)
     extra: dict[str, Any] = field(default_factory=dict)  # keys a subclass declared in its config_keys
@@ -58,6 +61,11 @@ class HandlerConfig:
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
             raise ValueError(f"handler precision must be one of {sorted(PRECISIONS)}, got {self.precision!r}")
+        check_engine(self.engine)
+        if self.precision != "fp32" and self.engine in EXPORTED_FILES:
+            raise ValueError(f"handler precision {self.precision} needs a PyTorch engine (autocast); {self.engine} runs fp32")
+        if self.threads < 0:
+            raise ValueError(f"handler threads must be 0 (every core) or more, got {self.threads}")
 
     @classmethod
     def from_yaml(cls, section: dict[str, Any], extra_keys: tuple[str, ...] = ()) -> HandlerConfig:
@@ -70,14 +78,30 @@ class HandlerConfig:
             **{k: int(section.pop(yaml_key)) for k, yaml_key in limit_keys.items() if yaml_key in section}
         )
         extra = {k: section.pop(k) for k in extra_keys if k in section}
+        # Archives built before engines existed say `compile: true|false`; without it they ran channels_last.
+        legacy_compile = bool(section.pop("compile", False))
+        section.setdefault("engine", "compile" if legacy_compile else LEGACY_ENGINE)
         known = {
-            "architecture", "threads", "num_classes", "topk", "labels_file", "precision", "compile",
+            "architecture", "threads", "num_classes", "topk", "labels_file", "precision", "engine",
             "decode_on_device", "device",
         }
         unknown = set(section) - known
         if unknown:
             raise ValueError(f"unknown keys in model-config.yaml handler section: {sorted(unknown)}")
         return cls(tensor=tensor, limits=limits, extra=extra, **section)
+
+
+def usable_cores() -> int:
+    """The cores this worker may use: its CPU affinity, capped by its cgroup's CPU quota (a container's limit)."""
+    cores = len(os.sched_getaffinity(0))
+    try:
+        with open("/sys/fs/cgroup/cpu.max", encoding="ascii") as f:
+            quota, period = f.read().split()
+        if quota != "max":
+            cores = min(cores, max(1, int(quota) // int(period)))  # 2.5 cores: 2 threads, the rest for the frontend
+    except (OSError, ValueError):
+        pass  # no cgroup v2 quota: the affinity is the limit
+    return cores
 
 
 def _tuple(value: Any) -> Any:
@@ -159,33 +183,37 @@ class BatchImageHandler(BaseHandler):
         yaml_config = context.model_yaml_config or {}
         self.config = HandlerConfig.from_yaml(yaml_config.get("handler", {}), self.config_keys)
         self.metadata: dict[str, Any] = yaml_config.get("metadata", {})
-        torch.set_num_threads(self.config.threads)
         config = self.config
+        self.threads = config.threads or usable_cores()
+        torch.set_num_threads(self.threads)
         self.device = torch.device(config.device) if config.device else self.select_device(properties.get("gpu_id"))
         model_dir = properties["model_dir"]
         self.model_dir = model_dir
         self.model_name = self.manifest["model"]["modelName"]
         self.model_version = self.manifest["model"].get("modelVersion", "")
-        # channels_last: measured ~1.4× faster for ResNet-18 convolutions on one CPU thread.
-        # torch's stubs have no overload for (device, memory_format=...), which Module.to accepts at run time.
-        model = self.load_model(model_dir).to(self.device, memory_format=torch.channels_last)  # type: ignore[call-overload]
-        self.model = model.eval()
+        # Each batch gets its share of the box's cores among the workers busy at that moment (box_load.py): a
+        # lone photo every core, two busy workers on two cores one each. torch.compile keeps one thread count
+        # (another would recompile).
+        self.box = BoxLoad(self.threads)
+        shares = (self.threads,) if config.engine == "compile" else thread_shares(self.threads)
+        self.engine: Engine = load_engine(config.engine, self.load_model(model_dir).eval(), model_dir, self.device, shares)
+        self.model: nn.Module | None = self.engine.torch_module  # None for an exported engine
+        # A batch's photos are decoded on its threads (Pillow and torch release the GIL while they work).
+        self.decoders = {n: ThreadPoolExecutor(n, thread_name_prefix="decode") for n in shares if n > 1}
         # The device path wherever there is a device to decode on: a GPU, or one named in the config.
         on_device = config.decode_on_device and (self.device.type == "cuda" or config.device is not None)
         self.preprocessor = DevicePreprocessor(config.tensor, config.limits, self.device) if on_device else None
-        if config.compile:
-            self.model = torch.compile(self.model, dynamic=True)
-        if config.compile or config.precision != "fp32":
+        if self.engine.needs_warm_up or config.precision != "fp32":
             self.warm_up(int(properties.get("batch_size") or 1))
         self.initialized = True
         logger.info(
-            "%s %s ready on %s with %d torch thread(s), %s%s, preprocessing on %s",
+            "%s %s ready on %s: engine %s, %d thread(s), %s, preprocessing on %s",
             self.model_name,
             self.model_version,
             self.device,
-            torch.get_num_threads(),
+            self.engine.name,
+            self.threads,
             config.precision,
-            ", compiled" if config.compile else "",
             self.device if self.preprocessor else "cpu",
         )
 
@@ -193,8 +221,7 @@ class BatchImageHandler(BaseHandler):
         """Compile (and autotune) before the worker reports ready: the full batch, then one item."""
         crop = self.config.tensor.crop
         for size in sorted({batch_size, 1}, reverse=True):
-            zeros = torch.zeros(size, 3, crop, crop, device=self.device).contiguous(memory_format=torch.channels_last)
-            self.forward(zeros)
+            self.forward(torch.zeros(size, 3, crop, crop, device=self.device))
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
@@ -203,17 +230,20 @@ class BatchImageHandler(BaseHandler):
         dtype = PRECISIONS[self.config.precision]
         return torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None)
 
-    def forward(self, batch: torch.Tensor) -> torch.Tensor:
-        """The model on a batch already on the device, in the configured precision; fp32 outputs on the CPU."""
-        with torch.inference_mode(), self.autocast():
-            return self.model(batch).float().cpu()
+    def forward(self, batch: torch.Tensor, threads: int | None = None) -> torch.Tensor:
+        """The model on a batch already on the device, in the configured precision; fp32 outputs on the CPU.
 
-    def prepare_batch(self, photos: list[bytes]) -> tuple[torch.Tensor | None, ItemErrors]:
+        ``threads``: one of the engine's thread counts (default: all of this worker's).
+        """
+        with torch.inference_mode(), self.autocast():
+            return self.engine(batch, threads).float().cpu()
+
+    def prepare_batch(self, photos: list[bytes], threads: int = 1) -> tuple[torch.Tensor | None, ItemErrors]:
         """Model input on the device for the usable photos (in order), and each photo's error or None."""
         if self.preprocessor is not None:
             return self.preprocessor(photos)
-        tensors, errors = cpu_batch(photos, self.config.tensor, self.config.limits)
-        return (to_device(torch.stack(tensors), self.device) if tensors else None), errors
+        tensors, errors = cpu_batch(photos, self.config.tensor, self.config.limits, self.decoders.get(threads))
+        return (to_device(torch.stack(tensors), self.device, self.engine.memory_format) if tensors else None), errors
 
     @staticmethod
     def select_device(gpu_id: int | None) -> torch.device:
@@ -244,14 +274,15 @@ class BatchImageHandler(BaseHandler):
                 items.append(idx)
             except (ImageError, ItemError) as exc:
                 responses[idx] = self._error(context, idx, exc)
-        batch, errors = self.prepare_batch(photos)
+        with self.box.busy() as threads:
+            batch, errors = self.prepare_batch(photos, threads)
+            outputs = self.forward(batch, threads) if batch is not None else None
         valid = [idx for idx, error in zip(items, errors) if error is None]
         params = [p for p, error in zip(params, errors) if error is None]
         for idx, error in zip(items, errors):
             if error is not None:
                 responses[idx] = self._error(context, idx, error)
-        if batch is not None:
-            outputs = self.forward(batch)
+        if outputs is not None:
             for idx, result in zip(valid, self.postprocess_batch(outputs, params)):
                 body = {
                     **result,
@@ -287,9 +318,9 @@ class BatchImageHandler(BaseHandler):
         return {
             "architecture": self.config.architecture,
             "device": str(self.device),
-            "threads": self.config.threads,
+            "threads": self.threads,
+            "engine": self.engine.name,
             "precision": self.config.precision,
-            "compile": self.config.compile,
             "preprocessing": str(self.device) if self.preprocessor else "cpu",
             "input": {"resize": self.config.tensor.resize, "crop": self.config.tensor.crop},
             "limits": vars(self.config.limits),

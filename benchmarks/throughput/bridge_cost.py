@@ -10,7 +10,8 @@ of it recording into a PostgreSQL and an InfluxDB database of its own. Then, eac
 
 - idle: CPU of the bridge and of the frontend over ``--idle`` seconds with no traffic;
 - load: our load generator at ``--concurrency`` in flight, uncached (``Cache-Control: no-cache``), through
-  the bridge, then straight to TorchServe: CPU ms per answered request of each process, their ratio, the
+  the bridge and straight to TorchServe in two halves each, in alternating order (bridge, direct, direct,
+  bridge): CPU ms per answered request of each process, their ratio, the
   frontend's own cost per request when nothing stands in front of it, resident memory of each process;
 - the latency the bridge adds at 1 in flight, paired (:mod:`benchmarks.throughput.paired`: each photo through
   the bridge and direct, back to back, alternating);
@@ -224,6 +225,17 @@ def loadgen(url: str, method: str, headers: list[str], photos: Path, concurrency
                      delta(before, after), processes)
 
 
+def combine(parts: list[dict[str, Any]], processes: Processes) -> dict[str, Any]:
+    """One summary from runs of the same target (requests and CPU added up; p50: the mean of the runs' p50s)."""
+    used: dict[str, float] = {}
+    for part in parts:
+        for role, seconds in part["cpu_s"].items():
+            used[role] = used.get(role, 0.0) + seconds
+    p50s = [part["p50_ms"] for part in parts if part["p50_ms"] is not None]
+    return summarize(parts[0]["tool"], sum(part["ok"] for part in parts), sum(part["errors"] for part in parts),
+                     sum(part["window_s"] for part in parts), sum(p50s) / len(p50s) if p50s else None, used, processes)
+
+
 def summarize(tool: str, ok: int, errors: int, window_s: float, p50_ms: float | None, used: dict[str, float],
               processes: Processes) -> dict[str, Any]:
     """Requests/s, CPU ms per answered request by role, memory by role."""
@@ -323,12 +335,20 @@ def measure(model: str, concurrency: int, warmup_s: float, duration_s: float, id
             log(f"idle {idle_s:g} s ...")
             with pyspy(stack.bridge.pid or 0, profile_idle):
                 doc["idle_percent_of_core"] = idle(processes, idle_s)
-        log(f"through the bridge, {concurrency} in flight ...")
-        with pyspy(stack.bridge.pid or 0, profile):
-            doc["bridge"] = loadgen(bridge_url, "PUT", nocache, photos, concurrency, warmup_s, duration_s, processes)
-        log(f"TorchServe direct, {concurrency} in flight ...")
-        doc["direct"] = loadgen(direct_url, "PUT", [f"Authorization: Bearer {ts.inference_key()}"], photos,
-                                concurrency, warmup_s, duration_s, processes)
+        # Two halves in alternating order (bridge, direct, direct, bridge): a drift of the machine's speed or of other
+        # users' load during the run hits both alike.
+        halves: dict[str, list[dict[str, Any]]] = {"bridge": [], "direct": []}
+        runs = {
+            "bridge": lambda: loadgen(bridge_url, "PUT", nocache, photos, concurrency, warmup_s, duration_s / 2, processes),
+            "direct": lambda: loadgen(direct_url, "PUT", [f"Authorization: Bearer {ts.inference_key()}"], photos,
+                                      concurrency, warmup_s, duration_s / 2, processes),
+        }
+        for name in ("bridge", "direct", "direct", "bridge"):
+            log(f"{'through the bridge' if name == 'bridge' else 'TorchServe direct'}, {concurrency} in flight, "
+                f"{duration_s / 2:g} s ...")
+            with pyspy(stack.bridge.pid or 0, profile if name == "bridge" and not halves["bridge"] else None):
+                halves[name].append(runs[name]())
+        doc["bridge"], doc["direct"] = (combine(halves[name], processes) for name in ("bridge", "direct"))
         log(f"latency added at 1 in flight: {PAIRS[model]} photos through the bridge and direct, alternating ...")
         through = paired.Endpoint(bridge_url, "PUT", {"Cache-Control": "no-cache"})
         straight = paired.Endpoint(direct_url, "PUT", {"Authorization": f"Bearer {ts.inference_key()}"})

@@ -1,13 +1,14 @@
 """The limit: what this machine does in-process, with no server in between.
 
-Each worker process loads our archive (``model_store/resnet18_v1.0.mar``, the same file our TorchServe
-serves) through its own handler, in-process (:class:`archive_scripts.inprocess.LocalWorker`: the handler's
+Each worker process loads our archive (``model_store/{model}_v1.0.mar``, the same file our TorchServe
+serves, on its engine: the fastest this machine has for the model) through its own handler, in-process (:class:`archive_scripts.inprocess.LocalWorker`: the handler's
 ``initialize()`` and ``handle()`` with a real ``ts`` Context), and calls ``handle()`` on batches of JPEG bytes
 held in memory, as fast as it can: exactly our decode (Pillow with ``draft()``), crop-region resize,
 normalisation, the model as the handler prepares it (memory format, ``inference_mode``) and its top-5
 answer — so the limit follows every change to the handler, and what separates a served row from it is the
 serving around the handler, nothing else. Layouts are tried side by side (e.g. 2 processes × 1 thread,
-1 process × 2 threads; batch 1/8/16: torch threads set after ``initialize()``) and the best is the limit.
+1 process × 2 threads; batch 1/4/8/16: the handler's threads, engine and decoding, set in its config) and the
+limit at a load is the best layout that holds no more photos at once than that load has in flight.
 
 A batch's images are already there, so its "latency" is just the time of one ``handle()`` of the batch.
 """
@@ -55,8 +56,7 @@ def _worker(
 
     # TorchServe's base handler warns at import about every optional backend it lacks (OpenVINO, ...): not news here
     logging.getLogger("ts").setLevel(logging.ERROR)
-    worker = LocalWorker.from_model_dir(model_dir)
-    torch.set_num_threads(layout.threads)  # after initialize(), which sets the archive's handler.threads
+    worker = LocalWorker.from_model_dir(model_dir, handler_overrides={"threads": layout.threads})
     photos = load_photos(photos_dir)
     index = offset
 
@@ -147,7 +147,7 @@ def measure(layout: Layout, mar: Path, work_dir: Path, photos_dir: Path, warmup_
     window = statistics.fmean(out["window_s"] for out in outputs)
     cpu_s = sum(out["cpu_s"] for out in outputs)
     measurement = Measurement(
-        row="limit", concurrency=None,
+        row="limit", concurrency=layout.processes * layout.batch,  # the photos this layout holds at once
         images_per_s=sum(out["images"] / out["window_s"] for out in outputs),
         p50_ms=percentile(latencies, 50), p95_ms=percentile(latencies, 95), p99_ms=percentile(latencies, 99),
         cpu_s=cpu_s, window_s=window, ok=sum(out["images"] for out in outputs),

@@ -17,7 +17,7 @@ import urllib.error
 import urllib.request
 import zipfile
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 import psutil
 import yaml
 
+from archive_scripts.specs import Workers
 from stack.services import (
     REPO_ROOT,
     Bridge,
@@ -43,11 +44,15 @@ from stack.settings import StackSettings
 
 OURS_PORTS = TorchServePorts(inference=18080, management=18081, metrics=18082, grpc_inference=17070, grpc_management=17071)
 STOCK_PORTS = TorchServePorts(inference=18083, management=18084, metrics=18085, grpc_inference=17072, grpc_management=17073)
+EAGER_PORTS = TorchServePorts(inference=18086, management=18087, metrics=18088, grpc_inference=17074, grpc_management=17075)
 BRIDGE_PORT = 18000
 PROTOTYPE_PORT = 18090
-OUR_ARCHIVE = "resnet18_v1.0.mar"
 STOCK_ARCHIVE = "resnet18_stock.mar"
-MODEL = "resnet18"
+MODEL = "resnet18"  # the prototype's and the stock handler's model (both baselines are written for ResNet-18)
+# The eager row: each model as it was served until engines existed (2026-12-06): eager PyTorch in channels_last,
+# one torch thread per worker, resnet18 on two workers, the others on one.
+EAGER_ENGINE = "channels_last"
+EAGER_WORKERS = {"resnet18": Workers(min_workers=2, max_workers=2, threads=1)}
 BENCH_DATABASE = "serving_throughput_bench"  # PostgreSQL and InfluxDB: never the stack's ``serving``
 
 # The stock handler loads an eager model from a file holding exactly one class, plus a state_dict.
@@ -71,7 +76,7 @@ def snapshot_archive(mar: Path, store: Path) -> Path:
     """A copy of our archive in the run's own model store: every row of the run uses this very file, even if
     ``model_store/`` is rebuilt meanwhile (the limit loads it again in every pass)."""
     if not mar.exists():
-        raise StackError(f"{mar} is missing; build it with `.venv/bin/python -m archive_scripts {MODEL}`")
+        raise StackError(f"{mar} is missing; build it with `.venv/bin/python -m archive_scripts`")
     store.mkdir(parents=True, exist_ok=True)
     copy = store / mar.name
     shutil.copyfile(mar, copy)
@@ -280,7 +285,7 @@ def check_ports_free(ports: list[int]) -> None:
 def all_ports() -> list[int]:
     """Every port the benchmark's servers use."""
     ports = [BRIDGE_PORT, PROTOTYPE_PORT]
-    for p in (OURS_PORTS, STOCK_PORTS):
+    for p in (OURS_PORTS, STOCK_PORTS, EAGER_PORTS):
         ports += [p.inference, p.management, p.metrics, p.grpc_inference, p.grpc_management]
     return ports
 
@@ -289,9 +294,10 @@ class Servers:
     """Starts the benchmark's servers one by one (timing each cold start) and stops all of them."""
 
     def __init__(self, run_dir: Path, archive: Path, weights: Path, our_config: dict[str, Any], photo: bytes,
-                 prototype_threads: int) -> None:
+                 prototype_threads: int, model: str) -> None:
         self.run_dir = run_dir
         self.archive = archive  # our archive, in the run's own model store
+        self.model = model  # the model our archive serves (the URLs of our rows)
         self.weights = weights
         self.our_config = our_config
         self.photo = photo
@@ -321,11 +327,12 @@ class Servers:
         self._stops.append((service.name, service.down))
         service.up()
         ready = time.monotonic()
-        first = first_prediction(f"{service.inference_url}/predictions/{MODEL}", self.photo, lambda: _bearer(service), 60)
+        model = MODEL if row == "torchserve_stock" else self.model
+        first = first_prediction(f"{service.inference_url}/predictions/{model}", self.photo, lambda: _bearer(service), 60)
         pid = service.pid
         assert pid is not None
         return Target(
-            row, f"{service.inference_url}/predictions/{MODEL}", "POST",
+            row, f"{service.inference_url}/predictions/{model}", "POST",
             lambda: [f"Authorization: Bearer {service.inference_key()}"],
             ProcessGroup({pid: "torchserve launcher"}),
             {"ready_s": ready - started, "first_prediction_s": first - started},
@@ -338,8 +345,20 @@ class Servers:
         service = TorchServe("torchserve-stock", self.run_dir, store, STOCK_PORTS, [STOCK_ARCHIVE])
         return self._start_torchserve("torchserve_stock", service)
 
+    def start_torchserve_eager(self) -> Target:
+        """TorchServe with our handler on eager PyTorch: the model as served until engines existed, built here."""
+        from archive_scripts.build import build
+        from archive_scripts.specs import find_spec
+
+        spec = replace(find_spec(self.model, engine=EAGER_ENGINE), workers=EAGER_WORKERS.get(self.model, Workers(threads=1)))
+        store = self.run_dir / "eager_model_store"
+        log(f"  building {spec.archive_name} with engine {EAGER_ENGINE} ({spec.workers.max_workers} worker(s) × 1 thread) ...")
+        build(spec, store)
+        service = TorchServe("torchserve-eager", self.run_dir, store, EAGER_PORTS, [spec.archive_name])
+        return self._start_torchserve("torchserve_eager", service)
+
     def start_torchserve_ours(self) -> Target:
-        """TorchServe with our archive (our handler; the run's copy of model_store/'s), only resnet18 loaded."""
+        """TorchServe with our archive (our handler; the run's copy of model_store/'s), only its model loaded."""
         self.ours = TorchServe("torchserve-ours", self.run_dir, self.archive.parent, OURS_PORTS, [self.archive.name])
         return self._start_torchserve("torchserve_ours", self.ours)
 
@@ -352,7 +371,7 @@ class Servers:
         self._stops.append(("bridge", bridge.down))
         bridge.up()
         ready = time.monotonic()
-        url = f"{bridge.url}/predictions/{MODEL}"
+        url = f"{bridge.url}/predictions/{self.model}"
         first = first_prediction(url, self.photo, lambda: {"Cache-Control": "no-cache"}, 60)
         pid = bridge.pid
         assert pid is not None
@@ -372,7 +391,7 @@ class Servers:
         from benchmarks.throughput.loadgen import items_failed, oip_request
 
         base = urlsplit(bridge.url)
-        url = f"{base.scheme}://{base.netloc}/v2/models/{MODEL}/infer"
+        url = f"{base.scheme}://{base.netloc}/v2/models/{self.model}/infer"
         body, headers = oip_request([self.photo] * photos_per_request, encoding == "binary")
         extra = dict(h.split(": ", 1) for h in bridge.headers())
         status, answer = post(url, body, {**headers, **extra})

@@ -37,7 +37,8 @@ from tests.deploy.conftest import (
 )
 
 DOCKERFILES = {"api": REPO_ROOT / "docker" / "api.Dockerfile", "model": REPO_ROOT / "docker" / "model-server.Dockerfile",
-               "balancer": REPO_ROOT / "docker" / "balancer.Dockerfile"}
+               "balancer": REPO_ROOT / "docker" / "balancer.Dockerfile",
+               "kserve-runtime": REPO_ROOT / "docker" / "kserve-runtime.Dockerfile"}
 DOCKERFILE = DOCKERFILES["api"].read_text()  # the bridge's image: what compose and Kubernetes publish on 8000
 MODEL_DOCKERFILE = DOCKERFILES["model"].read_text()
 MODEL_ENTRYPOINT = (REPO_ROOT / "docker" / "model-server-entrypoint.sh").read_text()

@@ -302,7 +302,7 @@ def test_service_pdb_and_hpa_of_each_box(rendered: dict[str, list[dict[str, Any]
         assert by_type["Pods"]["pods"]["metric"]["name"] == QUEUE_METRIC
         assert by_type["Pods"]["pods"]["metric"]["selector"] == {"matchLabels": {"model_name": model}}
         assert by_type["Pods"]["pods"]["target"] == {
-            "type": "AverageValue", "averageValue": str(5 * specs[model].workers.max_batch_delay_ms)}
+            "type": "AverageValue", "averageValue": str(max(50, 5 * specs[model].workers.max_batch_delay_ms))}
         assert by_type["Resource"]["resource"]["name"] == "cpu"
         # With a PDB allowing one pod down, two replicas keep serving through a node drain.
         assert hpa["spec"]["minReplicas"] >= 2 > pdb["spec"]["maxUnavailable"]
@@ -311,6 +311,7 @@ def test_service_pdb_and_hpa_of_each_box(rendered: dict[str, list[dict[str, Any]
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_box_resources_fit_the_specs_workers(rendered: dict[str, list[dict[str, Any]]], overlay: str) -> None:
+    from archive_scripts.deploy_config import worker_cores
     from archive_scripts.specs import SPECS
 
     specs = {spec.name: spec for spec in SPECS}
@@ -318,8 +319,10 @@ def test_box_resources_fit_the_specs_workers(rendered: dict[str, list[dict[str, 
         workers = specs[model].workers
         requests = container(deployment, "torchserve")["resources"]["requests"]
         cpu_m = int(requests["cpu"].removesuffix("m")) if requests["cpu"].endswith("m") else 1000 * int(requests["cpu"])
-        # Workers x threads must fit the CPUs the box asks for, with room for TorchServe's frontend.
-        assert cpu_m > 1000 * workers.max_workers * workers.threads, model
+        # The workers' cores must fit the CPUs the box asks for, with room for TorchServe's frontend; the limit is
+        # the request, so workers of "every core" (threads 0) size their threads to exactly what was asked for.
+        assert cpu_m > 1000 * worker_cores(specs[model]) >= 1000 * (workers.max_workers * workers.threads or 1), model
+        assert container(deployment, "torchserve")["resources"]["limits"]["cpu"] == requests["cpu"], model
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)

@@ -1,7 +1,7 @@
 """Fault: every TorchServe worker of resnet18 killed with ``kill -9`` under load (RELIABILITY.md).
 
 Four clients send predictions and one submits a job every 0.3 s through a private bridge; once the load is
-being served, both workers of resnet18 (pids from the management API's describe) get SIGKILL. The batches
+being served, every worker of resnet18 (pids from the management API's describe) gets SIGKILL. The batches
 they held fail; everything queued meanwhile waits for TorchServe to restart the workers and is then served.
 
 Only here, and only for the requests in flight at the kill, is the "no worker" / worker-failed 503 excused

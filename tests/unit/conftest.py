@@ -20,9 +20,9 @@ for _path in (HANDLERS_DIR, REPO_ROOT):
     if str(_path) not in sys.path:
         sys.path.insert(0, str(_path))
 
-HANDLER_FILES = (
-    "classifier_handler.py", "batch_handler.py", "image_decoding.py", "device_preprocess.py", "model_architectures.py",
-)
+from archive_scripts.specs import SHARED_MODULES
+
+HANDLER_FILES = ("classifier_handler.py", *SHARED_MODULES)  # what the classifier's archive carries
 
 ModelDirFactory = Callable[..., Path]
 

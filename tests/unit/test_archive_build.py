@@ -11,8 +11,10 @@ import pytest
 import torch
 
 from archive_scripts.build import GateFailed, build, sha256_file
+from archive_scripts.export import ExportFailed
 from archive_scripts.golden import GoldenCase, TopLabelIn
 from archive_scripts.specs import BuildInputs, find_spec
+from handlers.engines import EXPORTED_FILES
 
 RESNET = find_spec("resnet18")
 
@@ -30,13 +32,20 @@ def test_same_inputs_give_byte_identical_archives(tmp_path: Path) -> None:
     manifest = json.loads((first / "manifest.json").read_text())[name]
     assert manifest["sha256"] == sha256_file(first / name)
     assert manifest["model"] == "resnet18" and manifest["version"] == RESNET.version
-    assert set(manifest["packages"]) == {"torch", "torchvision", "torchserve", "torch-model-archiver"}
+    assert set(manifest["packages"]) == {
+        "torch", "torchvision", "torchserve", "torch-model-archiver", "onnx", "onnxruntime", "openvino"
+    }
+    engine = RESNET.accelerator.engine
+    assert manifest["engine"]["name"] == engine and manifest["engine"]["version"]
     assert {"classifier_handler.py", "batch_handler.py", "image_decoding.py"} <= set(manifest["handler_sha256"])
     assert manifest["trained"] is False and "UNTRAINED" in manifest["weights_source"]
     with zipfile.ZipFile(first / name) as archive:
         config = archive.read("model-config.yaml").decode()
         assert "trained: false" in config
-        assert {"MAR-INF/MANIFEST.json", "weights.pt", "index_to_name.json"} <= set(archive.namelist())
+        assert {"MAR-INF/MANIFEST.json", "weights.pt", "index_to_name.json", *EXPORTED_FILES.get(engine, ())} <= set(
+            archive.namelist()
+        )
+        assert f"engine: {engine}" in config
 
     assert build(RESNET, first) == "up to date"
 
@@ -56,7 +65,8 @@ def test_gate_rejects_an_archive_whose_handler_cannot_load(tmp_path: Path) -> No
     store = tmp_path / "store"
     bad_config = replace(RESNET, version="9.8", handler_options={"no_such_key": 1})
 
-    with pytest.raises(GateFailed, match="unknown keys"):
+    # an exported engine finds it first: exporting loads the archive's handler
+    with pytest.raises((GateFailed, ExportFailed), match="unknown keys"):
         build(bad_config, store)
     assert not any(store.glob("*.mar")) and not (store / "manifest.json").exists()
 
@@ -127,7 +137,7 @@ def test_specs_declare_only_what_differs_from_the_defaults() -> None:
         assert list(spec.model_config) == ["minWorkers", "maxWorkers", "batchSize", "maxBatchDelay", "responseTimeout"]
         assert next(iter(spec.handler_config)) == "threads"
         assert [key for key in spec.handler_config if key in preprocessing] == preprocessing
-    assert find_spec("resnet18").workers == Workers(min_workers=2, max_workers=2)
+    assert all(spec.workers == Workers() for spec in SPECS)  # one worker on every core the box has, batches of 8
     assert "topk" not in find_spec("price").handler_config
     assert [s.name for s in SPECS if s.accepts_catalogue] == ["similar"]
 
@@ -140,19 +150,21 @@ def test_every_spec_has_golden_cases_and_a_unique_archive_name() -> None:
     assert len({s.archive_name for s in SPECS}) == len(SPECS)
 
 
-def test_flavours_write_precision_and_compile_into_the_handler_section() -> None:
+def test_flavours_write_precision_and_engine_into_the_handler_section() -> None:
     from archive_scripts.specs import SPECS, Accelerator
 
     for spec in SPECS:
         cpu, gpu = find_spec(spec.name), find_spec(spec.name, flavour="gpu")
-        assert cpu.accelerator == Accelerator() and (cpu.handler_config["precision"], cpu.handler_config["compile"]) == (
-            "fp32", False
-        )
-        assert (gpu.handler_config["precision"], gpu.handler_config["compile"]) == (spec.gpu.precision, spec.gpu.compile)
+        assert cpu.accelerator == Accelerator(engine=spec.engine)
+        assert (cpu.handler_config["precision"], cpu.handler_config["engine"]) == ("fp32", spec.engine)
+        assert (gpu.handler_config["precision"], gpu.handler_config["engine"]) == (spec.gpu.precision, spec.gpu.engine)
         assert "startupTimeout" not in cpu.model_config
-        assert ("startupTimeout" in gpu.model_config) == spec.gpu.compile
+        assert ("startupTimeout" in gpu.model_config) == (spec.gpu.engine == "compile")
+        assert find_spec(spec.name, engine="eager").handler_config["engine"] == "eager"
     with pytest.raises(KeyError, match="flavour"):
         find_spec("resnet18", flavour="tpu")
+    with pytest.raises(ValueError, match="engine must be one of"):
+        find_spec("resnet18", engine="tensorrt")
 
 
 def test_reduced_precision_archive_is_gated_against_its_fp32_twin(tmp_path: Path) -> None:
@@ -161,7 +173,7 @@ def test_reduced_precision_archive_is_gated_against_its_fp32_twin(tmp_path: Path
     bf16 = replace(RESNET, version="7.0", accelerator=Accelerator(precision="bf16"))
     assert build(bf16, tmp_path) == "built"
     manifest = json.loads((tmp_path / "manifest.json").read_text())[bf16.archive_name]
-    assert manifest["accelerator"] == {"precision": "bf16", "compile": False}
+    assert manifest["accelerator"] == {"precision": "bf16", "engine": "eager"}
     with zipfile.ZipFile(tmp_path / bf16.archive_name) as archive:
         assert "precision: bf16" in archive.read("model-config.yaml").decode()
         assert "device_preprocess.py" in archive.namelist()

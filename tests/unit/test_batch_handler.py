@@ -23,6 +23,7 @@ from ts.context import RequestProcessor
 
 from archive_scripts.inprocess import ItemResponse, LocalWorker
 from archive_scripts.photos import sample_photo
+from tests.unit.conftest import HANDLER_FILES
 
 TINY_LABELS = [f"label-{i}" for i in range(10)]
 TINY_HANDLER = {
@@ -312,7 +313,7 @@ def test_model_dir_matches_what_the_archiver_writes(tiny_dir: Path) -> None:
     assert set(manifest["model"]) == {"modelName", "serializedFile", "handler", "modelVersion", "configFile"}
     config = yaml.safe_load((tiny_dir / "model-config.yaml").read_text())
     assert {"batchSize", "maxBatchDelay", "handler", "metadata"} <= set(config)
-    for name in ("classifier_handler.py", "batch_handler.py", "image_decoding.py", "model_architectures.py"):
+    for name in HANDLER_FILES:
         assert (tiny_dir / name).is_file()
 
 

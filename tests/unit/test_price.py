@@ -26,14 +26,12 @@ from archive_scripts.price_model import (
     build_price_head,
     subject_photos,
 )
+from archive_scripts.specs import find_spec
 from archive_scripts.weights import LITE0_INPUT as TENSOR
 from handlers.price_head import HeadFileError, PriceHead, load_head, price_interval, save_head, z_for
 from tests.unit.conftest import HANDLERS_DIR
 
-PRICE_FILES = (
-    "price_handler.py", "batch_handler.py", "image_decoding.py", "device_preprocess.py", "model_architectures.py",
-    "price_head.py",
-)
+PRICE_FILES = ("price_handler.py", *find_spec("price").modules)
 
 PriceDir = Callable[..., Path]
 

@@ -19,16 +19,10 @@ from similarity_index import InvalidIndex, SimilarityIndex
 from archive_scripts.catalogue import CatalogueError, archive_index, build_index, read_embeddings
 from archive_scripts.inprocess import ItemResponse, LocalWorker
 from archive_scripts.photos import sample_photo
+from archive_scripts.specs import find_spec
 from tests.unit.conftest import HANDLERS_DIR
 
-SIMILAR_FILES = (
-    "similar_handler.py",
-    "batch_handler.py",
-    "image_decoding.py",
-    "device_preprocess.py",
-    "model_architectures.py",
-    "similarity_index.py",
-)
+SIMILAR_FILES = ("similar_handler.py", *find_spec("similar").modules)
 CATALOGUE_PHOTOS = ("chelsea", "coffee", "rocket", "astronaut", "flower")
 MAX_K = 4
 DEFAULT_K = 3
