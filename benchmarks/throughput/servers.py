@@ -50,9 +50,10 @@ PROTOTYPE_PORT = 18090
 STOCK_ARCHIVE = "resnet18_stock.mar"
 MODEL = "resnet18"  # the prototype's and the stock handler's model (both baselines are written for ResNet-18)
 # The eager row: each model as it was served until engines existed (2026-12-06): eager PyTorch in channels_last,
-# one torch thread per worker, resnet18 on two workers, the others on one.
+# batches of 8 with a 10 ms delay, one torch thread per worker, resnet18 on two workers, the others on one.
 EAGER_ENGINE = "channels_last"
-EAGER_WORKERS = {"resnet18": Workers(min_workers=2, max_workers=2, threads=1)}
+EAGER_WORKERS = Workers(min_workers=1, max_workers=1, batch_size=8, max_batch_delay_ms=10, threads=1)
+EAGER_WORKERS_OF = {"resnet18": replace(EAGER_WORKERS, min_workers=2, max_workers=2)}
 BENCH_DATABASE = "serving_throughput_bench"  # PostgreSQL and InfluxDB: never the stack's ``serving``
 
 # The stock handler loads an eager model from a file holding exactly one class, plus a state_dict.
@@ -350,9 +351,10 @@ class Servers:
         from archive_scripts.build import build
         from archive_scripts.specs import find_spec
 
-        spec = replace(find_spec(self.model, engine=EAGER_ENGINE), workers=EAGER_WORKERS.get(self.model, Workers(threads=1)))
+        spec = replace(find_spec(self.model, engine=EAGER_ENGINE), workers=EAGER_WORKERS_OF.get(self.model, EAGER_WORKERS))
         store = self.run_dir / "eager_model_store"
-        log(f"  building {spec.archive_name} with engine {EAGER_ENGINE} ({spec.workers.max_workers} worker(s) × 1 thread) ...")
+        log(f"  building {spec.archive_name} with engine {EAGER_ENGINE} ({spec.workers.max_workers} worker(s) × 1 thread, "
+            f"batch {spec.workers.batch_size}, delay {spec.workers.max_batch_delay_ms} ms) ...")
         build(spec, store)
         service = TorchServe("torchserve-eager", self.run_dir, store, EAGER_PORTS, [spec.archive_name])
         return self._start_torchserve("torchserve_eager", service)
