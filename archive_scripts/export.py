@@ -62,7 +62,7 @@ def export_or_explain(engine: str, module: nn.Module, crop: int, dest: Path) -> 
         return export_module(engine, module, crop, dest), None
     except Exception as exc:  # noqa: BLE001 - every exporter has its own errors: report, then try the others
         problem = _describe(exc)
-    takes = ["eager", "channels_last", "compile"]
+    takes = [e for e in ENGINES if e not in EXPORTED_FILES]  # the PyTorch engines run whatever the module is
     with tempfile.TemporaryDirectory(prefix="export-try-") as tmp:
         for other in EXPORTED_FILES:
             if other == engine:
