@@ -736,8 +736,7 @@ def cost_goals(runs: list[Measurement], cost: dict[str, Any] | None) -> list[Goa
             f"{full.concurrency} in flight, uncached, same run)",
             None if math.isnan(value) else value <= 0.5, noise_note([full.others_cores]),
         ))
-    if full is not None:  # issue 21: the bridge must stay small beside a model that got 5-10× cheaper
-        bridge = role_ms_per_request(full, BRIDGE_ROLE)
+        # issue 21: the bridge must stay small beside a model that got 5-10× cheaper
         model = role_ms_per_request(full, WORKER_ROLE) / max(1, full.photos_per_request)
         value = ratio(bridge, model)
         goals.append(Goal(
