@@ -359,7 +359,7 @@ def serve_and_measure(plan: Plan, run_dir: Path, photos_dir: Path, archive: Path
         extras["model"] = plan.model
 
         if plan.serving_path:
-            extras["serving_path"] = {"runs": [hey_resnet(targets, photos_dir, plan)]}
+            extras["serving_path"] = {"runs": [hey_model(targets, photos_dir, plan)]}
 
         for target in targets:
             if target.row in report.OIP_MODES:
@@ -406,7 +406,7 @@ def added_latency(bridge: Target, direct: Target, photos_dir: Path, plan: Plan) 
 HEY_ROLES = {"bridge": "bridge", "TorchServe frontend (Java)": "frontend", "TorchServe worker": "workers"}
 
 
-def hey_resnet(targets: list[Target], photos_dir: Path, plan: Plan) -> dict[str, Any]:
+def hey_model(targets: list[Target], photos_dir: Path, plan: Plan) -> dict[str, Any]:
     """``hey`` (a load generator we did not write) against the bridge and TorchServe direct, the run's model."""
     from benchmarks.throughput.bridge_cost import Processes, hey
 
