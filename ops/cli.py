@@ -15,17 +15,18 @@ import httpx
 from ops import commands
 from ops.commands import Context
 from ops.errors import OpsError, UsageError
-from ops.golden import GoldenLookup, PhotoLoader, sample_photo, spec_golden
+from ops.golden import GOLDEN_HELP, GoldenLookup, PhotoLoader, parse_goldens, sample_photo, spec_golden
 from ops.history import ChangeSink, History, InfluxChanges, PostgresHistory
 from ops.settings import Settings
 from ops.torchserve import TorchServe
 from stack.configuration import env_names
 
 DESCRIPTION = """\
-Operate the models TorchServe serves: list and describe them, deploy a new version from the model store
-(checked on its golden inputs through TorchServe before it may become the default), switch or roll back
-the default version, retire versions, scale workers. Every change is recorded in PostgreSQL
-(model_changes; `history` prints it, `rollback` reads it) and, best effort, in InfluxDB (model_changes).
+Operate the models TorchServe serves: list and describe them, deploy a new version from the model store or
+a .mar built elsewhere (checked on its golden inputs through TorchServe before it may become the default),
+switch or roll back the default version, retire versions, scale workers. Every change is recorded in
+PostgreSQL (model_changes; `history` prints it, `rollback` reads it) and, best effort, in InfluxDB
+(model_changes).
 """
 
 EPILOG = """\
@@ -33,6 +34,7 @@ examples:
   servingctl models
   servingctl describe resnet18
   servingctl deploy resnet18_v2.0.mar --set-default
+  servingctl deploy ~/their.mar --golden chelsea=tabby --golden ./cup.jpg=top:coffee_mug
   servingctl rollback resnet18
   servingctl scale resnet18 --min 1 --max 1
   servingctl retire resnet18 2.0
@@ -104,16 +106,26 @@ def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentP
     p.add_argument("model", metavar="MODEL")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
-    p = command("deploy", "register an archive of the model store as a new version, gated on its golden inputs",
-                "ARCHIVE is a file name in the model store (e.g. resnet18_v2.0.mar), never a path. The version is\n"
-                "registered (POST /models?url=ARCHIVE&initial_workers=N&synchronous=true), then each golden photo of\n"
-                "the model's archive spec is sent through TorchServe (POST /predictions/{m}/{v}). If any answer is\n"
-                "wrong the version is unregistered again, the default is unchanged, and the exit status is 8.\n"
+    p = command("deploy", "register an archive as a new version, gated on its golden inputs",
+                "ARCHIVE is a file name in the model store (e.g. resnet18_v2.0.mar), or the path of a .mar built\n"
+                "elsewhere with torch-model-archiver around any handler (e.g. TorchServe's stock image_classifier).\n"
+                "A path is checked (MAR-INF/MANIFEST.json names the model and version) and copied into the model\n"
+                "store under its own file name (MODEL_vVERSION.mar when that is not a plain name); a different file\n"
+                "of that name there is never overwritten, and the copy is removed again if the deploy fails.\n"
+                "The version is registered (POST /models?url=ARCHIVE&initial_workers=N&synchronous=true), then each\n"
+                "golden photo is sent through TorchServe (POST /predictions/{m}/{v}): the cases of the model's\n"
+                "archive spec, or those given with --golden (required for a model without a spec; for a model with\n"
+                "one they replace the spec's cases). If any answer is wrong the version is unregistered again, the\n"
+                "default is unchanged, and the exit status is 8.\n"
                 "With --set-default a version that passed becomes the default (PUT /models/{m}/{v}/set-default).\n"
                 "--batch-size / --max-batch-delay / --response-timeout override the archive's model-config.yaml\n"
                 "for this version. Note: in TorchServe 0.12 the archive's minWorkers/maxWorkers override --workers;\n"
-                "use `servingctl scale` afterwards.")
-    p.add_argument("archive", metavar="ARCHIVE", help="file name in the model store, e.g. resnet18_v2.0.mar")
+                "use `servingctl scale` afterwards.\n\n"
+                "--golden PHOTO=EXPECTED (repeatable; split at the first '='):\n" + GOLDEN_HELP)
+    p.add_argument("archive", metavar="ARCHIVE",
+                   help="file name in the model store (e.g. resnet18_v2.0.mar) or path of a .mar built elsewhere")
+    p.add_argument("--golden", action="append", metavar="PHOTO=EXPECTED",
+                   help="a golden case (repeatable), replacing the spec's; required for a model without a spec")
     p.add_argument("--set-default", action="store_true",
                    help="make the version the default once its golden check passed")
     p.add_argument("--workers", type=int, default=1, help="initial_workers to ask for (default: 1)")
@@ -166,7 +178,8 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         case "deploy":
             overrides = {"batch_size": args.batch_size, "max_batch_delay": args.max_batch_delay,
                          "response_timeout": args.response_timeout}
-            return commands.deploy(ctx, args.archive, args.set_default, args.workers, overrides)
+            golden = parse_goldens(args.golden)
+            return commands.deploy(ctx, args.archive, args.set_default, args.workers, overrides, golden)
         case "set-default":
             return commands.set_default(ctx, args.model, args.version)
         case "rollback":

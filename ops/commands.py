@@ -7,11 +7,15 @@ undone on the boxes already done, so the model never stays half rolled out.
 
 from __future__ import annotations
 
+import filecmp
 import functools
 import json
+import re
+import shutil
 import time
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, TextIO
@@ -201,14 +205,33 @@ def _table(ctx: Context, rows: list[tuple[str, ...]]) -> None:
 # --- changing ------------------------------------------------------------------------------------------
 
 
+MAR_SUFFIX = ".mar"
+# A model or version name TorchServe's archiver (^[A-Za-z0-9][A-Za-z0-9_\-.]*$) and the bridge's paths both take.
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}")
+STORE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,123}\.mar")  # a file name TorchServe's url= takes as is
+
+
+def _bare(archive: str) -> bool:
+    return "/" not in archive and "\\" not in archive
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """Whether two files hold the same bytes."""
+    return a.stat().st_size == b.stat().st_size and filecmp.cmp(a, b, shallow=False)
+
+
+def _in_store(store: Path, path: Path) -> bool:
+    return path.resolve().parent == store.resolve()
+
+
 def archive_in_store(store: Path, archive: str) -> Path:
     """The archive file ``archive`` (a bare file name) inside the model store."""
-    if not archive or "/" in archive or "\\" in archive or ".." in archive or archive.startswith("."):
+    if not archive or not _bare(archive) or ".." in archive or archive.startswith("."):
         raise UsageError(
             f"ARCHIVE must be a file name in the model store ({store}), e.g. resnet18_v2.0.mar; got {archive!r} "
             "(paths, '/' and '..' are refused: TorchServe only registers archives from its model store)"
         )
-    if not archive.endswith(".mar"):
+    if not archive.endswith(MAR_SUFFIX):
         raise UsageError(f"ARCHIVE must be a .mar file in the model store, got {archive!r}")
     path = store / archive
     if not path.is_file():
@@ -218,14 +241,103 @@ def archive_in_store(store: Path, archive: str) -> Path:
     return path
 
 
+def locate_archive(store: Path, archive: str) -> Path:
+    """The ``.mar`` file to deploy: a bare name in the model store, else a path (relative to the current directory).
+
+    A bare name is the model store's file when there is one; when ``./NAME`` exists too and differs, the
+    choice is left to the operator.
+    """
+    if not archive.endswith(MAR_SUFFIX):
+        raise UsageError(f"ARCHIVE must be a .mar file (a torch-model-archiver archive), got {archive!r}")
+    here = Path(archive).expanduser()
+    if _bare(archive) and (store / archive).is_file():
+        stored = archive_in_store(store, archive)
+        if here.is_file() and here.resolve() != stored.resolve() and not _same_file(here, stored):
+            raise UsageError(
+                f"{archive} is both in the model store ({store}) and in the current directory, and they differ: "
+                f"deploy the model store's as {stored}, or give yours another file name (e.g. its model_vVERSION.mar)"
+            )
+        return stored
+    if not here.is_file():
+        present = ", ".join(sorted(p.name for p in store.glob("*.mar"))) or "none"
+        raise UsageError(f"no archive {archive}: it is not a file, nor one of the model store's ({store}): "
+                         f"{present} (build one with `python -m archive_scripts MODEL --version V`, or give the path "
+                         "of a .mar built with torch-model-archiver)")
+    return here
+
+
 def archive_identity(path: Path) -> tuple[str, str]:
     """Model name and version, from the archive's own MAR-INF/MANIFEST.json."""
     try:
         with zipfile.ZipFile(path) as mar:
             manifest = json.loads(mar.read("MAR-INF/MANIFEST.json"))
         return str(manifest["model"]["modelName"]), str(manifest["model"]["modelVersion"])
-    except (OSError, KeyError, ValueError, zipfile.BadZipFile) as exc:
-        raise UsageError(f"{path.name} is not a readable model archive (MAR-INF/MANIFEST.json): {exc}") from exc
+    except (OSError, KeyError, TypeError, ValueError, zipfile.BadZipFile) as exc:
+        reason = f"no {exc}" if isinstance(exc, KeyError) else str(exc)
+        raise UsageError(f"{path} is not a model archive: no readable MAR-INF/MANIFEST.json with model.modelName and "
+                         f"model.modelVersion ({reason}); build it with torch-model-archiver") from exc
+
+
+def check_identity(path: Path, model: str, version: str) -> None:
+    """Refuse a model name or version TorchServe or the bridge would not take (UsageError)."""
+    for what, value in (("model name", model), ("version", version)):
+        if not NAME.fullmatch(value) or ".." in value:
+            raise UsageError(
+                f"{path}'s {what} {value!r} (MAR-INF/MANIFEST.json) is not one TorchServe and the bridge take: "
+                "1-128 letters, digits, '_', '-' or '.', starting with a letter or digit, no '..'; rebuild it "
+                "with torch-model-archiver --model-name NAME --version VERSION"
+            )
+
+
+def store_name(path: Path, model: str, version: str) -> str:
+    """The bare name TorchServe registers ``path`` under: its own when plain, else ``MODEL_vVERSION.mar``."""
+    name = path.name
+    return name if STORE_NAME.fullmatch(name) and ".." not in name else f"{model}_v{version}{MAR_SUFFIX}"
+
+
+def _copy_new(source: Path, dest: Path) -> bool:
+    """Copy ``source`` to ``dest`` unless an identical file is there (False); Refused when a different one is."""
+    try:
+        with source.open("rb") as src, dest.open("xb") as out:  # "x": never overwrites
+            try:
+                shutil.copyfileobj(src, out)
+            except BaseException:
+                dest.unlink(missing_ok=True)
+                raise
+        return True
+    except FileExistsError:
+        if _same_file(source, dest):
+            return False
+        raise Refused(
+            f"the model store already has a different {dest.name} ({dest}); not overwriting it: rename your archive "
+            f"(e.g. MODEL_vVERSION.mar), or retire the version it holds and remove it first"
+        ) from None
+    except OSError as exc:
+        raise OpsError(f"cannot copy {source} into the model store as {dest}: {exc.strerror or exc}") from exc
+
+
+@contextmanager
+def staged(ctx: Context, path: Path, model: str, version: str) -> Iterator[tuple[str, dict[str, str]]]:
+    """The archive's bare name in the model store (copied there when it is elsewhere) and what to record of it.
+
+    A copy this deploy made is removed again when the deploy fails: TorchServe unpacked it at registration,
+    so nothing registered needs it, and leaving it would block a corrected archive of the same name.
+    """
+    store = ctx.settings.model_store
+    if _in_store(store, path):
+        yield path.resolve().name, {}
+        return
+    name = store_name(path, model, version)
+    dest = store / name
+    copied = _copy_new(path, dest)
+    ctx.say(f"copied {path} → {dest}" if copied else f"{dest} is already there (the same bytes as {path})")
+    try:
+        yield name, {"copied_from": str(path.resolve())}
+    except BaseException:
+        if copied:
+            dest.unlink(missing_ok=True)
+            ctx.say(f"  removed {dest} again (copied for this deploy)")
+        raise
 
 
 def _describe_or_none(ctx: Context, model: str) -> ModelInfo | None:
@@ -252,29 +364,36 @@ def _require_ready(info: ModelInfo, version: VersionInfo) -> None:
 
 
 def deploy(ctx: Context, archive: str, set_default: bool = False, workers: int = 1,
-           overrides: dict[str, int] | None = None) -> int:
-    """Register an archive of the model store, check its golden inputs through TorchServe, maybe make it default.
+           overrides: dict[str, int] | None = None, golden: tuple[GoldenCase, ...] = ()) -> int:
+    """Register an archive, check its golden inputs through TorchServe, maybe make it the default.
 
+    ``archive`` is a file name in the model store, or the path of a ``.mar`` built elsewhere (copied into the
+    store first, and removed again if the deploy fails). ``golden`` (``--golden``) replaces the spec's cases.
     A version that fails its golden check is unregistered again and the default is left as it was. On a model
     with several boxes this happens box by box; a failure on one box undoes the boxes already done.
     """
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
     if any(v < 0 for v in overrides.values()) or workers < 0:
         raise UsageError(f"--workers and the batch settings must not be negative: {overrides}")
-    path = archive_in_store(ctx.settings.model_store, archive)
+    path = locate_archive(ctx.settings.model_store, archive)
     model, version = archive_identity(path)
-    cases = ctx.golden(model, version)  # before anything changes: no spec, no deploy
+    check_identity(path, model, version)
+    cases = golden or ctx.golden(model, version)  # before anything changes: no golden cases, no deploy
     views = each_box(ctx, model)
-    done: list[tuple[Context, str | None]] = []
-    for view in views:
-        if view.box is not None:
-            ctx.say(f"[box {view.box}]")
-        try:
-            done.append((view, _deploy_on_box(view, archive, model, version, cases, set_default, workers, overrides)))
-        except BaseException:
-            for earlier, default_before in reversed(done):
-                _undo_deploy(earlier, model, version, default_before)
-            raise
+    ctx.history()  # reachable before the model store or TorchServe is touched
+    with staged(ctx, path, model, version) as (name, origin):
+        detail = {**origin, **({"golden": "command line"} if golden else {})}
+        done: list[tuple[Context, str | None]] = []
+        for view in views:
+            if view.box is not None:
+                ctx.say(f"[box {view.box}]")
+            try:
+                done.append((view, _deploy_on_box(view, name, model, version, cases, set_default, workers, overrides,
+                                                  detail)))
+            except BaseException:
+                for earlier, default_before in reversed(done):
+                    _undo_deploy(earlier, model, version, default_before)
+                raise
     return 0
 
 
@@ -293,7 +412,8 @@ def _undo_deploy(ctx: Context, model: str, version: str, default_before: str | N
 
 
 def _deploy_on_box(ctx: Context, archive: str, model: str, version: str, cases: tuple[GoldenCase, ...],
-                   set_default: bool, workers: int, overrides: dict[str, int]) -> str | None:
+                   set_default: bool, workers: int, overrides: dict[str, int],
+                   detail: dict[str, str] | None = None) -> str | None:
     """Deploy on one box; returns the default version before (None: the model was not there)."""
     started = time.monotonic()
     ctx.history()
@@ -315,7 +435,7 @@ def _deploy_on_box(ctx: Context, archive: str, model: str, version: str, cases: 
     if failures:
         _unregister_quietly(ctx, model, version)
         ctx.record(ctx.change(model, version, "deploy-rejected", None, None,
-                              detail={"archive": archive, "failures": failures}))
+                              detail={"archive": archive, **(detail or {}), "failures": failures}))
         kept = (f"the default stays {before.default}" if before is not None
                 else f"{model} is not served (it had no other version)")
         raise GoldenCheckFailed(
@@ -323,7 +443,8 @@ def _deploy_on_box(ctx: Context, archive: str, model: str, version: str, cases: 
             + "\n".join(f"  - {f}" for f in failures)
         )
     ctx.record(ctx.change(model, version, "deploy", None, version,
-                          detail={"archive": archive, "golden_cases": len(cases), "workers": registered.workers_text(),
+                          detail={"archive": archive, **(detail or {}), "golden_cases": len(cases),
+                                  "workers": registered.workers_text(),
                                   "batch_size": registered.batch_size,
                                   "max_batch_delay_ms": registered.max_batch_delay_ms, "overrides": overrides}))
     ctx.say(f"  all {len(cases)} golden input(s) answered correctly")

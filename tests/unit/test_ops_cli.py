@@ -22,9 +22,19 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from archive_scripts.golden import GoldenCase, TopLabelIn
+from archive_scripts.golden import Expectation, GoldenCase, TopLabelIn
 from ops.cli import Dependencies, main
-from ops.errors import HistoryUnavailable, Refused
+from ops.errors import HistoryUnavailable, Refused, UsageError
+from ops.golden import (
+    AnswerIsObject,
+    ContainsJson,
+    GoldenLookup,
+    HasLabel,
+    TopLabel,
+    parse_golden,
+    sample_photo,
+    spec_golden,
+)
 from ops.history import Change, InfluxChanges, MemoryHistory, rollback_target
 from ops.settings import Settings
 
@@ -234,6 +244,7 @@ class Cli:
     sink: RecordingSink = field(default_factory=RecordingSink)
     golden: tuple[GoldenCase, ...] = (GoldenCase("chelsea", TopLabelIn(("tabby",))), GoldenCase("rocket"))
     photos: list[str] = field(default_factory=list)
+    lookup: GoldenLookup | None = None  # the golden cases' lookup (default: ``golden`` for any model)
 
     def __call__(self, *argv: str, environ: dict[str, str] | None = None) -> Run:
         out, err = io.StringIO(), io.StringIO()
@@ -242,7 +253,7 @@ class Cli:
             self.photos.append(name)
             return b"\xff\xd8fake"
 
-        deps = Dependencies(golden=lambda model, version: self.golden, photo=photo,
+        deps = Dependencies(golden=self.lookup or (lambda model, version: self.golden), photo=photo,
                             history=lambda settings: self.history, sink=lambda settings: self.sink)
         env = {"SERVINGCTL_MANAGEMENT_URL": self.url, "SERVINGCTL_INFERENCE_URL": self.url,
                "SERVINGCTL_KEY_FILE": str(self.key_file), "SERVINGCTL_MODEL_STORE": str(self.store),
@@ -288,13 +299,17 @@ def test_argument_errors_exit_2_with_usage(cli: Cli, argv: tuple[str, ...]) -> N
     assert "usage: servingctl" in result.err
 
 
-@pytest.mark.parametrize("archive", ["../resnet18_v2.0.mar", "sub/resnet18_v2.0.mar", "/tmp/x.mar", "..mar",
-                                     "resnet18_v2.0.zip", "missing_v9.mar"])
-def test_deploy_takes_only_a_file_name_of_the_model_store(cli: Cli, fake: tuple[FakeTorchServe, str],
-                                                          archive: str) -> None:
+@pytest.mark.parametrize(("archive", "says"), [
+    ("../resnet18_v2.0.mar", "not a file"), ("sub/resnet18_v2.0.mar", "not a file"),
+    ("/nonexistent/x.mar", "not a file"), ("..mar", "model store"), ("resnet18_v2.0.zip", "must be a .mar file"),
+    ("missing_v9.mar", "nor one of the model store's"),
+])
+def test_deploy_refuses_an_archive_neither_in_the_model_store_nor_a_file(
+    cli: Cli, fake: tuple[FakeTorchServe, str], archive: str, says: str
+) -> None:
     result = cli("deploy", archive)
     assert result.code == 2, result.err
-    assert "model store" in result.err
+    assert says in result.err and "Traceback" not in result.err
     assert fake[0].mutations() == []
 
 
@@ -723,3 +738,233 @@ def test_a_scale_refused_500_with_the_workers_out_of_range_still_fails(cli: Cli,
     state.handle = no_change  # type: ignore[method-assign]
     run = cli("scale", "resnet18", "--min", "3", "--max", "3")
     assert run.code != 0 and "500" in run.err
+
+
+# --- deploy of a .mar built elsewhere, --golden ----------------------------------------------------------
+
+STOCK_ANSWER = {"tabby": 0.41, "tiger_cat": 0.3, "Egyptian_cat": 0.2, "lynx": 0.05, "model": 0.01}
+
+
+def write_mar(path: Path, model: str | None = "resnet18", version: str | None = "3.0", payload: bytes = b"w") -> Path:
+    """A zip shaped like torch-model-archiver's output (None leaves the field out of the manifest)."""
+    fields = {k: v for k, v in (("modelName", model), ("modelVersion", version)) if v is not None}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(path, "w") as mar:
+        mar.writestr("MAR-INF/MANIFEST.json", json.dumps({"runtime": "python", "model": {
+            **fields, "handler": "image_classifier", "serializedFile": "weights.pt"}}))
+        mar.writestr("weights.pt", payload)
+    return path
+
+
+def registered_urls(state: FakeTorchServe) -> list[str]:
+    return [q["url"] for m, p, q in state.calls if (m, p) == ("POST", "/models")]
+
+
+def test_a_mar_built_elsewhere_is_copied_into_the_store_and_checked_on_the_command_line_golden(
+    cli: Cli, fake: tuple[FakeTorchServe, str], store: Path, tmp_path: Path
+) -> None:
+    theirs = write_mar(tmp_path / "elsewhere" / "resnet18_v3.0.mar")
+    result = cli("deploy", str(theirs), "--golden", "chelsea=tabby")
+    assert result.code == 0, result.err
+    assert (store / "resnet18_v3.0.mar").read_bytes() == theirs.read_bytes()
+    assert registered_urls(fake[0]) == ["resnet18_v3.0.mar"]
+    assert cli.photos == ["chelsea"]  # the command line's cases replace the spec's (chelsea and rocket)
+    detail = cli.history.changes("resnet18")[0].detail
+    assert detail["copied_from"] == str(theirs.resolve()) and detail["golden"] == "command line"
+
+
+def test_a_mar_with_an_odd_file_name_is_stored_as_model_v_version(
+    cli: Cli, fake: tuple[FakeTorchServe, str], store: Path, tmp_path: Path
+) -> None:
+    theirs = write_mar(tmp_path / "my archive (1).mar")
+    assert cli("deploy", str(theirs), "--golden", "chelsea=tabby").code == 0
+    assert registered_urls(fake[0]) == ["resnet18_v3.0.mar"] and (store / "resnet18_v3.0.mar").is_file()
+
+
+def test_a_path_into_the_model_store_is_not_copied(cli: Cli, fake: tuple[FakeTorchServe, str], store: Path) -> None:
+    result = cli("deploy", str(store / "resnet18_v2.0.mar"))
+    assert result.code == 0, result.err
+    assert "copied" not in result.out and registered_urls(fake[0]) == ["resnet18_v2.0.mar"]
+
+
+def test_a_different_file_of_the_same_name_in_the_store_is_never_overwritten(
+    cli: Cli, fake: tuple[FakeTorchServe, str], store: Path, tmp_path: Path
+) -> None:
+    ours = write_mar(store / "resnet18_v3.0.mar", payload=b"ours")
+    before = ours.read_bytes()
+    result = cli("deploy", str(write_mar(tmp_path / "resnet18_v3.0.mar", payload=b"theirs")), "--golden", "chelsea=tabby")
+    assert result.code == Refused.exit_code and "not overwriting" in result.err
+    assert ours.read_bytes() == before and fake[0].mutations() == []
+
+
+def test_an_identical_file_in_the_store_is_accepted_and_kept_when_the_deploy_fails(
+    cli: Cli, fake: tuple[FakeTorchServe, str], store: Path, tmp_path: Path
+) -> None:
+    write_mar(store / "resnet18_v3.0.mar")
+    fake[0].labels["3.0"] = "goldfish"
+    result = cli("deploy", str(write_mar(tmp_path / "resnet18_v3.0.mar")), "--golden", "chelsea=tabby")
+    assert result.code == 8, result.err
+    assert "already there (the same bytes" in result.out and (store / "resnet18_v3.0.mar").is_file()
+
+
+def test_a_failed_deploy_removes_the_copy_it_made(cli: Cli, fake: tuple[FakeTorchServe, str], store: Path,
+                                                  tmp_path: Path) -> None:
+    fake[0].labels["3.0"] = "goldfish"
+    result = cli("deploy", str(write_mar(tmp_path / "resnet18_v3.0.mar")), "--golden", "chelsea=top:tabby")
+    assert result.code == 8
+    assert "top label 'goldfish'" in result.err and "removed" in result.out
+    assert not (store / "resnet18_v3.0.mar").exists()
+    assert "3.0" not in fake[0].models["resnet18"]["versions"]
+    assert [c.action for c in cli.history.changes("resnet18")] == ["deploy-rejected"]
+
+
+def test_a_copy_is_removed_when_the_version_is_already_registered(
+    cli: Cli, fake: tuple[FakeTorchServe, str], store: Path, tmp_path: Path
+) -> None:
+    result = cli("deploy", str(write_mar(tmp_path / "theirs.mar", version="1.0")), "--golden", "chelsea=tabby")
+    assert result.code == 7 and "already registered" in result.err
+    assert not (store / "theirs.mar").exists() and fake[0].mutations() == []
+
+
+def test_a_bare_name_in_both_the_store_and_here_that_differ_is_refused(
+    cli: Cli, fake: tuple[FakeTorchServe, str], store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_mar(tmp_path / "here" / "resnet18_v2.0.mar", version="2.0", payload=b"different")
+    monkeypatch.chdir(tmp_path / "here")
+    result = cli("deploy", "resnet18_v2.0.mar")
+    assert result.code == 2 and "they differ" in result.err
+    assert fake[0].mutations() == []
+
+
+def test_a_bare_name_only_here_is_deployed_from_here(
+    cli: Cli, fake: tuple[FakeTorchServe, str], store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_mar(tmp_path / "here" / "resnet18_v3.0.mar")
+    monkeypatch.chdir(tmp_path / "here")
+    assert cli("deploy", "resnet18_v3.0.mar", "--golden", "chelsea=tabby").code == 0
+    assert (store / "resnet18_v3.0.mar").is_file()
+
+
+@pytest.mark.parametrize(("content", "says"), [
+    (b"not a zip at all", "File is not a zip file"),
+    (None, "There is no item named 'MAR-INF/MANIFEST.json'"),
+    ({"model": {"modelVersion": "1.0"}}, "no 'modelName'"),
+    ({"model": "resnet18"}, "not a model archive"),
+    ("{not json", "not a model archive"),
+])
+def test_a_file_that_is_not_a_model_archive_is_refused(
+    cli: Cli, fake: tuple[FakeTorchServe, str], store: Path, tmp_path: Path, content: Any, says: str
+) -> None:
+    path = tmp_path / "theirs.mar"
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        with zipfile.ZipFile(path, "w") as mar:
+            mar.writestr("weights.pt", b"w")
+            if content is not None:
+                mar.writestr("MAR-INF/MANIFEST.json", content if isinstance(content, str) else json.dumps(content))
+    result = cli("deploy", str(path), "--golden", "chelsea=tabby")
+    assert result.code == 2, result.err
+    assert "is not a model archive" in result.err and says in result.err and "build it with" in result.err
+    assert fake[0].mutations() == [] and sorted(p.name for p in store.iterdir()) == [
+        "resnet18_v1.0.mar", "resnet18_v2.0.mar"]
+
+
+@pytest.mark.parametrize(("model", "version"), [
+    ("their model", "1.0"), ("-leading", "1.0"), ("a/b", "1.0"), ("x" * 129, "1.0"), ("a..b", "1.0"),
+    ("resnet18", "1 0"), ("resnet18", ""),
+])
+def test_a_name_or_version_torchserve_or_the_bridge_would_refuse_is_refused(
+    cli: Cli, fake: tuple[FakeTorchServe, str], store: Path, tmp_path: Path, model: str, version: str
+) -> None:
+    result = cli("deploy", str(write_mar(tmp_path / "theirs.mar", model, version)), "--golden", "chelsea=tabby")
+    assert result.code == 2, result.err
+    assert "is not one TorchServe and the bridge take" in result.err and "--model-name" in result.err
+    assert fake[0].mutations() == [] and not (store / "theirs.mar").exists()
+
+
+@pytest.mark.parametrize(("golden", "says"), [
+    ("chelsea", "PHOTO and EXPECTED must both be given"),
+    ("=tabby", "PHOTO and EXPECTED must both be given"),
+    ("chelsea=", "PHOTO and EXPECTED must both be given"),
+    ("no-such-photo=tabby", "neither a bundled photo"),
+    ("chelsea=top:", "top: needs a label"),
+    ("chelsea=@/nonexistent/expected.json", "cannot read"),
+])
+def test_a_malformed_golden_is_a_usage_error(cli: Cli, fake: tuple[FakeTorchServe, str], store: Path,
+                                             tmp_path: Path, golden: str, says: str) -> None:
+    result = cli("deploy", str(write_mar(tmp_path / "resnet18_v3.0.mar")), "--golden", golden)
+    assert result.code == 2, result.err
+    assert says in result.err and "--golden PHOTO=EXPECTED" in result.err and "Traceback" not in result.err
+    assert fake[0].mutations() == [] and not (store / "resnet18_v3.0.mar").exists()
+
+
+def test_golden_json_that_is_not_json_is_a_usage_error(tmp_path: Path) -> None:
+    (tmp_path / "expected.json").write_text("{tabby")
+    with pytest.raises(UsageError, match="is not JSON"):
+        parse_golden(f"chelsea=@{tmp_path / 'expected.json'}")
+
+
+def test_a_model_without_a_spec_needs_golden_on_the_command_line(
+    cli: Cli, fake: tuple[FakeTorchServe, str], store: Path, tmp_path: Path
+) -> None:
+    cli.lookup = spec_golden
+    result = cli("deploy", str(write_mar(tmp_path / "theirs_v1.0.mar", "theirs", "1.0")))
+    assert result.code == Refused.exit_code
+    assert "no golden inputs to check theirs 1.0" in result.err and "--golden PHOTO=EXPECTED" in result.err
+    assert fake[0].mutations() == [] and not (store / "theirs_v1.0.mar").exists()
+
+
+def test_deploy_help_documents_golden(cli: Cli) -> None:
+    help_text = cli("deploy", "--help").out
+    for words in ("--golden PHOTO=EXPECTED", "replace the spec's cases", "top:LABEL", "@FILE.json",
+                  "image_classifier", "copied into the model"):
+        assert words in help_text
+
+
+# --- the command line's expectations ----------------------------------------------------------------------
+
+OURS = {"predictions": [{"label": "tabby", "index": 281, "score": 0.6}, {"label": "lynx", "index": 287, "score": 0.3}],
+        "model": {"name": "classifier", "version": "1.0"}}
+
+
+@pytest.mark.parametrize(("expect", "body", "passes"), [
+    (HasLabel("tabby"), STOCK_ANSWER, True),
+    (HasLabel("lynx"), STOCK_ANSWER, True),  # anywhere in the top 5
+    (HasLabel("goldfish"), STOCK_ANSWER, False),
+    (HasLabel("lynx"), OURS, True),  # a string value anywhere
+    (HasLabel("0.41"), STOCK_ANSWER, False),  # numbers are not labels
+    (TopLabel("tabby"), STOCK_ANSWER, True),
+    (TopLabel("lynx"), STOCK_ANSWER, False),
+    (TopLabel("tabby"), {"lynx": 0.1, "tabby": 0.9}, True),  # by score, whatever the order
+    (TopLabel("tabby"), OURS, True),
+    (TopLabel("lynx"), OURS, False),
+    (TopLabel("tabby"), {"text": "tabby"}, False),  # nothing scored
+    (ContainsJson({"tabby": 0.41}), STOCK_ANSWER, True),
+    (ContainsJson({"tabby": 0.41001}), STOCK_ANSWER, True),  # within 1e-4 relative
+    (ContainsJson({"tabby": 0.5}), STOCK_ANSWER, False),
+    (ContainsJson({"model": {"version": "1.0"}}), OURS, True),
+    (ContainsJson({"model": {"version": 1.0}}), OURS, False),  # "1.0" is not 1.0
+    (ContainsJson({"predictions": [{"label": "tabby"}, {"label": "lynx"}]}), OURS, True),
+    (ContainsJson({"predictions": [{"label": "tabby"}]}), OURS, False),  # lists: the same length
+    (ContainsJson({"price": True}), {"price": 1}, False),
+    (AnswerIsObject(), STOCK_ANSWER, True),
+    (AnswerIsObject(), {}, False),
+])
+def test_command_line_expectations(expect: Expectation, body: dict[str, Any], passes: bool) -> None:
+    problem = expect.failure(body)
+    assert (problem is None) == passes, problem
+    assert expect.agrees(body, body) == problem  # a reduced-precision answer must meet the same expectation
+    assert expect.relaxed().failure(body) is None or body == {}
+
+
+def test_golden_parses_each_form(tmp_path: Path) -> None:
+    photo = tmp_path / "cat.jpg"
+    photo.write_bytes(b"\xff\xd8")
+    (tmp_path / "expected.json").write_text('{"tabby": 0.41}')
+    assert parse_golden("chelsea=tabby") == GoldenCase("chelsea", HasLabel("tabby"))
+    assert parse_golden("chelsea=a=b") == GoldenCase("chelsea", HasLabel("a=b"))  # split at the first '='
+    assert parse_golden(f"{photo}=top:tabby") == GoldenCase(str(photo), TopLabel("tabby"))
+    json_case = parse_golden(f"coffee=@{tmp_path / 'expected.json'}")
+    assert json_case.expect == ContainsJson({"tabby": 0.41}, source=str(tmp_path / "expected.json"))
+    assert sample_photo(str(photo)) == b"\xff\xd8"
