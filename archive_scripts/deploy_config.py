@@ -1,6 +1,9 @@
-"""``python -m archive_scripts.deploy_config [--check]``: the deploy files that repeat the specs' settings, from the specs.
+"""``python -m archive_scripts.deploy_config [--check]``: every file that repeats the specs' facts, from the specs.
 
-One model server box per model (the archives ``config.properties`` loads at start), each written from its spec:
+The model catalogue ``stack/models.json`` (archive_scripts.model_catalogue: what the bridge, servingctl and the
+tests read), ``config.properties``' ``load_models`` (every spec's archive), the README's table of models, and
+``deploy/compose.yaml``'s model parts (the routes, a box per model and replica, their key volumes; between its
+``# >>> generated`` markers, the rest of the file is written by hand). Then one box per model, each from its spec:
 
 - ``deploy/k8s/models/<model>/``: the kustomization naming deploy/k8s/box (the template) ``box-<model>``, and
   its patches: the archive (``SERVING_MODELS``), resources sized to workers × threads, the HPA's queue-time
@@ -25,7 +28,10 @@ from typing import Any
 
 import yaml
 
+from archive_scripts import compose_models, model_catalogue
+from archive_scripts.regions import replace_region
 from archive_scripts.specs import SPECS, ArchiveSpec
+from stack.models import CATALOGUE, Model
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = REPO_ROOT / "deploy"
@@ -34,8 +40,9 @@ KSERVE = DEPLOY / "kserve"
 KSERVE_TEMPLATE = KSERVE / "config.template.properties"
 SNAPSHOT_KEY = "model_snapshot="
 
-# As compose's `benchmark` profile: routed (required: false) but run only by deploy/k8s/overlays/benchmark.
-BENCHMARK_ONLY = frozenset({"resnet18"})
+CONFIG_PROPERTIES = REPO_ROOT / "config.properties"
+COMPOSE = DEPLOY / "compose.yaml"
+README = REPO_ROOT / "README.md"
 # Every box has its own pod, so every box listens on the image's default ports (deploy/k8s/box/deployment.yaml).
 BOX_PORTS = {"inference": 8080, "management": 8081, "metrics": 8082}
 # TorchServe's token check is off in Kubernetes; the bridge's client still reads a key file per box, so the
@@ -62,7 +69,7 @@ KSERVE_IMAGE = "photo-serving/torchserve-kfs-engines:0.12.0"
 NAMESPACE = "photo-serving"
 
 
-def load_models(config: Path = REPO_ROOT / "config.properties") -> list[str]:
+def load_models(config: Path = CONFIG_PROPERTIES) -> list[str]:
     """The archives a TorchServe ``config.properties`` loads at start (``load_models``)."""
     for line in config.read_text().splitlines():
         key, sep, value = line.strip().partition("=")
@@ -86,11 +93,8 @@ def kserve_snapshot(archives: list[str]) -> str:
 
 
 def boxes() -> list[ArchiveSpec]:
-    """The spec of each box: one per archive of ``load_models``, in that order."""
-    specs = {spec.archive_name: spec for spec in SPECS}
-    archives = load_models()
-    kserve_snapshot(archives)  # raises on an archive no spec builds
-    return [specs[archive] for archive in archives]
+    """The spec of each model's box (Kubernetes: one Deployment per model, scaled by its HPA), in the specs' order."""
+    return list(SPECS)
 
 
 def box_name(spec: ArchiveSpec) -> str:
@@ -129,7 +133,7 @@ def routes() -> dict[str, dict[str, Any]]:
             "metrics_url": None,
             "key_file": TOKEN_OFF_KEY_FILE,
         }
-        if spec.name in BENCHMARK_ONLY:
+        if spec.serving.benchmark_only:
             route["required"] = False
         out[spec.name] = route
     return out
@@ -197,9 +201,29 @@ def box_files(spec: ArchiveSpec) -> dict[str, str]:
     }
 
 
-def box_config() -> str:
+def config_properties() -> str:
+    """config.properties with ``load_models`` naming every spec's archive (the local stack serves them all)."""
+    lines = CONFIG_PROPERTIES.read_text().splitlines(keepends=True)
+    (index,) = [i for i, line in enumerate(lines) if line.startswith("load_models=")]
+    lines[index] = f"load_models={','.join(spec.archive_name for spec in SPECS)}\n"
+    return "".join(lines)
+
+
+def readme_table(models: tuple[Model, ...]) -> str:
+    """The README's table of models, from the catalogue."""
+    rows = ["| model | answers (kind: /v2 outputs) | engine | boxes | run by a job by default | what it is |",
+            "|---|---|---|---|---|---|"]
+    for m in models:
+        boxes = f"{m.boxes}" + (" (benchmark profile)" if m.benchmark_only else "")
+        outputs = ", ".join(o.name for o in m.outputs)
+        rows.append(f"| `{m.name}` {m.version} | {m.kind}: {outputs} | {m.engine} | {boxes} | "
+                    f"{'yes' if m.in_jobs else 'no'} | {m.description} |")
+    return "\n".join(rows) + "\n"
+
+
+def box_config(config: str) -> str:
     """deploy/k8s/base/box.config.properties: the repository's config.properties, token authorization off."""
-    lines = (REPO_ROOT / "config.properties").read_text().splitlines(keepends=True)
+    lines = config.splitlines(keepends=True)
     (index,) = [i for i, line in enumerate(lines) if line.startswith("disable_token_authorization=")]
     lines[index] = (
         "# Kubernetes: off. Several replicas behind one Service cannot share TorchServe's per-process keys; the\n"
@@ -268,16 +292,22 @@ def outputs() -> dict[Path, str]:
             out[K8S / "models" / spec.name / name] = text
         out[KSERVE / spec.name / "config.properties"] = kserve_config(spec)
         out[KSERVE / spec.name / "inferenceservice.yaml"] = inference_service(spec)
+    benchmark_only = sorted(spec.name for spec in specs if spec.serving.benchmark_only)
     models = {"apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
-              "resources": [spec.name for spec in specs if spec.name not in BENCHMARK_ONLY]}
+              "resources": [spec.name for spec in specs if not spec.serving.benchmark_only]}
     out[K8S / "models" / "kustomization.yaml"] = _yaml(
-        f"{_generated('config.properties load_models')}\nThe boxes the base runs; "
-        f"{', '.join(sorted(BENCHMARK_ONLY))}: overlays/benchmark.",
+        f"{_generated('archive_scripts/specs.py')}\nThe boxes the base runs; "
+        f"{', '.join(benchmark_only) or 'none'}: overlays/benchmark.",
         models,
     )
     out[K8S / "base" / "routes.json"] = json.dumps(routes(), indent=2) + "\n"
     out[K8S / "base" / "token-auth-off.json"] = json.dumps(TOKEN_OFF_KEYS, indent=2) + "\n"
-    out[K8S / "base" / "box.config.properties"] = box_config()
+    out[CONFIG_PROPERTIES] = config_properties()
+    out[K8S / "base" / "box.config.properties"] = box_config(out[CONFIG_PROPERTIES])
+    catalogue = model_catalogue.models()
+    out[CATALOGUE] = model_catalogue.catalogue_text(catalogue)
+    out[COMPOSE] = compose_models.compose(COMPOSE.read_text(), catalogue)
+    out[README] = replace_region(README.read_text(), "models", readme_table(catalogue), comment=("<!--", "-->"))
     return out
 
 

@@ -6,8 +6,9 @@ own item through the prediction service, and answers with ``build_outputs`` + ``
 Images are one ``BYTES`` input ``image`` of shape ``[N, 1]``: raw bytes through the binary tensor data extension
 (``Inference-Header-Content-Length`` + ``binary_data_size``), or JSON strings, base64 when the input (or the
 request) carries ``"content_type": "base64"`` (MLServer's convention). Each model's JSON answer maps to named
-output tensors (``MODELS``); an item that failed has zero/empty values in them, and then the ``status`` and
-``error`` outputs (always added when any item failed) say which items failed and why.
+output tensors as its kind declares them (the catalogue, stack/models.json; the generic ``json`` kind for a model
+it does not know: one BYTES ``answer`` per item); an item that failed has zero/empty values in them, and then the
+``status`` and ``error`` outputs (always added when any item failed) say which items failed and why.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import json
 import math
 import struct
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +26,8 @@ from pydantic import BaseModel, Field, ValidationError
 
 from bridge.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
 from bridge.uploads import model_params
+from stack import models
+from stack.models import Model
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 MAX_ITEMS = 64  # TorchServe's job queue holds 64 requests per model (config.properties job_queue_size)
@@ -58,112 +61,63 @@ class TensorSpec:
         return {"name": self.name, "datatype": self.datatype, "shape": list(self.shape)}
 
 
-@dataclass(frozen=True)
-class ModelInfo:
-    """What OIP needs to know of one model: its kind of answer and the sizes of its outputs."""
-
-    kind: str  # "classifier" | "similar" | "price"
-    topk: int | None = None
-    max_k: int | None = None
-    embedding_dim: int | None = None
-
-
-# One table, keyed by model name, because the bridge must not import archive_scripts.specs (it imports torch).
-# tests/unit/test_oip.py checks it against the specs through info_from_spec().
-MODELS: dict[str, ModelInfo] = {
-    "classifier": ModelInfo("classifier", topk=5),
-    "resnet18": ModelInfo("classifier", topk=5),
-    "similar": ModelInfo("similar", topk=5, max_k=50, embedding_dim=1280),
-    "price": ModelInfo("price"),
-}
-HANDLER_KINDS = {"classifier_handler.py": "classifier", "similar_handler.py": "similar", "price_handler.py": "price"}
-
-
-def info_from_spec(spec: Any, embedding_dim: int | None = None) -> ModelInfo:
-    """The ``ModelInfo`` an archive spec implies (from its public fields: handler, handler_config)."""
-    kind = HANDLER_KINDS[spec.handler]
-    config = spec.handler_config
-    return ModelInfo(
-        kind,
-        topk=config.get("topk") if kind != "price" else None,
-        max_k=config.get("max_k"),
-        embedding_dim=embedding_dim if kind == "similar" else None,
-    )
-
-
 ITEM_OUTPUTS = (  # every model: per-item outcome, added to the answer whenever an item failed
     TensorSpec("status", "INT32", (-1, 1)),
     TensorSpec("error", "BYTES", (-1, 1)),
     TensorSpec("request_id", "BYTES", (-1, 1)),
 )
-
-
-def _classifier_outputs(info: ModelInfo) -> tuple[TensorSpec, ...]:
-    k = info.topk or -1
-    return (TensorSpec("labels", "BYTES", (-1, k)), TensorSpec("scores", "FP32", (-1, k)),
-            TensorSpec("class_ids", "INT64", (-1, k)))
-
-
-def _similar_outputs(info: ModelInfo) -> tuple[TensorSpec, ...]:
-    return (TensorSpec("ids", "BYTES", (-1, -1)), TensorSpec("distances", "FP32", (-1, -1)),
-            TensorSpec("embedding", "FP32", (-1, info.embedding_dim or -1)))
-
-
-def _price_outputs(info: ModelInfo) -> tuple[TensorSpec, ...]:
-    return (TensorSpec("price", "FP32", (-1, 1)), TensorSpec("interval", "FP32", (-1, 2)),
-            TensorSpec("currency", "BYTES", (-1, 1)))
-
-
-def _classifier_row(answer: dict[str, Any]) -> dict[str, list[Any]]:
-    predictions = answer["predictions"]
-    return {"labels": [p["label"] for p in predictions], "scores": [p["score"] for p in predictions],
-            "class_ids": [p["index"] for p in predictions]}
-
-
-def _similar_row(answer: dict[str, Any]) -> dict[str, list[Any]]:
-    row = {"ids": [i["id"] for i in answer["items"]], "distances": [i["distance"] for i in answer["items"]]}
-    if "embedding" in answer:
-        row["embedding"] = answer["embedding"]
-    return row
-
-
-def _price_row(answer: dict[str, Any]) -> dict[str, list[Any]]:
-    interval = answer["interval"]
-    return {"price": [answer["price"]], "interval": [interval["low"], interval["high"]],
-            "currency": [answer["currency"]]}
-
-
-def _generic_row(answer: dict[str, Any]) -> dict[str, list[Any]]:
-    return {"answer": [json.dumps(answer, separators=(",", ":"))]}
-
-
-@dataclass(frozen=True)
-class Family:
-    """How one kind of model's JSON answer becomes rows of output tensors."""
-
-    outputs: Callable[[ModelInfo], tuple[TensorSpec, ...]]
-    row: Callable[[dict[str, Any]], dict[str, list[Any]]]
-    optional: frozenset[str] = frozenset()  # left out unless requested (or present in every answer)
-
-
-FAMILIES = {
-    "classifier": Family(_classifier_outputs, _classifier_row),
-    "similar": Family(_similar_outputs, _similar_row, frozenset({"embedding"})),
-    "price": Family(_price_outputs, _price_row),
-    # A model the table does not know (registered later): its JSON answer as one string per item.
-    "generic": Family(lambda info: (TensorSpec("answer", "BYTES", (-1, 1)),), _generic_row),
-}
-
-
-def model_info(model: str) -> ModelInfo:
-    """The model's entry in ``MODELS``; a generic one (JSON answer as BYTES) for models the table lacks."""
-    return MODELS.get(model, ModelInfo("generic"))
+# Triton's classification extension (``classification`` on ``scores``) needs the three outputs of a classifier.
+CLASSIFICATION = ("scores", "class_ids", "labels")
 
 
 def signature(model: str) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
-    """Inputs and outputs of ``model`` as its metadata states them."""
-    info = model_info(model)
-    return (TensorSpec(INPUT_NAME, "BYTES", (-1, 1)),), FAMILIES[info.kind].outputs(info) + ITEM_OUTPUTS
+    """Inputs and outputs of ``model`` as its metadata states them: its kind's outputs from the catalogue."""
+    outputs = tuple(TensorSpec(o.name, o.datatype, (-1, o.width)) for o in models.describe(model).outputs)
+    return (TensorSpec(INPUT_NAME, "BYTES", (-1, 1)),), outputs + ITEM_OUTPUTS
+
+
+_ABSENT = object()
+
+
+def _values(node: Any, keys: list[str]) -> Any:
+    """The values at ``keys`` below ``node`` (a key ending in ``[]`` takes that key of every element)."""
+    if not keys:
+        return node
+    key, rest = keys[0], keys[1:]
+    each = key.endswith("[]")
+    key = key.removesuffix("[]")
+    if not isinstance(node, dict) or key not in node:
+        return _ABSENT
+    value = node[key]
+    if not each:
+        return _values(value, rest)
+    if not isinstance(value, list):
+        return _ABSENT
+    found = [_values(element, rest) for element in value]
+    return _ABSENT if any(v is _ABSENT for v in found) else found
+
+
+def extract(answer: Any, path: str) -> list[Any] | None:
+    """An output's values in one item's JSON answer (flat), None when the answer lacks them (``Output.path``)."""
+    if path == "":
+        return [json.dumps(answer, separators=(",", ":"))]
+    values: list[Any] = []
+    for part in path.split(","):
+        found = _values(answer, part.strip().split("."))
+        if found is _ABSENT:
+            return None
+        values.extend(_flatten(found) if isinstance(found, list) else [found])
+    return values
+
+
+def answer_row(model: Model, answer: Any) -> dict[str, list[Any]]:
+    """One item's values of each of the model's outputs (an output its answer lacks is left out)."""
+    row = {}
+    for output in model.outputs:
+        values = extract(answer, output.path)
+        if values is not None:
+            row[output.name] = values
+    return row
 
 
 def model_metadata(model: str, versions: Sequence[str], platform: str = "torchserve") -> dict[str, Any]:
@@ -416,20 +370,22 @@ def _output_request(output: RequestOutput, binary_default: bool) -> OutputReques
 
 def check_outputs(model: str, request: InferRequest) -> dict[str, str]:
     """Refuse outputs the model lacks (before any inference); the model parameters the outputs imply."""
-    info = model_info(model)
-    _, outputs = signature(model)
-    known = {spec.name: spec for spec in outputs}
+    entry = models.describe(model)
+    known = {o.name: o for o in entry.outputs}
+    names = [*known, *(spec.name for spec in ITEM_OUTPUTS)]
     extra: dict[str, str] = {}
     for wanted in request.outputs or ():
-        if wanted.name not in known:
-            raise ProtocolError(f"model {model!r} has no output {wanted.name!r}; it has {', '.join(known)}")
+        if wanted.name not in names:
+            raise ProtocolError(f"model {model!r} has no output {wanted.name!r}; it has {', '.join(names)}")
         if wanted.classification:
-            if info.kind != "classifier" or wanted.name != "scores":
+            if wanted.name != CLASSIFICATION[0] or not set(CLASSIFICATION) <= known.keys():
                 raise ProtocolError("classification is available on the output 'scores' of classifiers only")
-            if info.topk is not None and wanted.classification > info.topk:
-                raise ProtocolError(f"classification is at most {info.topk} (the model's top-k)")
-        if wanted.name == "embedding":
-            extra["embedding"] = "true"
+            topk = known["scores"].width
+            if topk > 0 and wanted.classification > topk:
+                raise ProtocolError(f"classification is at most {topk} (the model's top-k)")
+        output = known.get(wanted.name)
+        if output is not None and output.asked_by:
+            extra[output.asked_by] = "true"
     return extra
 
 
@@ -442,7 +398,7 @@ class Outcome:
 
     status: int
     request_id: str
-    answer: dict[str, Any] | None = None
+    answer: Any = None  # any JSON value (our kinds: an object)
     error: str | None = None
 
 
@@ -458,15 +414,15 @@ class Tensor:
 
 def build_outputs(model: str, outcomes: Sequence[Outcome], request: InferRequest) -> list[Tensor]:
     """The output tensors for the items' outcomes: those requested (default: all but optional ones)."""
-    info = model_info(model)
-    family = FAMILIES[info.kind]
-    specs = {spec.name: spec for spec in family.outputs(info) + ITEM_OUTPUTS}
-    rows = [family.row(o.answer) if o.status == 200 and o.answer is not None else None for o in outcomes]
+    entry = models.describe(model)
+    specs = {spec.name: spec for spec in signature(model)[1]}
+    optional = {o.name for o in entry.outputs if o.asked_by}
+    rows = [answer_row(entry, o.answer) if o.status == 200 and o.answer is not None else None for o in outcomes]
     failed = any(row is None for row in rows)
     if request.outputs is not None:
         wanted = list(request.outputs)
     else:
-        present = [n for n in specs if n not in family.optional or all(r is None or n in r for r in rows)]
+        present = [n for n in specs if n not in optional or all(r is None or n in r for r in rows)]
         wanted = [OutputRequest(n, request.binary_output) for n in present if specs[n] not in ITEM_OUTPUTS]
     if failed:  # the outcome of each item travels with any partial answer, asked for or not
         names = {w.name for w in wanted}

@@ -10,6 +10,7 @@ from typing import Annotated, Any
 from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from stack import models
 from stack.configuration import STATE_DIR_DEFAULT_TEXT, default_state_dir
 from stack.routing import Box, Routes, parse_routes
 
@@ -77,7 +78,11 @@ class Settings(BaseSettings):
     cache: bool = Field(True, description="same photo + same model version → the recorded answer (X-Cache: HIT)")
     cache_timeout_s: float = Field(0.05, description="a slower cache lookup is a miss")
 
-    job_models: Names = Field(("classifier", "price", "similar"), description="what a job runs when it names no models")
+    job_models: Names = Field(
+        default_factory=models.job_models,
+        description="what a job runs when it names no models",
+        json_schema_extra={"default_text": "the catalogue's models with `in_jobs` (stack/models.json)"},
+    )
     job_concurrency: int = Field(4, description="job workers per bridge")
     job_lease_s: float = Field(30.0, description="seconds a worker holds a job before another may take it over")
     job_deadline_s: float = Field(

@@ -7,11 +7,18 @@ import os
 from typing import Any
 
 import torch
-from batch_handler import BatchImageHandler
+from batch_handler import BatchImageHandler, OipOutput
 
 
 class ImageClassifierHandler(BatchImageHandler):
     """Answers ``{"predictions": [{"label", "index", "score"}, ...]}`` for each image."""
+
+    kind = "classifier"
+    oip_outputs = (
+        OipOutput("labels", "BYTES", "predictions[].label", "topk"),
+        OipOutput("scores", "FP32", "predictions[].score", "topk"),
+        OipOutput("class_ids", "INT64", "predictions[].index", "topk"),
+    )
 
     def initialize(self, context: Any) -> None:
         """Load the model, then the label names shipped in the archive."""

@@ -6,7 +6,7 @@ import os
 from typing import Any
 
 import torch
-from batch_handler import BatchImageHandler
+from batch_handler import BatchImageHandler, OipOutput
 from model_architectures import ImageEmbedder
 from price_head import cents, load_head, price_interval, z_for
 from torch import nn
@@ -16,6 +16,12 @@ class PriceHandler(BatchImageHandler):
     """Answers ``{"price", "currency", "interval": {"low", "high", "coverage"}}`` for each image."""
 
     config_keys = ("price_head_file", "currency", "interval")
+    kind = "price"
+    oip_outputs = (
+        OipOutput("price", "FP32", "price", 1),
+        OipOutput("interval", "FP32", "interval.low,interval.high", 2),
+        OipOutput("currency", "BYTES", "currency", 1),
+    )
 
     def load_model(self, model_dir: str) -> nn.Module:
         """The pretrained backbone's embedding followed by the archive's price head, as one module."""

@@ -6,7 +6,7 @@ import os
 from typing import Any
 
 import torch
-from batch_handler import BatchImageHandler, ItemError, int_param, request_param
+from batch_handler import BatchImageHandler, ItemError, OipOutput, int_param, request_param
 from model_architectures import ImageEmbedder
 from similarity_index import SimilarityIndex
 from torch import nn
@@ -22,13 +22,22 @@ class SimilarItemsHandler(BatchImageHandler):
     """
 
     param_names = ("k", "embedding")
-    config_keys = ("index_file", "max_k")
+    config_keys = ("index_file", "max_k", "embedding_dim")
+    kind = "similar"
+    oip_outputs = (
+        OipOutput("ids", "BYTES", "items[].id"),
+        OipOutput("distances", "FP32", "items[].distance"),
+        OipOutput("embedding", "FP32", "embedding", "embedding_dim", asked_by="embedding"),
+    )
 
     def initialize(self, context: Any) -> None:
         """Load the embedder, then the catalogue index shipped in the archive, checked against the embedder."""
         super().initialize(context)
         crop = self.config.tensor.crop
         dimension = self.forward(torch.zeros(1, 3, crop, crop, device=self.device)).shape[1]
+        declared = int(self.config.extra.get("embedding_dim", dimension))
+        if declared != dimension:  # the archive's /v2 signature states it
+            raise ValueError(f"handler embedding_dim {declared} does not match the model's {dimension}-d embedding")
         index_file = self.config.extra.get("index_file", "catalogue_index.pt")
         self.index = SimilarityIndex.load(os.path.join(self.model_dir, index_file), dimension=dimension)
         max_k = int(self.config.extra.get("max_k", 50))

@@ -197,9 +197,9 @@ async def _outcome(request: Request, model: str, version: str | None, item: oip.
     upstream = prediction.upstream
     try:
         answer = json.loads(upstream.body)
-    except ValueError:
-        answer = None
-    if upstream.status == 200 and isinstance(answer, dict):
+    except ValueError:  # a handler of someone else's may answer plain text: the json kind carries it as a string
+        answer = upstream.body.decode(errors="replace") if upstream.status == 200 else None
+    if upstream.status == 200:
         return oip.Outcome(200, request_id, answer=answer), prediction.record.model_version, prediction.cached
     message = answer.get("message") if isinstance(answer, dict) else None
     return oip.Outcome(upstream.status, request_id, error=str(message or upstream.body[:200].decode(errors="replace"))), None, False

@@ -12,6 +12,8 @@ from typing import Any
 import pytest
 import yaml
 
+from archive_scripts.compose_models import layout
+from stack import models
 from tests.deploy.conftest import (
     COMPOSE_FILE,
     DEPLOY,
@@ -22,10 +24,11 @@ from tests.deploy.conftest import (
     tool,
 )
 
-# Each model server box and the model it serves (classifier is scaled out to two boxes).
-MODEL_OF = {"box-classifier": "classifier", "box-classifier-2": "classifier", "box-similar": "similar",
-            "box-price": "price", "box-resnet18": "resnet18"}
+# Each model server box and the model it serves, from the catalogue (a model may have several boxes).
+LAYOUT = layout(models.catalogue())
+MODEL_OF = {box.name: box.model for box in LAYOUT}
 BOXES = set(MODEL_OF)
+BENCHMARK_BOXES = {box.name for box in LAYOUT if box.model.benchmark_only}
 BRIDGES = {"bridge-1", "bridge-2"}
 SERVICES = {"balancer", *BRIDGES, *BOXES, "postgres", "influxdb", "grafana"}  # servingctl: profile ops, on demand
 
@@ -50,11 +53,11 @@ def env_file_keys(path: Path) -> dict[str, str]:
 
 def test_compose_config_renders_without_a_daemon(compose_config: dict[str, Any]) -> None:
     assert compose_config["name"] == "photo-serving"
-    # resnet18's box is in the benchmark profile: not started by a plain `up`.
-    assert set(compose_config["services"]) == SERVICES - {"box-resnet18"}
+    # benchmark-only models' boxes (resnet18's) are in the benchmark profile: not started by a plain `up`.
+    assert BENCHMARK_BOXES and set(compose_config["services"]) == SERVICES - BENCHMARK_BOXES
 
 
-def test_the_benchmark_profile_adds_the_resnet18_box(compose_env: dict[str, str]) -> None:
+def test_the_benchmark_profile_adds_the_benchmark_boxes(compose_env: dict[str, str]) -> None:
     result = run([*compose_command(), "--env-file", str(ENV_EXAMPLE), "-f", str(COMPOSE_FILE), "--profile",
                   "benchmark", "config", "--services"], env=compose_env)
     assert set(result.stdout.split()) == SERVICES
@@ -110,12 +113,13 @@ def test_each_box_serves_one_model_on_ports_of_its_own(full: dict[str, Any]) -> 
     seen: set[str] = set()
     for name in BOXES:
         env = full["services"][name]["environment"]
-        assert env["SERVING_MODELS"] == f"{MODEL_OF[name]}_v1.0.mar"
+        assert env["SERVING_MODELS"] == MODEL_OF[name].archive
         ports = {v for k, v in env.items() if k.startswith("SERVING_TS_") and k.endswith("_PORT")}
         assert len(ports) == 6 and not ports & seen, name  # inference, management, metrics, gRPC x2, workers
         seen |= ports
         assert full["services"][name]["restart"] == "unless-stopped"
-    assert full["services"]["box-resnet18"]["profiles"] == ["benchmark"]
+    for name in BENCHMARK_BOXES:
+        assert full["services"][name]["profiles"] == ["benchmark"]
 
 
 def test_the_bridges_route_each_model_to_its_box_with_its_key(full: dict[str, Any]) -> None:
@@ -127,10 +131,12 @@ def test_the_bridges_route_each_model_to_its_box_with_its_key(full: dict[str, An
     routes = {full["services"][name]["environment"]["BRIDGE_ROUTES"] for name in BRIDGES}
     assert len(routes) == 1, "every bridge has the same routes"
     parsed = parse_routes(routes.pop())
-    assert len(parsed["classifier"]) == 2, "classifier is scaled out to two boxes"
-    assert {model for model, boxes in parsed.items() for _ in boxes} == set(MODEL_OF.values())
+    for model in models.catalogue():
+        assert len(parsed[model.name]) == model.boxes, f"{model.name} runs on {model.boxes} box(es)"
+    assert max(m.boxes for m in models.catalogue()) > 1, "a model is scaled out (the classifier)"
+    assert set(parsed) == set(models.names())
     for name in BOXES:
-        model = MODEL_OF[name]
+        model = MODEL_OF[name].name
         env = full["services"][name]["environment"]
         (box,) = [b for b in parsed[model] if b.url == f"http://127.0.0.1:{env['SERVING_TS_INFERENCE_PORT']}"]
         assert box.management_url == f"http://127.0.0.1:{env['SERVING_TS_MANAGEMENT_PORT']}"
@@ -141,7 +147,7 @@ def test_the_bridges_route_each_model_to_its_box_with_its_key(full: dict[str, An
             mounts = {v["target"]: v for v in full["services"][bridge]["volumes"]}
             mount = mounts[str(box.key_file.parent)]
             assert mount["source"] == key_volume["source"] and mount["read_only"] is True
-        assert box.required is (model != "resnet18")
+        assert box.required is not MODEL_OF[name].benchmark_only
 
 
 def test_start_order_is_gated_on_real_health_checks(compose_config: dict[str, Any]) -> None:
@@ -151,7 +157,7 @@ def test_start_order_is_gated_on_real_health_checks(compose_config: dict[str, An
         assert gates == {"postgres": "service_healthy", "influxdb": "service_healthy"}
         # the bridges keep the image's own HEALTHCHECK (/ping: 200 only when every required box answers)
         assert "healthcheck" not in services[name]
-    for name in BOXES - {"box-resnet18"}:
+    for name in BOXES - BENCHMARK_BOXES:
         assert "healthcheck" not in services[name]  # the image's: every model of the box has a READY worker
     assert {name: dep["condition"] for name, dep in services["grafana"]["depends_on"].items()} == {
         "influxdb": "service_healthy"

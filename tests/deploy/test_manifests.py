@@ -17,6 +17,7 @@ import pytest
 import yaml
 from referencing import Registry, Resource
 
+from stack import models
 from tests.deploy.conftest import (
     API_LABELS,
     BENCHMARK,
@@ -114,7 +115,8 @@ def test_kserve_schema_records_its_source() -> None:
 # --- what the base promises -----------------------------------------------------------------------------------
 
 
-MODELS_IN_BASE = ("classifier", "similar", "price")
+MODELS_IN_BASE = tuple(m.name for m in models.catalogue() if not m.benchmark_only)
+BENCHMARK_MODELS = tuple(m.name for m in models.catalogue() if m.benchmark_only)
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -134,11 +136,12 @@ def test_the_layout(rendered: dict[str, list[dict[str, Any]]], overlay: str) -> 
     assert {o["metadata"].get("namespace") for o in objects} == {"photo-serving"}
 
 
-def test_the_benchmark_overlay_adds_the_resnet18_box(rendered: dict[str, list[dict[str, Any]]]) -> None:
+def test_the_benchmark_overlay_adds_the_benchmark_models_boxes(rendered: dict[str, list[dict[str, Any]]]) -> None:
     cpu, benchmark = rendered["cpu"], rendered[BENCHMARK]
-    assert sorted(boxes(benchmark)) == sorted([*MODELS_IN_BASE, "resnet18"])
+    assert BENCHMARK_MODELS  # resnet18
+    assert sorted(boxes(benchmark)) == sorted([*MODELS_IN_BASE, *BENCHMARK_MODELS])
     extra = {(o["kind"], o["metadata"]["name"]) for o in benchmark} - {(o["kind"], o["metadata"]["name"]) for o in cpu}
-    assert extra == {(kind, "box-resnet18") for kind in
+    assert extra == {(kind, f"box-{model}") for model in BENCHMARK_MODELS for kind in
                      ("Deployment", "HorizontalPodAutoscaler", "PodDisruptionBudget", "Service")}
     assert {o["metadata"].get("namespace") for o in benchmark} == {"photo-serving"}
 
@@ -149,9 +152,9 @@ def test_the_generated_files_are_up_to_date() -> None:
     assert not deploy_config.stale(), "out of date: python -m archive_scripts.deploy_config"
     assert deploy_config.main(["--check"]) == 0
     # Nothing generated for a model that no longer has a box.
-    models = {spec.name for spec in deploy_config.boxes()}
-    assert {p.name for p in (K8S / "models").iterdir() if p.is_dir()} == models
-    assert set(kserve_models()) == models
+    names = set(models.names())
+    assert {p.name for p in (K8S / "models").iterdir() if p.is_dir()} == names
+    assert set(kserve_models()) == names
 
 
 @pytest.mark.parametrize("overlay", [*OVERLAYS, BENCHMARK])

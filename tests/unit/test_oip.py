@@ -17,6 +17,7 @@ from fastapi.testclient import TestClient
 
 from bridge import oip
 from bridge.errors import BadRequest
+from stack import models
 from tests.unit.fakes import FlakyStore
 from tests.unit.test_bridge_app import FakeTorchServe, bridge_under_test
 
@@ -199,12 +200,37 @@ def test_check_outputs_refuses_what_the_model_lacks() -> None:
     assert oip.check_outputs("similar", request("embedding")) == {"embedding": "true"}
 
 
-def test_model_table_matches_the_archive_specs() -> None:
-    # The bridge may not import the specs (they import torch); this test may.
+def test_each_catalogue_model_is_described_by_its_handlers_declared_kind() -> None:
+    # The bridge may not import the specs or the handlers (they import torch); this test may.
+    from archive_scripts.model_catalogue import handler_class
     from archive_scripts.specs import SPECS
-    from archive_scripts.weights import LITE0_FEATURES
 
-    assert {spec.name: oip.info_from_spec(spec, LITE0_FEATURES) for spec in SPECS} == oip.MODELS
+    assert [m.name for m in models.catalogue()] == [spec.name for spec in SPECS]
+    for spec in SPECS:
+        handler = handler_class(spec)
+        outputs = [t.name for t in oip.signature(spec.name)[1]]
+        assert outputs == [o.name for o in handler.oip_outputs] + ["status", "error", "request_id"], spec.name
+        assert models.describe(spec.name).kind == handler.kind
+
+
+def test_a_model_the_catalogue_does_not_know_is_the_json_kind() -> None:
+    _, outputs = oip.signature("their-model")
+    assert [(t.name, t.datatype, t.shape) for t in outputs[:1]] == [("answer", "BYTES", (-1, 1))]
+    request = oip.InferRequest(None, (oip.Item(b"x"),) * 3, None, False)
+    answers = [{"tabby": 0.4, "tiger cat": 0.3}, [{"box": [1, 2, 3, 4]}], "plain text"]
+    outcomes = [oip.Outcome(200, f"r{i}", answer=a) for i, a in enumerate(answers)]
+    (tensor,) = oip.build_outputs("their-model", outcomes, request)
+    assert tensor.shape == [3, 1] and [json.loads(v) for v in tensor.data] == answers
+
+
+def test_output_paths_read_nested_lists_and_several_keys() -> None:
+    answer = {"detections": [{"box": [0, 1, 2, 3], "label": "cat"}, {"box": [4, 5, 6, 7], "label": "cup"}],
+              "interval": {"low": 1.0, "high": 2.0}}
+    assert oip.extract(answer, "detections[].box") == [0, 1, 2, 3, 4, 5, 6, 7]
+    assert oip.extract(answer, "detections[].label") == ["cat", "cup"]
+    assert oip.extract(answer, "interval.low,interval.high") == [1.0, 2.0]
+    assert oip.extract(answer, "missing") is None and oip.extract(answer, "detections[].missing") is None
+    assert oip.extract({"detections": []}, "detections[].box") == []
 
 
 def test_the_bridge_does_not_import_torch() -> None:

@@ -9,7 +9,7 @@ from pydantic import ValidationError
 
 from bridge.settings import Settings as BridgeSettings
 from ops.settings import Settings as OpsSettings
-from stack import configuration
+from stack import configuration, models
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -32,7 +32,8 @@ def test_lists_are_read_comma_separated_or_as_json(monkeypatch: pytest.MonkeyPat
 def test_list_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BRIDGE_API_KEYS", "")
     assert BridgeSettings().api_keys == ()
-    assert BridgeSettings().job_models == ("classifier", "price", "similar")
+    assert BridgeSettings().job_models == tuple(m.name for m in models.catalogue() if m.in_jobs)
+    assert BridgeSettings().job_models  # the catalogue names the models a job runs by default
     assert BridgeSettings(api_keys=["k"]).api_keys == ("k",)
 
 
