@@ -26,6 +26,7 @@ from ops.golden import GoldenLookup, PhotoLoader, check_through_torchserve
 from ops.history import Change, ChangeSink, History, rollback_target
 from ops.settings import Settings
 from ops.torchserve import ModelInfo, TorchServe, VersionInfo
+from stack import models as catalogue
 
 
 @dataclass
@@ -118,7 +119,8 @@ def _info_json(info: ModelInfo) -> dict[str, Any]:
 
 
 def models(ctx: Context, as_json: bool = False) -> int:
-    """One row per registered version of every model (per box when there are several): default, workers, batch."""
+    """One row per registered version of every model (per box when there are several): its kind of answer (the
+    catalogue's; ``json`` for a model built elsewhere), default, workers, batch."""
     boxes = ctx.torchserve.boxes()
     infos: list[tuple[str, ModelInfo]] = []
     for box in boxes:
@@ -131,15 +133,16 @@ def models(ctx: Context, as_json: bool = False) -> int:
             # One box down (or a benchmark-only box not started) must not hide the others.
             ctx.warn(f"box {box.name}: {exc.message}")
     if as_json:
-        ctx.say(json.dumps([{**_info_json(i), "box": name} for name, i in infos], indent=2))
+        ctx.say(json.dumps([{**_info_json(i), "kind": catalogue.describe(i.name).kind, "box": name}
+                            for name, i in infos], indent=2))
         return 0
     several = len(boxes) > 1
     rows: list[tuple[str, ...]] = [(("BOX",) if several else ()) + (
-        "MODEL", "VERSION", "DEFAULT", "WORKERS ready/total", "MIN-MAX", "BATCH", "DELAY ms", "TIMEOUT s")]
+        "MODEL", "KIND", "VERSION", "DEFAULT", "WORKERS ready/total", "MIN-MAX", "BATCH", "DELAY ms", "TIMEOUT s")]
     for name, info in infos:
         for v in info.versions:
             rows.append(((name,) if several else ()) + (
-                info.name, v.version, "*" if v.version == info.default else "", f"{v.ready}/{len(v.workers)}",
+                info.name, catalogue.describe(info.name).kind, v.version, "*" if v.version == info.default else "", f"{v.ready}/{len(v.workers)}",
                 f"{v.min_workers}-{v.max_workers}", str(v.batch_size), str(v.max_batch_delay_ms),
                 str(v.response_timeout_s)))
     _table(ctx, rows)

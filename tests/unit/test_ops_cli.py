@@ -413,7 +413,9 @@ def test_models_and_describe_show_versions_workers_and_batching(cli: Cli, fake: 
     fake[0].add("resnet18", "2.0")
     listing = cli("models")
     assert listing.code == 0
-    assert "resnet18    1.0      *" in listing.out and "resnet18    2.0" in listing.out
+    assert "resnet18    classifier  1.0      *" in listing.out and "resnet18    classifier  2.0" in listing.out
+    fake[0].add("their-model", "0.3")
+    assert "their-model  json        0.3" in cli("models").out  # a model the catalogue does not know
     described = cli("describe", "resnet18")
     assert described.code == 0
     assert "default version 1.0; versions 1.0, 2.0" in described.out
