@@ -87,7 +87,9 @@ reliability: $(STAMP)
 	@$(PY) -m pytest tests/reliability --junitxml=.state/reliability/junit.xml; status=$$?; \
 	  $(PY) -m tests.reliability.report .state/reliability | tee .state/reliability/report.txt; exit $$status
 
-# The two images (docker/api.Dockerfile: serving-api; docker/model-server.Dockerfile: serving-model), cached.
+# The images (docker/api.Dockerfile: serving-api; the root Dockerfile: serving-model and its servingctl stage,
+# serving-ops; docker/balancer.Dockerfile: serving-balancer), cached. Afterwards `docker build .` builds serving-model
+# from the base and torch wheels prepared here (`docker build --network host .` on the dockerd started here).
 # Installs Debian's docker.io and starts dockerd (host networking only) when needed, and makes a base image from
 # Debian's packages when the official python image is not on this machine (stack/docker.py).
 images: $(STAMP)

@@ -10,7 +10,7 @@
 ARG BASE_IMAGE=debian:bookworm-slim
 FROM ${BASE_IMAGE}
 
-# DL3008 (unpinned apt versions) is ignored on purpose, as in model-server.Dockerfile: bookworm takes security
+# DL3008 (unpinned apt versions) is ignored on purpose, as in the root Dockerfile: bookworm takes security
 # fixes only, and Debian drops superseded versions from its mirrors.
 # hadolint ignore=DL3008
 RUN apt-get update \

@@ -4,14 +4,19 @@
 
 - ``up``: installs Debian's ``docker.io`` when ``dockerd`` is missing, starts ``dockerd`` when it is not answering,
   with host networking only (``--bridge=none --iptables=false --ip-masq=false``: no bridge network, so every
-  container runs with ``--network host`` and binds 127.0.0.1; traffic never leaves loopback), its data root,
-  pid file and log under the state dir (``SERVING_DOCKER_DIR``, default ``<checkout>/.state/docker``).
+  container runs with ``--network host`` and binds 127.0.0.1, and so does every build: ``docker build --network
+  host``; traffic never leaves loopback) and BuildKit as its default builder, its data root, config, pid file and
+  log under the state dir (``SERVING_DOCKER_DIR``, default ``<checkout>/.state/docker``).
 - ``base``: makes sure the base image a Dockerfile names exists. The official ``python:3.11-slim-bookworm`` is
   used when it is present (pulled, or loaded by the user); otherwise one is made from Debian's packages
   (debootstrap of bookworm with python3.11 + venv + pip, the host's CA bundle trusted by pip) and imported
-  under a local name, once.
-- ``images``: ``up`` + ``base`` + an image of torch wheels (made once from the host's pip), then builds ``serving-api``,
-  ``serving-model``, ``serving-ops`` (servingctl) and ``serving-balancer`` (nginx from Debian: the bridges' one address on a host).
+  under a local name, once. Either way the base is also tagged ``serving-local/python:3.11-bookworm``, the root
+  Dockerfile's default ``PYTHON_IMAGE``.
+- ``images``: ``up`` + ``base`` + an image of torch wheels (made once from the host's pip, also tagged
+  ``serving-local/torch-wheels:pinned``, the root Dockerfile's default ``TORCH_WHEELS_IMAGE``), then builds
+  ``serving-api``, ``serving-model`` (the root ``Dockerfile``: after ``images``, ``docker build --network host .``
+  builds it with no build argument), ``serving-ops`` (servingctl) and ``serving-balancer`` (nginx from Debian: the
+  bridges' one address on a host).
 
 Debian's CLI ``/usr/bin/docker`` (20.10) is used, not whatever ``docker`` is first on PATH: it builds with BuildKit
 without the buildx plugin (``DOCKER_BUILDKIT=1``), which ``COPY --chmod`` and ``RUN --mount`` need.
@@ -42,11 +47,18 @@ BASE_PACKAGES = ("python3", "python3-venv", "python3-pip", "python-is-python3", 
 HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 IMAGE_CA_BUNDLE = "/etc/ssl/certs/host-ca-bundle.crt"
 LOCAL_TORCH_WHEELS = "serving-local/torch-wheels"
+# The wheels of requirements.txt's current pins (or an empty wheelhouse), whichever ``images`` made last: the root
+# Dockerfile's default TORCH_WHEELS_IMAGE.
+PINNED_TORCH_WHEELS = f"{LOCAL_TORCH_WHEELS}:pinned"
+MODEL_DOCKERFILE = "Dockerfile"  # the model server's, at the root: `docker build .` builds serving-model
 API_IMAGE = "serving-api"
 MODEL_IMAGE = "serving-model"
 OPS_IMAGE = "serving-ops"  # servingctl, built from the model image's build stage
 BALANCER_IMAGE = "serving-balancer"
 START_TIMEOUT_S = 60.0
+# dockerd's config: BuildKit by default, so that Debian's CLI builds with it without DOCKER_BUILDKIT=1 (the
+# Dockerfiles' RUN --mount and COPY --chmod need it).
+DAEMON_CONFIG = '{"features": {"buildkit": true}}\n'
 
 
 class DockerError(Exception):
@@ -113,11 +125,13 @@ def up() -> int:
         return 0
     state = state_dir()
     (state / "data").mkdir(parents=True, exist_ok=True)
+    (state / "daemon.json").write_text(DAEMON_CONFIG)
     log = (state / "dockerd.log").open("ab")
     say(f"starting dockerd (host networking only; data root {state / 'data'}, log {state / 'dockerd.log'}) ...")
     started = time.monotonic()
     process = subprocess.Popen(
         [DOCKERD, "--bridge=none", "--iptables=false", "--ip-masq=false", "--ip6tables=false",
+         "--config-file", str(state / "daemon.json"),
          "--data-root", str(state / "data"), "--pidfile", str(state / "dockerd.pid")],
         stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )
@@ -240,8 +254,13 @@ def make_local_python_base(name: str = LOCAL_PYTHON) -> None:
 
 
 def python_base() -> str:
-    """The Python base image to build from: the official one when present here, else the local one (made once)."""
+    """The Python base image to build from: the official one when present here, else the local one (made once).
+
+    Either way it is (also) tagged LOCAL_PYTHON, the root Dockerfile's default PYTHON_IMAGE, so that a plain
+    ``docker build`` there uses the same base as ``images``.
+    """
     if image_exists(OFFICIAL_PYTHON):
+        docker("tag", OFFICIAL_PYTHON, LOCAL_PYTHON)
         return OFFICIAL_PYTHON
     if not image_exists(LOCAL_PYTHON):
         say(f"{OFFICIAL_PYTHON} is not here and no registry is reachable: making a base from Debian's packages")
@@ -257,14 +276,35 @@ def _torch_pins() -> list[str]:
     return [line.strip() for line in lines if re.match(r"^(torch|torchvision)==", line.strip())]
 
 
+def _image_from(directory: str, name: str) -> None:
+    """``docker build`` an image holding ``directory``'s files at / (no base, no RUN: no network needed)."""
+    env = {**os.environ, "DOCKER_BUILDKIT": "1"}
+    built = subprocess.run([DOCKER_CLI, "build", "--quiet", "--tag", name, "--file", "-", directory],
+                           input="FROM scratch\nCOPY . /\n", text=True, env=env, stdout=subprocess.DEVNULL, check=False)
+    if built.returncode != 0:
+        raise DockerError(f"building {name} failed (see above)")
+
+
 def torch_wheels_image() -> str:
     """An image holding the pinned torch/torchvision wheels and their dependencies' at /, made once from this host's pip.
 
     The host's pip finds them in local file indexes (``pip config list``), so the model-server build installs
     gigabytes of CUDA wheels without downloading them, and, the wheels being an image rather than part of the build
     context, an unchanged build does not send them to the daemon again. Returns "scratch" (no wheels: the build
-    uses TORCH_INDEX_URL) when the host's pip cannot get them.
+    uses TORCH_INDEX_URL) when the host's pip cannot get them. Tags PINNED_TORCH_WHEELS, the root Dockerfile's
+    default, as the same image, or as an empty wheelhouse when there are no wheels (the build then uses the index).
     """
+    name = _torch_wheels_image()
+    if name != "scratch":
+        docker("tag", name, PINNED_TORCH_WHEELS)
+    else:
+        with tempfile.TemporaryDirectory(prefix="no-wheels-", dir=state_dir()) as empty:
+            Path(empty, "NO-WHEELS").write_text("no torch wheels: the model-server build uses TORCH_INDEX_URL\n")
+            _image_from(empty, PINNED_TORCH_WHEELS)
+    return name
+
+
+def _torch_wheels_image() -> str:
     pins = _torch_pins()
     name = f"{LOCAL_TORCH_WHEELS}:{'-'.join(pin.split('==')[1] for pin in pins)}"
     if image_exists(name):
@@ -282,12 +322,7 @@ def torch_wheels_image() -> str:
             say("the host's pip could not get them; the model-server build will use TORCH_INDEX_URL")
             return "scratch"
         size = sum(wheel.stat().st_size for wheel in Path(wheels).glob("*.whl"))
-        env = {**os.environ, "DOCKER_BUILDKIT": "1"}
-        built = subprocess.run([DOCKER_CLI, "build", "--quiet", "--tag", name, "--file", "-", wheels],
-                               input="FROM scratch\nCOPY . /\n", text=True, env=env, stdout=subprocess.DEVNULL,
-                               check=False)
-        if built.returncode != 0:
-            raise DockerError(f"building {name} failed (see above)")
+        _image_from(wheels, name)
     say(f"{name} made: {size / 1e9:.1f} GB of wheels ({time.monotonic() - started:.0f} s)")
     return name
 
@@ -303,8 +338,8 @@ class Image:
 
 IMAGES = (
     Image(API_IMAGE, "docker/api.Dockerfile"),
-    Image(MODEL_IMAGE, "docker/model-server.Dockerfile"),
-    Image(OPS_IMAGE, "docker/model-server.Dockerfile", target="servingctl"),
+    Image(MODEL_IMAGE, MODEL_DOCKERFILE),
+    Image(OPS_IMAGE, MODEL_DOCKERFILE, target="servingctl"),
     Image(BALANCER_IMAGE, "docker/balancer.Dockerfile"),
 )
 
@@ -316,8 +351,8 @@ def build(image: Image, base: str, extra_args: Sequence[str] = ()) -> float:
     env = {**os.environ, "DOCKER_BUILDKIT": "1", "BUILDKIT_PROGRESS": "plain"}
     result = docker(
         # PYTHON_IMAGE for the Python images, BASE_IMAGE (Debian) for the balancer: the base is Debian bookworm.
-        "build", "--network", "host", "--file", image.dockerfile, "--build-arg", f"PYTHON_IMAGE={base}",
-        "--build-arg", f"BASE_IMAGE={base}",
+        "build", "--network", "host", "--file", str(REPO_ROOT / image.dockerfile),
+        "--build-arg", f"PYTHON_IMAGE={base}", "--build-arg", f"BASE_IMAGE={base}",
         *(["--target", image.target] if image.target else []),
         *extra_args, "--tag", image.name, str(REPO_ROOT), check=False, capture=False, env=env,
     )
@@ -336,7 +371,7 @@ def images(names: Sequence[str] = ()) -> int:
     for image in IMAGES:
         if names and image.name not in names:
             continue
-        uses_torch = image.dockerfile == "docker/model-server.Dockerfile"
+        uses_torch = image.dockerfile == MODEL_DOCKERFILE
         extra = ["--build-arg", f"TORCH_WHEELS_IMAGE={torch_wheels_image()}"] if uses_torch else []
         build(image, base, extra)
     return 0

@@ -2,8 +2,7 @@
 its health check at /ping, one box per model with the same archive, settings and health check everywhere, each
 model routed to the box that serves it (compose's and Kubernetes' BRIDGE_ROUTES), TorchServe's ports reachable by
 the bridge only, and only environment variables the bridge actually reads (bridge.settings.Settings). And hadolint
-passes on the Dockerfiles (docker/api.Dockerfile: the bridge; docker/model-server.Dockerfile: TorchServe with the
-models)."""
+passes on the Dockerfiles (docker/api.Dockerfile: the bridge; the root Dockerfile: TorchServe with the models)."""
 
 from __future__ import annotations
 
@@ -16,7 +15,9 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
+from archive_scripts.compose_models import layout
 from bridge.settings import Settings
+from stack import models
 from tests.deploy.conftest import (
     BENCHMARK,
     COMPOSE_FILE,
@@ -36,7 +37,7 @@ from tests.deploy.conftest import (
     tool,
 )
 
-DOCKERFILES = {"api": REPO_ROOT / "docker" / "api.Dockerfile", "model": REPO_ROOT / "docker" / "model-server.Dockerfile",
+DOCKERFILES = {"api": REPO_ROOT / "docker" / "api.Dockerfile", "model": REPO_ROOT / "Dockerfile",
                "balancer": REPO_ROOT / "docker" / "balancer.Dockerfile",
                "kserve-runtime": REPO_ROOT / "docker" / "kserve-runtime.Dockerfile"}
 DOCKERFILE = DOCKERFILES["api"].read_text()  # the bridge's image: what compose and Kubernetes publish on 8000
@@ -67,17 +68,18 @@ def image_repository(image: str) -> str:
 
 
 BRIDGES = ("bridge-1", "bridge-2")
-BOXES = ("box-classifier", "box-classifier-2", "box-similar", "box-price")
+# The boxes a plain `docker compose up` starts (benchmark-only models' are in a profile), from the catalogue.
+BOXES = tuple(box.name for box in layout(models.catalogue()) if not box.model.benchmark_only)
 
 
 def test_compose_runs_the_images_make_images_builds(compose_config: dict[str, Any]) -> None:
     from stack import docker as docker_stack
 
     built = {image.name: image.dockerfile for image in docker_stack.IMAGES}
-    assert built == {"serving-api": "docker/api.Dockerfile", "serving-model": "docker/model-server.Dockerfile",
-                     "serving-ops": "docker/model-server.Dockerfile", "serving-balancer": "docker/balancer.Dockerfile"}
+    assert built == {"serving-api": "docker/api.Dockerfile", "serving-model": "Dockerfile",
+                     "serving-ops": "Dockerfile", "serving-balancer": "docker/balancer.Dockerfile"}
     assert re.search(r"docker build -f docker/api\.Dockerfile -t serving-api \.", DOCKERFILE)
-    assert re.search(r"docker build -f docker/model-server\.Dockerfile -t serving-model \.", MODEL_DOCKERFILE)
+    assert re.search(r"docker build -t serving-model \.", MODEL_DOCKERFILE)  # the root Dockerfile: no -f
     services = compose_config["services"]
     images = {name: image_repository(services[name]["image"]) for name in (*BRIDGES, *BOXES, "balancer")}
     assert images == {**dict.fromkeys(BRIDGES, "serving-api"), **dict.fromkeys(BOXES, "serving-model"),

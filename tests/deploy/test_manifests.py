@@ -216,7 +216,7 @@ def test_probes(rendered: dict[str, list[dict[str, Any]]], overlay: str) -> None
     assert (liveness["periodSeconds"] * liveness["failureThreshold"]
             > 3 * readiness["periodSeconds"] * readiness["failureThreshold"])
     # A box is ready when its model answers: the model-server image's own health check.
-    health = healthcheck_command((REPO_ROOT / "docker" / "model-server.Dockerfile").read_text())
+    health = healthcheck_command((REPO_ROOT / "Dockerfile").read_text())
     for model, deployment in boxes(objects).items():
         torchserve = container(deployment, "torchserve")
         for probe in ("startupProbe", "readinessProbe"):

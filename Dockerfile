@@ -2,18 +2,27 @@
 # models a box serves is chosen when it starts (SERVING_MODELS), so one image runs every box: "if
 # classification is slow, add classifiers". TorchServe binds SERVING_TS_HOST (default 127.0.0.1) on ports from
 # the environment; its key file lands in /var/lib/serving/torchserve (mount it to share it with the bridge).
+# The other images' Dockerfiles are in docker/; this one's build context is the root .dockerignore's allowlist.
 #
-#   make images                                      # both images (python -m stack.docker images)
-#   docker build -f docker/model-server.Dockerfile -t serving-model .                  # CPU torch wheels
-#   docker build -f docker/model-server.Dockerfile --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu126 \
-#       -t serving-model:cu126 .                                                         # GPU
+#   make images                   # every image (python -m stack.docker images), this one as serving-model
+#   docker build -t serving-model .                # after `make images`: the base and torch wheels it prepared
+#   docker build --build-arg PYTHON_IMAGE=python:3.11-slim-bookworm --build-arg TORCH_WHEELS_IMAGE=scratch \
+#       -t serving-model .                         # elsewhere: the official base, torch from TORCH_INDEX_URL (CPU)
+#   docker build --build-arg PYTHON_IMAGE=python:3.11-slim-bookworm --build-arg TORCH_WHEELS_IMAGE=scratch \
+#       --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu126 -t serving-model:cu126 .      # GPU
 #   docker run --network host -e SERVING_MODELS=classifier_v1.0.mar -e SERVING_TS_INFERENCE_PORT=18080 ... serving-model
 #
-# torch/torchvision: from the TORCH_WHEELS_IMAGE when it holds them (`make images` makes one from this machine's
-# local wheel index, with no download), else from TORCH_INDEX_URL. Stages: deps -> build (archives) -> runtime.
-ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+# The dockerd that `make images` starts has host networking only (stack/docker.py): there, every build also
+# takes --network host (`docker build --network host -t serving-model .`).
+#
+# PYTHON_IMAGE and TORCH_WHEELS_IMAGE default to what `make images` prepares on the machine it runs on: the Python
+# base (the official python:3.11-slim-bookworm when it is there, else one made from Debian's packages) and the
+# pinned torch/torchvision wheels from the host's pip (no download; an empty wheelhouse when the host has none).
+# torch/torchvision: from the TORCH_WHEELS_IMAGE when it holds them, else from TORCH_INDEX_URL.
+# Stages: deps -> build (archives) -> runtime.
+ARG PYTHON_IMAGE=serving-local/python:3.11-bookworm
 # An image with the pinned torch/torchvision wheels (and their dependencies') at /; scratch: none.
-ARG TORCH_WHEELS_IMAGE=scratch
+ARG TORCH_WHEELS_IMAGE=serving-local/torch-wheels:pinned
 
 FROM ${TORCH_WHEELS_IMAGE} AS torch-wheels
 
@@ -65,7 +74,7 @@ RUN python -m archive_scripts --flavour "$ARCHIVE_FLAVOUR" --store /build/model_
 # ---- servingctl: the operators' CLI (image serving-ops; `make images`), for the boxes of a deployment -------
 # From the build stage: the same archives the boxes serve (a deploy registers an archive by its file name in the
 # box's store) and the golden photos' packages, so `servingctl deploy` runs its golden check here too.
-#   docker build -f docker/model-server.Dockerfile --target servingctl -t serving-ops .
+#   docker build --target servingctl -t serving-ops .
 #   docker compose -f deploy/compose.yaml run --rm servingctl models
 FROM build AS servingctl
 RUN groupadd --gid 1000 serving \
