@@ -11,17 +11,20 @@ from stack.settings import StackSettings
 
 
 def build_archives() -> None:
-    """Build (or confirm up to date) every archive before TorchServe loads them."""
-    result = subprocess.run([sys.executable, "-m", "archive_scripts"], cwd=REPO_ROOT, check=False)
-    if result.returncode != 0:
-        raise StackError("building the model archives failed (see above)")
+    """Regenerate what repeats the specs (a new spec: its catalogue entry, its place in load_models, ...), then build
+    (or confirm up to date) every archive before TorchServe loads them."""
+    for step, what in ((["archive_scripts.deploy_config"], "regenerating the files that repeat the specs"),
+                       (["archive_scripts"], "building the model archives")):
+        result = subprocess.run([sys.executable, "-m", *step], cwd=REPO_ROOT, check=False)
+        if result.returncode != 0:
+            raise StackError(f"{what} failed (see above)")
 
 
 def up(settings: StackSettings) -> int:
     """Start whatever is not running, wait until healthy, say where to send a photo."""
     started_at = time.monotonic()
     settings.state_dir.mkdir(parents=True, exist_ok=True)
-    print("Building model archives ...", flush=True)
+    print("Model catalogue and archives ...", flush=True)
     build_archives()
     for service in all_services(settings):
         step = time.monotonic()

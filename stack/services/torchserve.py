@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+import yaml
 
-from stack.services.base import REPO_ROOT, VENV_BIN, Service, StackError, http_status, stop_pid, wait_for
+from stack.services.base import REPO_ROOT, VENV_BIN, Service, StackError, http_status, log, stop_pid, wait_for
 from stack.services.faults import free_ports, kill9, signal_all
 from stack.settings import StackSettings
 from stack.torchserve import KeyFileUnreadable, Keys, read_keys
@@ -236,8 +237,32 @@ class TorchServe(Service):
     def up(self) -> bool:
         if self.ready():
             return False
+        if self.is_up():  # running, but an archive of load_models is new since it started (a model just added)
+            self.register_missing()
+            wait_for(self.ready, 240.0, f"TorchServe ({self.name}) and its models", self.log_file)
+            return True
         self.start()
         return True
+
+    def register_missing(self) -> None:
+        """Register the archives of ``load_models`` a running TorchServe does not serve yet, with their minWorkers."""
+        served = {entry["modelName"] for entry in self.management("GET", "/models?limit=1000")["models"]}
+        for archive in self.load_models():
+            if self.model_name(archive) in served:
+                continue
+            if not (self.model_store / archive).exists():
+                raise StackError(f"{archive} is not in {self.model_store}; run `python -m archive_scripts`")
+            workers = self.min_workers(archive)
+            log(f"{self.name}: registering {archive} ({workers} worker(s)), new since TorchServe started")
+            self.management("POST", f"/models?url={archive}&initial_workers={workers}&synchronous=true",
+                            timeout_s=240.0)
+
+    def min_workers(self, archive: str) -> int:
+        """minWorkers of the archive's model-config.yaml (1 when it has none)."""
+        with zipfile.ZipFile(self.model_store / archive) as mar:
+            config_file = json.loads(mar.read("MAR-INF/MANIFEST.json"))["model"].get("configFile")
+            config = yaml.safe_load(mar.read(config_file)) if config_file else {}
+        return int((config or {}).get("minWorkers", 1))
 
     def start(self, timeout_s: float = 180.0) -> None:
         """Start it and wait until every model is ready."""

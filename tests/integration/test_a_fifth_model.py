@@ -128,8 +128,12 @@ from stack.services.faults import free_ports
 
 state, pg_dsn, influx_database = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
 print(json.dumps({"load_models": TorchServe("torchserve", state).load_models()}), flush=True)
-torchserve = TorchServe("torchserve", state, ports=TorchServePorts.free(), models=["detector_v1.0.mar"])
+# A running stack from before the model was added (nothing loaded, to keep it quick), then `make up` again: the
+# harness registers the archive load_models names now.
+torchserve = TorchServe("torchserve", state, ports=TorchServePorts.free(), models=[])
 torchserve.start(240.0)
+torchserve.models = ["detector_v1.0.mar"]
+assert torchserve.up(), "up() registered nothing"
 bridge = Bridge("bridge", state / "bridge", port=free_ports(1)[0], torchserve=torchserve, pg_dsn=pg_dsn,
                 influx_database=influx_database, env={"BRIDGE_TELEMETRY_INTERVAL_S": "0", "BRIDGE_CACHE": "false"})
 try:
@@ -187,11 +191,15 @@ def served(copy: Path) -> Iterator[dict[str, Any]]:
         assert process.stdin is not None and process.stdout is not None
         try:
             facts: dict[str, Any] = {"pg_dsn": pg_dsn, "influx_database": influx_database}
+            said = []  # the harness' progress lines, and one JSON line per fact
             for line in process.stdout:
-                facts.update(json.loads(line))
+                said.append(line)
+                if line.startswith("{"):
+                    facts.update(json.loads(line))
                 if "bridge" in facts:
                     break
-            assert "bridge" in facts, f"the copy's stack did not start:\n{process.stderr.read() if process.stderr else ''}"
+            assert any("registering detector_v1.0.mar" in line for line in said), said
+            assert "bridge" in facts, f"the copy's stack did not start: {said}\n{process.stderr.read() if process.stderr else ''}"
             yield facts
         finally:
             process.stdin.close()
