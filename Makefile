@@ -16,7 +16,7 @@ $(STAMP): requirements.txt requirements-dev.txt requirements-build.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@$(PY) -m pip install --quiet --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
 	@$(PY) -m pip install --quiet -r requirements.txt -r requirements-dev.txt 2>&1 | grep -v "^WARNING: Location" || true
-	@$(PY) -c "import torch, torchvision, ts, fastapi, psycopg2, influxdb, skimage, onnx, onnxruntime, openvino" || { echo "Python environment is incomplete; see the pip output above"; exit 1; }
+	@$(PY) -c "import torch, torchvision, ts, fastapi, psycopg2, influxdb, skimage, onnx, onnxruntime, openvino, tritonclient.http" || { echo "Python environment is incomplete; see the pip output above"; exit 1; }
 	@touch $(STAMP)
 
 # About a minute and a half from PyPI on a clean machine (kserve and its ~65 pinned dependencies, 450 MB).
@@ -81,11 +81,14 @@ bench-quick: $(STAMP)
 # Reliability (../shared/RELIABILITY.md): faults under load, bad inputs, fuzz, security — everything in
 # tests/reliability — then a one-page report of each check with its figures. The fault tests start their own
 # PostgreSQL, InfluxDB, TorchServe and bridges on free ports and never touch the shared stack.
-# Results: .state/reliability/ (junit.xml, figures.jsonl, report.txt, the private services' logs).
+# Results: .state/reliability/ (junit.xml, figures.jsonl, report.txt, the private services' logs). Fails when
+# pytest fails or the report is NOT GREEN (a skip, xfail or error checked nothing: it is no pass either).
 reliability: $(STAMP)
 	@rm -rf .state/reliability && mkdir -p .state/reliability
-	@$(PY) -m pytest tests/reliability --junitxml=.state/reliability/junit.xml; status=$$?; \
-	  $(PY) -m tests.reliability.report .state/reliability | tee .state/reliability/report.txt; exit $$status
+	@$(PY) -m pytest tests/reliability --junitxml=.state/reliability/junit.xml; tests=$$?; \
+	  $(PY) -m tests.reliability.report .state/reliability | tee .state/reliability/report.txt; report=$${PIPESTATUS[0]}; \
+	  if [ $$tests -ne 0 ] || [ $$report -ne 0 ]; then \
+	    echo "make reliability: failed (pytest exit $$tests, report $$([ $$report -eq 0 ] && echo GREEN || echo NOT GREEN))"; exit 1; fi
 
 # The images (docker/api.Dockerfile: serving-api; the root Dockerfile: serving-model and its servingctl stage,
 # serving-ops; docker/balancer.Dockerfile: serving-balancer), cached. Afterwards `docker build .` builds serving-model

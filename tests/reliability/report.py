@@ -4,7 +4,7 @@ Tests record figures through the ``report`` fixture (one test) or ``reliability_
 shared by a module's tests); each record is one JSON line in ``<dir>/figures.jsonl``. Pass or fail comes
 from pytest's JUnit XML (``<dir>/junit.xml``), so a test that records nothing still has its line.
 
-    python -m tests.reliability.report [DIR]      # DIR: .state/reliability by default
+    python -m tests.reliability.report [DIR]      # DIR: .state/reliability by default; exit 1 unless GREEN
 """
 
 from __future__ import annotations
@@ -224,12 +224,12 @@ def render(directory: Path) -> tuple[str, bool]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Print the page; exit status 0 whatever the results (``make`` takes pytest's)."""
+    """Print the page; exit status 0 only when it is GREEN, 1 otherwise (a skip, xfail or error is no pass)."""
     args = sys.argv[1:] if argv is None else argv
     directory = Path(args[0]) if args else REPORT_DIR
-    page, _ = render(directory)
+    page, ok = render(directory)
     print(page)
-    return 0
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

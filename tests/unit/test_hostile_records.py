@@ -1,6 +1,6 @@
 """Hostile strings through the COPY path: stored as PostgreSQL can hold them, never costing a batch-mate.
 
-Against a real PostgreSQL (a database of this module's own, see tests/databases.py); skipped without one.
+Against a real PostgreSQL (a database of this module's own, see tests/databases.py: started when none answers).
 What the database cannot hold, and what is stored instead, is documented in docs/recording.md
 ("Strings PostgreSQL cannot hold"); the reference below re-states those rules independently.
 """

@@ -1,7 +1,8 @@
 """The schema owner against a real PostgreSQL: migrations equal the record definition, the layer's deadlines.
 
 Each test module run creates its own database ``test_schema_<random>`` on 127.0.0.1:5432 (user postgres,
-trust auth) and drops it afterwards; skipped when no PostgreSQL answers there.
+trust auth) and drops it afterwards; PostgreSQL is started when none answers there, and the tests fail when it
+cannot be (tests/databases.py).
 """
 
 from __future__ import annotations
