@@ -6,8 +6,11 @@ The routes are :mod:`stack.routing`'s (``BRIDGE_ROUTES``, shared with servingctl
 A model scaled out to several boxes (replicas) gets its predictions spread round robin over them. A replica
 that is down (refused, reset, a failed worker), or that does not serve the model yet (404, 503 while a new box
 loads it) is skipped: the same request goes to the next replica at once, and the failed one is tried last
-for :data:`COOL_OFF_S`. That is what lets a box be replaced, restarted or rolled out with no failed request.
-A timeout is not retried elsewhere: the time is spent, and the client's deadline with it.
+until it is ready again: every :data:`COOL_OFF_S` a background probe asks its management API, and only a box
+whose default version of the model has a READY worker rejoins the rotation (a restarted TorchServe accepts
+requests before its workers have loaded, and would hold them in its queue). That is what lets a box be
+replaced, restarted or rolled out with no failed request. A timeout is not retried elsewhere: the time is
+spent, and the client's deadline with it.
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ class BoxHealth:
 
 
 COOL_OFF_S = 2.0
-"""How long a replica that failed is tried last, after the others."""
+"""How often a replica that failed is probed for readiness (until then it is tried last, after the others)."""
 
 FAIL_OVER_STATUSES = frozenset({404, 503})
 """Answers of a replica that does not serve the model right now (not loaded yet, no worker): try the next one."""
@@ -54,17 +57,23 @@ class Replicas:
     _next: int = 0
 
     def order(self) -> list[Box]:
-        """The boxes to try for the next request."""
+        """The boxes to try for the next request: those in the rotation, then those that failed."""
         start, self._next = self._next, (self._next + 1) % len(self.boxes)
         rotated = self.boxes[start:] + self.boxes[:start]
         if not self.failed_at:
             return list(rotated)
+        return [b for b in rotated if b not in self.failed_at] + [b for b in rotated if b in self.failed_at]
+
+    def due_for_probe(self) -> list[Box]:
+        """The failed boxes not probed for :data:`COOL_OFF_S` (each is then marked as probed now)."""
         now = time.monotonic()
-        cooling = {box for box, at in self.failed_at.items() if now - at < COOL_OFF_S}
-        return [b for b in rotated if b not in cooling] + [b for b in rotated if b in cooling]
+        due = [box for box, at in self.failed_at.items() if now - at >= COOL_OFF_S]
+        for box in due:
+            self.failed_at[box] = now
+        return due
 
     def failed(self, box: Box) -> None:
-        """``box`` just failed: try it last for a while."""
+        """``box`` just failed: try it last until a probe finds it ready."""
         self.failed_at[box] = time.monotonic()
 
     def answered(self, box: Box) -> None:
@@ -83,6 +92,7 @@ class Router:
             for box in routes.boxes()
         }
         self._replicas: dict[str, Replicas] = {}
+        self._probes: set[asyncio.Task[None]] = set()
 
     def replicas(self, model: str) -> Replicas:
         """``model``'s boxes; 404 when no box serves it."""
@@ -100,7 +110,10 @@ class Router:
         return self.clients[self.replicas(model).order()[0]]
 
     async def close(self) -> None:
-        """Release every box's connections."""
+        """Stop the probes; release every box's connections."""
+        for probe in self._probes:
+            probe.cancel()
+        await asyncio.gather(*self._probes, return_exceptions=True)
         await asyncio.gather(*(client.close() for client in self.clients.values()))
 
     async def predict(self, model: str, version: str | None, body: bytes, content_type: str,
@@ -109,6 +122,10 @@ class Router:
         replicas = self.replicas(model)
         if len(replicas.boxes) == 1:
             return await self.clients[replicas.boxes[0]].predict(model, version, body, content_type, params)
+        for box in replicas.due_for_probe():
+            probe = asyncio.create_task(self._probe(model, replicas, box))
+            self._probes.add(probe)
+            probe.add_done_callback(self._probes.discard)
         boxes = replicas.order()
         for box in boxes[:-1]:
             try:
@@ -128,6 +145,16 @@ class Router:
             raise
         replicas.answered(boxes[-1])
         return answer
+
+    async def _probe(self, model: str, replicas: Replicas, box: Box) -> None:
+        """Put a failed ``box`` back in ``model``'s rotation once its default version has a READY worker."""
+        try:
+            versions = await self.clients[box].describe_all_models()
+        except BridgeError:
+            return  # still down: probed again after the cool-off
+        if any(d.get("modelName") == model and d.get("isDefault")
+               and any(w.get("status") == "READY" for w in d.get("workers", [])) for d in versions):
+            replicas.answered(box)
 
     async def default_version(self, model: str) -> str | None:
         """The model's default version on its box (cached a few seconds); None if unknown or unrouted."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +25,7 @@ class Replicated:
     def __init__(self, tmp_path: Path) -> None:
         self.fakes: dict[int, FakeTorchServe] = {}
         self.down: set[int] = set()
+        self.loading: set[int] = set()  # up, but its workers are not READY yet (a restarted TorchServe)
         for port in (*REPLICA_PORTS, PRICE_PORT):
             key_file = tmp_path / f"{port}-key.json"
             write_keys(key_file, inference=f"inf-{port}")
@@ -41,7 +43,11 @@ class Replicated:
         if inference in self.down:
             raise httpx.ConnectError("connection refused", request=request)
         if request.url.path.startswith("/models"):
-            return management_answer(request, "price" if inference == PRICE_PORT else "classifier")
+            answer = management_answer(request, "price" if inference == PRICE_PORT else "classifier")
+            if inference in self.loading and request.url.path != "/models":
+                return httpx.Response(200, json=[{**version, "workers": [{"status": "UNLOADING"}]}
+                                                 for version in answer.json()])
+            return answer
         return self.fakes[inference](request)
 
 
@@ -82,6 +88,33 @@ def test_a_box_that_does_not_serve_the_model_yet_is_skipped(replicated: tuple[Te
         404, json={"code": 404, "type": "ModelNotFoundException", "message": "Model not found: classifier"})
     statuses = Counter(client.put("/predictions/classifier", content=PHOTO).status_code for _ in range(6))
     assert statuses == Counter({200: 6})
+
+
+def test_a_restarted_box_rejoins_only_once_its_workers_are_ready(
+        replicated: tuple[TestClient, Replicated], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("bridge.routing.COOL_OFF_S", 0.05)
+    client, boxes = replicated
+    restarted, other = REPLICA_PORTS
+    boxes.down.add(restarted)
+    assert client.put("/predictions/classifier", content=PHOTO).status_code == 200  # it fails once, over to the other
+    # TorchServe is back and accepts requests, but its workers are still loading: nothing is sent to it.
+    boxes.down.discard(restarted)
+    boxes.loading.add(restarted)
+    for _ in range(10):
+        time.sleep(0.06)  # past the cool-off: each request lets a probe ask the box
+        assert client.put("/predictions/classifier", content=PHOTO).status_code == 200
+    assert boxes.answered_by()[restarted] == 0
+    # Its workers are READY: the next probe puts it back in the rotation.
+    boxes.loading.clear()
+    deadline = time.monotonic() + 5
+    while boxes.answered_by()[restarted] == 0 and time.monotonic() < deadline:
+        time.sleep(0.06)
+        assert client.put("/predictions/classifier", content=PHOTO).status_code == 200
+    before = boxes.answered_by()
+    for _ in range(10):
+        assert client.put("/predictions/classifier", content=PHOTO).status_code == 200
+    after = boxes.answered_by()
+    assert after[restarted] - before[restarted] == 5 and after[other] - before[other] == 5
 
 
 def test_every_box_down_is_503_with_retry_after(replicated: tuple[TestClient, Replicated]) -> None:
