@@ -27,7 +27,9 @@ from typing import Any
 import httpx
 import pytest
 
+from archive_scripts.compose_models import layout, ports
 from stack import docker as docker_stack
+from stack import models
 from stack.services import InfluxDB, PrivatePostgres
 from stack.settings import REPO_ROOT, StackSettings
 from stack.torchserve import read_keys
@@ -36,10 +38,13 @@ pytestmark = pytest.mark.containers
 
 PROJECT = "photo-serving-test"
 COMPOSE_FILE = REPO_ROOT / "deploy" / "compose.yaml"
-MODELS = ("classifier", "similar", "price")
-BOX_PORTS = {"classifier": 8180, "similar": 8280, "price": 8380}
-REPLICA_PORT = 8580  # box-classifier-2: classifier's second box
-SERVICES = ("balancer", "bridge-1", "bridge-2", *(f"box-{m}" for m in MODELS), "box-classifier-2")
+# The boxes a plain `up` starts, and their ports, as deploy/compose.yaml is generated (archive_scripts.compose_models).
+LAYOUT = [box for box in layout(models.catalogue()) if not box.model.benchmark_only]
+MODELS = tuple(dict.fromkeys(box.model.name for box in LAYOUT))
+BOX_PORTS = {box.model.name: ports(layout(models.catalogue()), box)["inference"] for box in LAYOUT if box.replica == 1}
+(REPLICA,) = [box for box in LAYOUT if box.replica == 2]  # the classifier's second box (Serving(boxes=2))
+REPLICA_PORT = ports(layout(models.catalogue()), REPLICA)["inference"]
+SERVICES = ("balancer", "bridge-1", "bridge-2", *(box.name for box in LAYOUT))
 HEALTHY_WITHIN_S = 300.0
 ADOPT_AFTER_S = 3
 FIGURES = REPO_ROOT / ".state" / "containers" / "figures.json"
@@ -418,7 +423,7 @@ def servingctl(topology: Topology, *argv: str) -> subprocess.CompletedProcess[st
 
 def box_workers(topology: Topology, port: int, model: str) -> int:
     """Workers of ``model``'s default version on the box whose inference port is ``port`` (its own key)."""
-    volume = "classifier-2" if port == REPLICA_PORT else model
+    volume = REPLICA.keys if port == REPLICA_PORT else model
     mountpoint = docker("volume", "inspect", "--format", "{{.Mountpoint}}", f"{PROJECT}_{volume}-keys").stdout
     key = read_keys(Path(mountpoint.strip()) / "key_file.json").management
     described = httpx.get(f"{topology.url(port + 1)}/models/{model}", timeout=10,
@@ -463,7 +468,7 @@ def test_a_second_box_shares_the_load_and_a_stopped_one_fails_no_request(topolog
     for service in SERVICES:
         topology.wait_healthy(service, 240)
     phase_s = 20.0
-    boxes = {"box-classifier": BOX_PORTS["classifier"], "box-classifier-2": REPLICA_PORT}
+    boxes = {"box-classifier": BOX_PORTS["classifier"], REPLICA.name: REPLICA_PORT}
     load = Load(topology.url(8000), ("classifier", "price"), clients_per_model=4, uncached=True).start()
     time.sleep(3)
     stopped_at = time.monotonic()
