@@ -63,8 +63,7 @@ class NoSink:
 @pytest.fixture(scope="module")
 def private_torchserve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TorchServe]:
     """TorchServe on free ports with no model loaded, stopped afterwards."""
-    if not (STORE / ARCHIVE).is_file():
-        pytest.skip(f"{STORE / ARCHIVE} is missing; build the archives with `python -m archive_scripts`")
+    assert (STORE / ARCHIVE).is_file(), f"{STORE / ARCHIVE} is missing; build the archives: python -m archive_scripts"
     torchserve = TorchServe("torchserve-golden", state_dir=tmp_path_factory.mktemp("golden"),
                             ports=TorchServePorts(*free_ports(5)), models=[])
     torchserve.up()

@@ -43,8 +43,8 @@ def dsn() -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def torchserve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TorchServe]:
-    if not (REPO_ROOT / "model_store" / ARCHIVE).is_file():
-        pytest.skip(f"model_store/{ARCHIVE} is missing; build the archives with `python -m archive_scripts`")
+    assert (REPO_ROOT / "model_store" / ARCHIVE).is_file(), \
+        f"model_store/{ARCHIVE} is missing; build the archives with `python -m archive_scripts`"
     ts = TorchServe("torchserve-outage", state_dir=tmp_path_factory.mktemp("outage"),
                     ports=TorchServePorts(*free_ports(5)), models=[ARCHIVE])
     ts.up()
