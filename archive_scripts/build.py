@@ -28,6 +28,7 @@ from archive_scripts.export import export_archive
 from archive_scripts.gate import run_gate
 from archive_scripts.golden import GoldenCase
 from archive_scripts.specs import ArchiveSpec, BuildInputs
+from archive_scripts.weights import WeightsInfo, from_model_file, from_torchscript, from_user_file
 from handlers.engines import EXPORTED_FILES, RUNTIME_PACKAGES
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -44,6 +45,10 @@ OURS = BuildInputs()  # no user weights or catalogue: the golden answers are our
 
 class GateFailed(RuntimeError):
     """The built archive did not answer its golden inputs; nothing was published."""
+
+
+class MissingInput(FileNotFoundError):
+    """A file the spec names (its model_file or serialized_file) is not there; nothing was built."""
 
 
 def sha256_file(path: Path) -> str:
@@ -75,11 +80,26 @@ def code_files(spec: ArchiveSpec) -> list[Path]:
     return [HANDLERS_DIR / spec.handler, *(HANDLERS_DIR / m for m in spec.modules)]
 
 
+def spec_inputs(spec: ArchiveSpec) -> list[Path]:
+    """The files the spec names (model_file, serialized_file, labels), absolute, after checking they are there."""
+    files = [path for path in (spec.model_path, spec.serialized_path, spec.labels_path) if path is not None]
+    for path in files:
+        if not path.is_file():
+            where = f"in {spec.spec_file}" if spec.spec_file else "in its spec"
+            raise MissingInput(
+                f"{spec.name}: {path} does not exist; write it, or fix model_file / serialized_file / labels {where} "
+                f"(paths are relative to the repository root, {REPO_ROOT})"
+            )
+    return files
+
+
 def fingerprint(spec: ArchiveSpec, inputs: BuildInputs) -> str:
     """A hash of every input of the build, so an unchanged archive is not rebuilt."""
     digest = hashlib.sha256(f"{spec.name}:{spec.version}".encode())
     digest.update(json.dumps(spec.accelerator.handler_config(), sort_keys=True).encode())  # the build's flavour
-    for path in [*code_files(spec), *sorted((REPO_ROOT / "archive_scripts").glob("*.py"))]:
+    spec_file = [spec.spec_file] if spec.spec_file else []
+    sources = [*code_files(spec), *sorted((REPO_ROOT / "archive_scripts").glob("*.py")), *spec_file, *spec_inputs(spec)]
+    for path in sources:
         digest.update(path.name.encode() + sha256_file(path).encode())
     digest.update(json.dumps(package_versions(), sort_keys=True).encode())
     for user_path in (inputs.weights, inputs.catalogue):
@@ -123,13 +143,32 @@ def private_tempdir(path: Path) -> Iterator[None]:
         tempfile.tempdir = previous
 
 
+def network_weights(spec: ArchiveSpec, dest: Path, inputs: BuildInputs) -> WeightsInfo:
+    """The weights the archive ships, checked against its network: the user's ``--weights`` when they are the
+    network's (the spec has no ``user_weights`` of its own), else the spec's ``make_weights`` or ``serialized_file``."""
+    user = inputs.weights if not spec.user_weights else None
+    if spec.architecture:
+        if user is not None:
+            return from_user_file(spec.architecture, user, dest)
+        assert spec.make_weights is not None  # the spec's own check
+        return spec.make_weights(dest, inputs)
+    source = user or spec.serialized_path
+    assert source is not None  # the spec's own check: no architecture, so a serialized_file
+    if spec.model_path is not None:
+        return from_model_file(spec.model_path, source, dest)
+    return from_torchscript(source, dest)
+
+
 def assemble(spec: ArchiveSpec, workdir: Path, inputs: BuildInputs) -> tuple[Path, dict[str, Any]]:
     """Write weights, extra files and config into ``workdir``, export for the engine, package, normalise."""
-    info = spec.make_weights(workdir / "weights.pt", inputs)
+    info = network_weights(spec, workdir / "weights.pt", inputs)
     extra_files = [HANDLERS_DIR / m for m in spec.modules]
     extra_metadata: dict[str, Any] = {}
-    if spec.labels == "imagenet":
-        write_labels(workdir / "index_to_name.json")
+    if spec.labels is not None:
+        if spec.labels_path is None:
+            write_labels(workdir / "index_to_name.json")
+        else:
+            shutil.copyfile(spec.labels_path, workdir / "index_to_name.json")
         extra_files.append(workdir / "index_to_name.json")
     if spec.make_extras is not None:
         extras = spec.make_extras(workdir, inputs)
@@ -145,7 +184,9 @@ def assemble(spec: ArchiveSpec, workdir: Path, inputs: BuildInputs) -> tuple[Pat
     details = {
         "weights_sha256": sha256_file(info.path),
         "weights_source": info.source,
+        **({"weights_user_file": str(info.user_file)} if info.user_file else {}),
         "trained": info.trained,
+        **({"model_file_sha256": sha256_file(spec.model_path)} if spec.model_path else {}),
         "handler_sha256": {p.name: sha256_file(p) for p in code_files(spec)},
         "extra_files_sha256": {p.name: sha256_file(p) for p in extra_files if p.parent != HANDLERS_DIR},
         **({"extras": extra_metadata} if extra_metadata else {}),
@@ -154,13 +195,17 @@ def assemble(spec: ArchiveSpec, workdir: Path, inputs: BuildInputs) -> tuple[Pat
 
 
 def package(spec: ArchiveSpec, workdir: Path, weights: Path, extra_files: list[Path], metadata: dict[str, Any]) -> Path:
-    """model-config.yaml from the spec, then torch-model-archiver, then normalised: the ``.mar`` in ``workdir``."""
+    """model-config.yaml from the spec, then torch-model-archiver, then normalised: the ``.mar`` in ``workdir``.
+
+    A spec's ``model_file`` goes in as torch-model-archiver's own ``--model-file`` (the manifest's ``modelFile``).
+    """
     workdir.mkdir(parents=True)
-    config = {
-        **spec.model_config,
-        "handler": {"architecture": spec.architecture, **spec.handler_config},
-        "metadata": metadata,
-    }
+    network = {"architecture": spec.architecture} if spec.architecture else {}
+    config = {**spec.model_config, "handler": {**network, **spec.handler_config}, "metadata": metadata}
+    names = [p.name for p in [weights, *extra_files, *([spec.model_path] if spec.model_path else [])]]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:  # the archive is one flat folder: one would silently replace the other
+        raise ValueError(f"{spec.name}: more than one file of the archive is named {', '.join(repeated)}; rename one")
     config_path = workdir / "model-config.yaml"
     config_path.write_text(yaml.safe_dump(config, sort_keys=False))
     out = workdir / "out"
@@ -172,6 +217,7 @@ def package(spec: ArchiveSpec, workdir: Path, weights: Path, extra_files: list[P
                 handler=str(HANDLERS_DIR / spec.handler),
                 version=spec.version,
                 serialized_file=str(weights),
+                model_file=str(spec.model_path) if spec.model_path else None,
                 extra_files=",".join(str(p) for p in extra_files),
                 export_path=str(out),
                 config_file=str(config_path),

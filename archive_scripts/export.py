@@ -7,6 +7,9 @@ handler's PyTorch module (backbone, head, normalisation: all of it) is written o
 - ``onnxruntime``: ``model.onnx`` (torch.onnx's TorchScript exporter, opset 17);
 - ``openvino``: ``model.xml`` + ``model.bin`` (OpenVINO IR from its PyTorch frontend, weights kept in fp32).
 
+Both take the module whatever its source: an architecture, a user's ``model_file`` class, or a TorchScript module
+(torch.onnx's TorchScript exporter and OpenVINO's frontend both read ``torch.jit`` modules).
+
 An engine that cannot take the model fails the build with the operator it could not convert and the engines
 that take the model.
 """
@@ -21,7 +24,7 @@ import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from handlers.engines import ENGINES, EXPORTED_FILES, INPUT_NAME, ONNX_FILE, OPENVINO_FILES, OUTPUT_NAME
+from handlers.engines import ENGINES, EXPORTED_FILES, INPUT_NAME, ONNX_FILE, OPENVINO_FILES, OUTPUT_NAME, cannot_take
 
 if TYPE_CHECKING:
     from torch import nn
@@ -62,7 +65,8 @@ def export_or_explain(engine: str, module: nn.Module, crop: int, dest: Path) -> 
         return export_module(engine, module, crop, dest), None
     except Exception as exc:  # noqa: BLE001 - every exporter has its own errors: report, then try the others
         problem = _describe(exc)
-    takes = [e for e in ENGINES if e not in EXPORTED_FILES]  # the PyTorch engines run whatever the module is
+    # The PyTorch engines run whatever operators the module has (compile: unless it is TorchScript).
+    takes = [e for e in ENGINES if e not in EXPORTED_FILES and cannot_take(e, module) is None]
     with tempfile.TemporaryDirectory(prefix="export-try-") as tmp:
         for other in EXPORTED_FILES:
             if other == engine:

@@ -16,7 +16,7 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from box_load import BoxLoad, thread_shares
@@ -29,7 +29,7 @@ from image_decoding import (
     TensorSpec,
     UnsupportedContent,
 )
-from model_architectures import load_model
+from model_architectures import load_model, load_model_file, load_torchscript
 from torch import nn
 from ts.metrics.dimension import Dimension
 from ts.torch_handler.base_handler import BaseHandler
@@ -45,7 +45,7 @@ PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}  # au
 class HandlerConfig:
     """The ``handler:`` section of an archive's ``model-config.yaml``."""
 
-    architecture: str
+    architecture: str = ""  # a name in model_architectures.ARCHITECTURES; "": the archive's model file or TorchScript
     threads: int = 0  # torch / engine threads and decoding threads; 0: every core this worker may use
     num_classes: int = 1000
     topk: int = 5
@@ -89,6 +89,24 @@ class HandlerConfig:
         if unknown:
             raise ValueError(f"unknown keys in model-config.yaml handler section: {sorted(unknown)}")
         return cls(tensor=tensor, limits=limits, extra=extra, **section)
+
+
+class OipOutput(NamedTuple):
+    """One output tensor of a kind of answer over the Open Inference Protocol (``/v2``), read from each item's JSON.
+
+    The catalogue (stack/models.json) carries these to the bridge, which builds every model's tensors from them.
+    """
+
+    name: str
+    datatype: str  # BYTES | FP32 | FP64 | INT32 | INT64 | BOOL
+    # Where in an item's answer: "price"; "predictions[].label" (every element's); "interval.low,interval.high"
+    # (several, concatenated); "" the whole answer as one JSON text.
+    path: str
+    width: int | str = -1  # values per item: a number, -1 (it varies), or a handler config key ("topk")
+    asked_by: str = ""  # an optional output, there only when this request parameter is true ("embedding")
+
+
+JSON_ANSWER = (OipOutput("answer", "BYTES", "", 1),)  # the generic kind: any answer, one JSON text per item
 
 
 def usable_cores() -> int:
@@ -175,6 +193,9 @@ class BatchImageHandler(BaseHandler):
     device: torch.device
     param_names: tuple[str, ...] = ()  # request parameters item_params() reads
     config_keys: tuple[str, ...] = ()  # extra model-config.yaml handler keys (in config.extra)
+    # The kind of answer and its outputs over /v2 (OipOutput). A subclass that declares none answers as "json".
+    kind: str = "json"
+    oip_outputs: tuple[OipOutput, ...] = JSON_ANSWER
 
     def initialize(self, context: Any) -> None:
         """Load weights and settings once per worker, from the archive and its model-config.yaml."""
@@ -253,9 +274,16 @@ class BatchImageHandler(BaseHandler):
         return torch.device("cpu")
 
     def load_model(self, model_dir: str) -> nn.Module:
-        """Build the configured architecture and load the archive's serialized weights."""
-        weights = os.path.join(model_dir, self.manifest["model"]["serializedFile"])
-        return load_model(self.config.architecture, weights, self.config.num_classes)
+        """The network with the archive's serialized file: the configured architecture and its state_dict; else the
+        archive's model file (torch-model-archiver's ``--model-file``: its one nn.Module class) and its state_dict;
+        else the serialized file as TorchScript."""
+        model = self.manifest["model"]
+        serialized = os.path.join(model_dir, model["serializedFile"])
+        if self.config.architecture:
+            return load_model(self.config.architecture, serialized, self.config.num_classes)
+        if "modelFile" in model:
+            return load_model_file(os.path.join(model_dir, model["modelFile"]), serialized)
+        return load_torchscript(serialized)
 
     def handle(self, data: list[dict[str, Any]], context: Any) -> list[bytes]:
         """Answer every item of the batch: a prediction or that item's own error."""

@@ -69,6 +69,18 @@ def check_engine(name: str) -> str:
     return name
 
 
+def cannot_take(engine: str, module: nn.Module) -> str | None:
+    """Why ``engine`` cannot run ``module`` whatever its operators, or None: torch.compile takes no TorchScript."""
+    if engine == "compile" and isinstance(module, torch.jit.ScriptModule):
+        others = ", ".join(e for e in ENGINES if e != "compile")
+        return (
+            "engine compile cannot take a TorchScript model (torch.compile does not compile torch.jit modules): "
+            f"choose another engine for it ({others}), or give the spec the model's model_file + serialized_file "
+            "(its Python class and state_dict) instead of a TorchScript file"
+        )
+    return None
+
+
 def load_engine(
     name: str, module: nn.Module, model_dir: str, device: torch.device, thread_counts: tuple[int, ...]
 ) -> Engine:
@@ -89,6 +101,9 @@ def load_engine(
     if name == "eager":
         module = module.to(device)
         return Engine(name, _torch_runs(module, thread_counts), torch.contiguous_format, torch_module=module)
+    problem = cannot_take(name, module)
+    if problem is not None:
+        raise EngineUnavailable(problem)
     # channels_last: measured ~1.4× faster than NCHW for ResNet-18 convolutions on one CPU thread.
     # torch's stubs have no overload for (device, memory_format=...), which Module.to accepts at run time.
     module = module.to(device, memory_format=torch.channels_last)  # type: ignore[call-overload]
