@@ -1,5 +1,5 @@
 """``python -m archive_scripts [MODEL ...] [--version V] [--weights MODEL=PATH] [--catalogue PATH] [--flavour F]
-[--engine E] [--force]``."""
+[--engine E] [--force]``; ``python -m archive_scripts new NAME --like KIND`` starts a model of your own."""
 
 from __future__ import annotations
 
@@ -8,9 +8,11 @@ import sys
 import time
 from pathlib import Path
 
-from archive_scripts.build import REPO_ROOT, GateFailed, build
+from archive_scripts import new_model
+from archive_scripts.build import REPO_ROOT, GateFailed, MissingInput, build
 from archive_scripts.export import ExportFailed
 from archive_scripts.specs import FLAVOURS, SPECS, BuildInputs, find_spec
+from archive_scripts.weights import UnusableWeights
 from handlers.engines import ENGINES
 
 
@@ -20,13 +22,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     takes_catalogue = ", ".join(f"`{s.name}`" for s in SPECS if s.accepts_catalogue)
     parser = argparse.ArgumentParser(
         prog="python -m archive_scripts",
-        description="Build TorchServe archives, gate them on golden photos, publish them to the model store.",
+        description="Build TorchServe archives, gate them on golden photos, publish them to the model store. "
+        "`python -m archive_scripts new NAME --like classifier|price|similar|json` starts a model of your own.",
     )
     parser.add_argument("models", nargs="*", help=f"models to build (default: all of {[s.name for s in SPECS]})")
     parser.add_argument("--version", help="build as this version (default: the spec's), e.g. 2.0")
     parser.add_argument(
         "--weights", action="append", default=[], metavar="MODEL=PATH",
-        help=f"use your own state_dict for MODEL ({other_weights}); repeatable",
+        help=f"use your own weights for MODEL: a state_dict for its network, or a TorchScript file for a TorchScript "
+        f"spec ({other_weights}); repeatable",
     )
     parser.add_argument(
         "--catalogue", type=Path, metavar="PATH",
@@ -48,7 +52,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     """Build the requested archives, one after another, with progress."""
-    args = parse_args(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["new"]:
+        return new_model.main(argv[1:])
+    args = parse_args(argv)
     user_weights: dict[str, Path] = {}
     for item in args.weights:
         name, sep, path = item.partition("=")
@@ -62,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         names = args.models or [s.name for s in SPECS]
         specs = [find_spec(name, args.version, args.flavour, args.engine) for name in names]
-    except KeyError as exc:
+    except (KeyError, ValueError) as exc:  # an unknown model, or an engine its network cannot take
         print(exc.args[0], file=sys.stderr)
         return 2
     for number, spec in enumerate(specs, 1):
@@ -72,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         inputs = BuildInputs(weights=user_weights.get(spec.name), catalogue=catalogue)
         try:
             outcome = build(spec, args.store, inputs, force=args.force)
-        except (GateFailed, ExportFailed) as exc:
+        except (GateFailed, ExportFailed, MissingInput, UnusableWeights) as exc:
             print(str(exc), file=sys.stderr)
             return 1
         print(f"[{number}/{len(specs)}] {spec.name} {spec.version}: {outcome} → {args.store / spec.archive_name} "
