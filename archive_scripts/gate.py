@@ -10,7 +10,6 @@ within the fp32 interval).
 
 from __future__ import annotations
 
-import importlib
 import multiprocessing
 import tempfile
 import traceback
@@ -64,14 +63,8 @@ def check(mar_path: Path, cases: tuple[GoldenCase, ...]) -> list[str]:
     return failures
 
 
-def _import_specs() -> None:
-    """Import the specs before the golden cases are unpickled: an expectation declared in a spec module of
-    archive_scripts/models/ imports cleanly only after archive_scripts.specs, which imports those modules."""
-    importlib.import_module("archive_scripts.specs")
-
-
 def run_gate(mar_path: Path, cases: tuple[GoldenCase, ...], timeout_s: float = 900) -> list[str]:
     """Run :func:`check` in a fresh spawned process and return its failures."""
     context = multiprocessing.get_context("spawn")
-    with context.Pool(1, initializer=_import_specs) as pool:
+    with context.Pool(1) as pool:
         return pool.apply_async(check, (mar_path, cases)).get(timeout_s)

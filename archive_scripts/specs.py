@@ -6,12 +6,13 @@ configs that repeat its worker settings are generated from it (archive_scripts.d
 
 from __future__ import annotations
 
+import functools
 import importlib
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from archive_scripts import catalogue, price_model, weights
 from archive_scripts.golden import GoldenCase, NearestItemIs, PriceWithin, TopLabelIn
@@ -426,12 +427,26 @@ def _unique(specs: tuple[ArchiveSpec, ...]) -> tuple[ArchiveSpec, ...]:
 # Every model, ours then yours: the catalogue's order (the boxes' ports in deploy/compose.yaml follow it).
 # Versions served at start are these; other versions built here sit beside them in model_store/ for the management
 # API to register (e.g. `python -m archive_scripts resnet18 --version 2.0 --weights resnet18=PATH`).
-SPECS: tuple[ArchiveSpec, ...] = _unique(OUR_SPECS + your_specs())
+@functools.cache
+def all_specs() -> tuple[ArchiveSpec, ...]:
+    """Ours, then yours; found on first use, so a spec module may import this one (and be imported first)."""
+    return _unique(OUR_SPECS + your_specs())
+
+
+if TYPE_CHECKING:
+    SPECS: tuple[ArchiveSpec, ...]
+
+
+def __getattr__(name: str) -> Any:
+    """``SPECS``: every spec (all_specs())."""
+    if name == "SPECS":
+        return all_specs()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def find_spec(name: str, version: str | None = None, flavour: str = "cpu", engine: str | None = None) -> ArchiveSpec:
     """The spec called ``name`` (as ``version``, ``flavour`` and ``engine`` when given); a clear error if unknown."""
-    for spec in SPECS:
+    for spec in all_specs():
         if spec.name == name:
             return (replace(spec, version=version) if version else spec).flavoured(flavour, engine)
-    raise KeyError(f"no archive spec named {name!r}; known: {', '.join(s.name for s in SPECS)}")
+    raise KeyError(f"no archive spec named {name!r}; known: {', '.join(s.name for s in all_specs())}")
