@@ -285,6 +285,13 @@ class BatchImageHandler(BaseHandler):
             return load_model_file(os.path.join(model_dir, model["modelFile"]), serialized)
         return load_torchscript(serialized)
 
+    def network_source(self) -> str:
+        """Where the network came from, as load_model() chose: the architecture, the model file, or TorchScript."""
+        model = self.manifest["model"]
+        if self.config.architecture:
+            return self.config.architecture
+        return f"model file {model['modelFile']}" if "modelFile" in model else "TorchScript"
+
     def handle(self, data: list[dict[str, Any]], context: Any) -> list[bytes]:
         """Answer every item of the batch: a prediction or that item's own error."""
         self.context = context
@@ -344,7 +351,7 @@ class BatchImageHandler(BaseHandler):
     def describe(self) -> dict[str, Any]:
         """What ``GET /models/{name}?customized=true`` shows."""
         return {
-            "architecture": self.config.architecture,
+            "architecture": self.network_source(),
             "device": str(self.device),
             "threads": self.threads,
             "engine": self.engine.name,
