@@ -9,7 +9,7 @@ from typing import Any
 
 from stack.database import InferenceRecord
 
-__all__ = ["InferenceRecord", "served_version", "summarise_output"]
+__all__ = ["InferenceRecord", "answered_version", "score_map", "summarise_output"]
 
 
 def summarise_output(status: int, body: bytes, content_type: str | None) -> tuple[Any, str | None, float | None, str | None]:
@@ -28,26 +28,42 @@ def summarise_output(status: int, body: bytes, content_type: str | None) -> tupl
     if status >= 400:
         message = output.get("message") if isinstance(output, dict) else None
         return output, None, None, str(message or body[:500].decode("utf-8", "replace"))
-    top_label = top_score = None
-    predictions = output.get("predictions") if isinstance(output, dict) else None
-    if isinstance(predictions, list) and predictions and isinstance(predictions[0], dict):
-        label = predictions[0].get("label")
-        top_label = label if isinstance(label, str) else _number_text(label)
-        top_score = _finite(predictions[0].get("score"))
+    top_label, top_score = _top(output)
     return output, top_label, top_score, None
 
 
-def served_version(output: Any, requested: str | None) -> str | None:
-    """The version the answer says served it, if it is a plausible version name; else the one requested.
+def _top(output: Any) -> tuple[str | None, float | None]:
+    """The top label and score: our handlers' first prediction, or the highest of a ``{label: score}`` map."""
+    predictions = output.get("predictions") if isinstance(output, dict) else None
+    if isinstance(predictions, list) and predictions and isinstance(predictions[0], dict):
+        label = predictions[0].get("label")
+        return (label if isinstance(label, str) else _number_text(label)), _finite(predictions[0].get("score"))
+    scores = score_map(output)
+    return next(iter(scores.items())) if scores else (None, None)
+
+
+def score_map(output: Any) -> dict[str, float] | None:
+    """``output`` as ``{label: score}`` highest first, if it is one (TorchServe's stock classifiers answer so).
+
+    None for anything else: an empty dict, a value that is not a finite number (a bool is not), our handlers'
+    answers. The values are kept as they came; ties keep their order.
+    """
+    if not isinstance(output, dict) or not output:
+        return None
+    if any(isinstance(value, bool) or _finite(value) is None for value in output.values()):
+        return None
+    return dict(sorted(output.items(), key=lambda item: -float(item[1])))
+
+
+def answered_version(output: Any) -> str | None:
+    """The version the answer says served it (our handlers' ``{"model": {"version"}}``), if it is a plausible name.
 
     It becomes a response header (X-Model-Version) and an indexed column: a model answering something else
     there (a number, a dict, a newline, a megabyte) must not break the answer.
     """
     model = output.get("model") if isinstance(output, dict) else None
     version = model.get("version") if isinstance(model, dict) else None
-    if isinstance(version, str) and _VERSION.fullmatch(version):
-        return version
-    return requested
+    return version if isinstance(version, str) and _VERSION.fullmatch(version) else None
 
 
 # The pattern of a version in the bridge's paths and filters (bridge.api.predictions.NAME_PATTERN).

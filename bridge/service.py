@@ -13,11 +13,12 @@ import json
 import time
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from typing import Any
 
 from bridge.cache import ResultCache
 from bridge.errors import BridgeError, RecordingUnavailable
 from bridge.recorder import Recorder, RecordingFailed
-from bridge.records import InferenceRecord, served_version, summarise_output
+from bridge.records import InferenceRecord, answered_version, score_map, summarise_output
 from bridge.routing import Router
 from stack.torchserve import Answer
 
@@ -37,6 +38,14 @@ class Prediction:
     def final(self) -> bool:
         """A definitive answer (2xx/4xx) rather than an outage worth retrying (5xx)."""
         return self.record.status < 500
+
+
+def as_cached(output: dict[str, Any]) -> dict[str, Any]:
+    """A recorded answer as the cache returns it: ours marked ``"cached": true``; a ``{label: score}`` map
+    (TorchServe's stock classifiers) unmarked, where the key would read as a label, and highest score first as
+    the model answered it (PostgreSQL's jsonb keeps keys in an order of its own). ``X-Cache: HIT`` says both."""
+    scores = score_map(output)
+    return scores if scores is not None else {**output, "cached": True}
 
 
 class PredictionService:
@@ -62,7 +71,7 @@ class PredictionService:
         output = await self._cache.lookup(digest, model, version)
         if not isinstance(output, dict):
             return None
-        output = {**output, "cached": True}
+        output = as_cached(output)
         payload = json.dumps(output).encode()
         summary = summarise_output(200, payload, JSON)
         record = InferenceRecord(
@@ -103,10 +112,22 @@ class PredictionService:
         latency_ms = (time.perf_counter() - started) * 1000.0
         output, top_label, top_score, error = summarise_output(upstream.status, upstream.body, upstream.content_type)
         record = InferenceRecord(
-            **common, model_version=served_version(output, version), status=upstream.status, latency_ms=latency_ms,  # type: ignore[arg-type]
-            batch_size=upstream.batch_size, top_label=top_label, top_score=top_score, output=output, error=error,
+            **common, model_version=await self._served_version(model, version, output), status=upstream.status,  # type: ignore[arg-type]
+            latency_ms=latency_ms, batch_size=upstream.batch_size, top_label=top_label, top_score=top_score,
+            output=output, error=error,
         )
         return Prediction(record, upstream, None)
+
+    async def _served_version(self, model: str, requested: str | None, output: Any) -> str | None:
+        """The version that answered: the one the answer names, else the one requested, else the default version.
+
+        Our handlers name theirs; another handler (TorchServe's stock ones) does not, and TorchServe's answer
+        carries no version, so the bridge takes the model's default from the router: TorchServe's management
+        API, cached per model for ``DEFAULT_VERSION_TTL_S`` (5 s; the same lookup the results cache keys by).
+        The residual race: for that long after a set-default (plus the request's own time) such an answer may
+        be recorded under the version that was the default before.
+        """
+        return answered_version(output) or requested or await self._client.default_version(model)
 
     async def record(self, prediction: Prediction, request_id: str) -> InferenceRecord:
         """Journal the prediction under ``request_id``; returns once it is durable."""

@@ -135,10 +135,18 @@ async def _version_entry(request: Request, model: str, version: str | None) -> t
     entries = await _registered(request, model)
     if not entries:
         raise NotFound(f"model {model!r} is not registered")
-    chosen = [e for e in entries if (e.get("modelVersion") == version if version else e.get("isDefault"))]
+    chosen = ([e for e in entries if e.get("modelVersion") == version] if version
+              else await _default_entry(request, model, entries))
     if not chosen:
         raise NotFound(f"model {model!r} has no version {version!r}")
     return [str(e.get("modelVersion")) for e in entries], chosen[0]
+
+
+async def _default_entry(request: Request, model: str, entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The default version's description: the default as predictions, their records and the cache know it (one
+    owner, the router's lookup), else (that lookup failed, or it names a version gone since) the descriptions' mark."""
+    default = await request.app.state.torchserve.default_version(model)
+    return [e for e in entries if e.get("modelVersion") == default] or [e for e in entries if e.get("isDefault")]
 
 
 async def _metadata(request: Request, model: str, version: str | None) -> dict[str, Any]:

@@ -137,11 +137,26 @@ def assert_stock_answer(body: Any) -> None:
 
 
 def assert_recorded(live_stack: LiveStack, request_id: str, answer: dict[str, Any]) -> None:
+    """Recorded under the version that served it (the answer names none: the model's default) with its top label."""
     row = live_stack.row(request_id)
     assert row is not None, f"no PostgreSQL row for {request_id}"
-    assert (row["model"], row["status"], row["error"]) == (MODEL, 200, None)
+    assert (row["model"], row["model_version"], row["status"], row["error"]) == (MODEL, VERSION, 200, None)
+    top_label, top_score = next(iter(answer.items()))
+    assert (row["top_label"], row["top_score"]) == (top_label, pytest.approx(top_score))
     assert row["output"] == pytest.approx(answer)
-    assert live_stack.point(request_id) is not None, f"no InfluxDB point for {request_id}"
+    point = live_stack.point(request_id)
+    assert point is not None, f"no InfluxDB point for {request_id}"
+    assert point["version"] == VERSION, point
+
+
+def cached_answer(live_stack: LiveStack, photo: bytes, attempts: int = 5) -> requests.Response:
+    """The photo's answer from the results cache (a lookup slower than its deadline is a miss: asked again)."""
+    for _ in range(attempts):
+        response = requests.post(f"{live_stack.bridge}/predictions/{MODEL}", data=photo, timeout=30)
+        assert response.status_code == 200, response.text
+        if response.headers.get("x-cache") == "HIT":
+            return response
+    pytest.fail(f"no cache hit in {attempts} requests for a photo recorded under {MODEL} {VERSION}")
 
 
 def test_their_archive_is_deployed_with_one_command_served_recorded_and_described(
@@ -167,13 +182,20 @@ def test_their_archive_is_deployed_with_one_command_served_recorded_and_describe
     answer = json_body(response)
     assert_stock_answer(answer)
     assert next(iter(answer)) == "warm"
+    assert response.headers["x-model-version"] == VERSION
     assert_recorded(live_stack, response.headers["x-request-id"], answer)
+
+    cached = cached_answer(live_stack, photo)  # recorded with its version, so the results cache finds it
+    assert cached.headers["x-model-version"] == VERSION
+    assert list(json_body(cached)) == list(answer), "as the model ordered it, with no 'cached' label added"
+    assert json_body(cached) == pytest.approx(answer)
 
     request = {"inputs": [{"name": "image", "shape": [1, 1], "datatype": "BYTES",
                            "parameters": {"content_type": "base64"}, "data": [base64.b64encode(photo).decode()]}]}
     inferred = requests.post(f"{live_stack.bridge}/v2/models/{MODEL}/infer", json=request, headers=NO_CACHE,
                              timeout=30)
     assert inferred.status_code == 200, inferred.text
+    assert (json_body(inferred)["model_version"], inferred.headers["x-model-version"]) == (VERSION, VERSION)
     outputs = json_body(inferred)["outputs"]
     assert [(o["name"], o["datatype"], o["shape"]) for o in outputs] == [("answer", "BYTES", [1, 1])], outputs
     assert json.loads(outputs[0]["data"][0]) == pytest.approx(answer)

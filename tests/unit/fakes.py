@@ -5,11 +5,26 @@ from __future__ import annotations
 import threading
 import uuid
 from datetime import UTC, datetime
+from typing import Any
 
 from bridge.metrics_sink import InfluxSink
 from bridge.recorder import RecordsRejected, Sink, SinkUnavailable
 from bridge.records import InferenceRecord
 from bridge.storage import PostgresSink
+
+# TorchServe's stock image_classifier answers one photo with its top labels → probabilities, highest first, and
+# no version (our handlers add {"model": {"name", "version"}}).
+STOCK_ANSWER = {"warm": 0.875, "bright": 0.0625, "magenta": 0.03125, "dark": 0.015625, "cool": 0.0078125}
+
+
+def as_jsonb(value: Any) -> Any:
+    """``value`` as PostgreSQL's jsonb gives it back: each object's keys shorter first, then bytewise."""
+    if isinstance(value, dict):
+        ordered = sorted(value, key=lambda key: (len(key.encode()), key.encode()))
+        return {key: as_jsonb(value[key]) for key in ordered}
+    if isinstance(value, list):
+        return [as_jsonb(item) for item in value]
+    return value
 
 
 def make_record(model: str = "resnet18", status: int = 200) -> InferenceRecord:

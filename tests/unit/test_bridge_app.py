@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -15,9 +16,11 @@ from fastapi.testclient import TestClient
 
 from bridge.app import create_app
 from bridge.recorder import Recorder
+from bridge.records import InferenceRecord
 from bridge.settings import Settings
 from bridge.spool import Spool
-from tests.unit.fakes import FakeInflux, FlakyStore
+from stack.torchserve import protocol
+from tests.unit.fakes import STOCK_ANSWER, FakeInflux, FlakyStore
 
 PHOTO = b"\xff\xd8\xff\xe0fake-jpeg-bytes"
 PREDICTION = {"predictions": [{"label": "tabby", "index": 281, "score": 0.8}], "model": {"name": "m", "version": "2.0"}}
@@ -33,7 +36,10 @@ def write_keys(path: Path, inference: str = "inf-1", expires_in: timedelta = tim
 
 
 class FakeTorchServe:
-    """Answers like TorchServe; ``handler`` can be swapped per test."""
+    """Answers like TorchServe; ``handler`` can be swapped per test; with ``default_version`` set, the management
+    API's ``GET /models/{model}`` too (TorchServe's description of the default version)."""
+
+    default_version: str | None = None
 
     def __init__(self, key_file: Path) -> None:
         self.key_file = key_file
@@ -47,11 +53,25 @@ class FakeTorchServe:
     def predict_ok(self, request: httpx.Request) -> httpx.Response:
         return httpx.Response(200, json=PREDICTION, headers={"X-Batch-Size": "3"})
 
+    def describe(self, request: httpx.Request) -> httpx.Response:
+        """``GET /models/{model}`` with the management key: the default version's description."""
+        keys = json.loads(self.key_file.read_text())
+        if request.headers.get("authorization") != f"Bearer {keys['management']['key']}":
+            return httpx.Response(400, json={"code": 400, "type": "InvalidKeyException", "message": "bad token"})
+        model = request.url.path.removeprefix("/models/")
+        return httpx.Response(200, json=[{"modelName": model, "modelVersion": self.default_version, "workers": []}])
+
+    def management_calls(self) -> int:
+        """How many requests reached the management API."""
+        return sum(r.url.port == 8081 for r in self.requests)
+
     def __call__(self, request: httpx.Request) -> httpx.Response:
         self.requests.append(request)
         if request.url.path == "/token":
             write_keys(self.key_file, inference="inf-renewed")
             return httpx.Response(200, json={"ok": True})
+        if request.url.port == 8081 and self.default_version is not None:
+            return self.describe(request)
         if not self.valid_key(request):
             return httpx.Response(400, json={"code": 400, "type": "InvalidKeyException", "message": "bad token"})
         if request.url.path == "/ping":
@@ -87,7 +107,7 @@ def env(tmp_path: Path) -> Iterator[tuple[TestClient, FakeTorchServe, FlakyStore
         yield env
 
 
-def recorded(client: TestClient, store: FlakyStore, request_id: str) -> object:
+def recorded(client: TestClient, store: FlakyStore, request_id: str) -> InferenceRecord:
     assert client.app.state.recorder.wait_idle(5)
     return store.rows[request_id]
 
@@ -281,3 +301,109 @@ def test_non_ascii_content_type_is_a_400(env: tuple[TestClient, FakeTorchServe, 
     client, _, _ = env
     response = client.put("/predictions/m", content=PHOTO, headers={"Content-Type": b"image/jp\xe9g"})
     assert response.status_code == 400 and "ASCII" in response.json()["message"]
+
+
+# --- the version that served an answer that does not name it (TorchServe's stock handlers) --------------------
+
+
+def stock_answer(request: httpx.Request) -> httpx.Response:
+    return httpx.Response(200, json=STOCK_ANSWER)
+
+
+def test_an_answer_without_its_version_is_recorded_under_the_models_default_version(
+    env: tuple[TestClient, FakeTorchServe, FlakyStore]
+) -> None:
+    client, fake, store = env
+    fake.default_version, fake.handler = "3.0", stock_answer
+    response = client.put("/predictions/m", content=PHOTO)
+
+    assert response.status_code == 200 and list(response.json().items()) == list(STOCK_ANSWER.items())
+    assert response.headers["x-model-version"] == "3.0"
+    row = recorded(client, store, response.headers["x-request-id"])
+    assert (row.model_version, row.top_label, row.top_score) == ("3.0", "warm", 0.875)
+    assert [r.url.path for r in fake.requests if r.url.port == 8081] == ["/models/m"]
+
+
+def test_the_version_the_answer_names_wins_then_the_one_requested_with_no_lookup(
+    env: tuple[TestClient, FakeTorchServe, FlakyStore]
+) -> None:
+    client, fake, store = env
+    fake.default_version = "3.0"
+    named = client.put("/predictions/m", content=PHOTO)  # our handler's answer names 2.0
+    assert named.headers["x-model-version"] == "2.0"
+    assert recorded(client, store, named.headers["x-request-id"]).model_version == "2.0"
+    fake.handler = stock_answer
+    requested = client.put("/predictions/m/1.5", content=PHOTO)
+    assert requested.headers["x-model-version"] == "1.5"
+    assert recorded(client, store, requested.headers["x-request-id"]).model_version == "1.5"
+    assert fake.management_calls() == 0
+
+
+def test_with_no_default_version_known_the_version_stays_unknown_and_the_answer_leaves(
+    env: tuple[TestClient, FakeTorchServe, FlakyStore]
+) -> None:
+    client, fake, store = env
+    fake.handler = stock_answer  # and the management API refuses the bridge (no default_version)
+    response = client.put("/predictions/m", content=PHOTO)
+    assert response.status_code == 200 and "x-model-version" not in response.headers
+    row = recorded(client, store, response.headers["x-request-id"])
+    assert (row.model_version, row.top_label) == (None, "warm")
+
+
+def test_a_set_default_is_seen_once_the_looked_up_default_expires(
+    env: tuple[TestClient, FakeTorchServe, FlakyStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The residual race, pinned: for DEFAULT_VERSION_TTL_S after a set-default, the previous default is named."""
+    client, fake, _ = env
+    fake.default_version, fake.handler = "1.0", stock_answer
+    assert client.put("/predictions/m", content=PHOTO).headers["x-model-version"] == "1.0"
+    fake.default_version = "2.0"  # servingctl set-default, elsewhere
+    assert client.put("/predictions/m", content=PHOTO).headers["x-model-version"] == "1.0"
+    assert fake.management_calls() == 1, "one lookup per model per TTL"
+    monkeypatch.setattr(protocol, "DEFAULT_VERSION_TTL_S", 0.0)
+    assert client.put("/predictions/m", content=PHOTO).headers["x-model-version"] == "2.0"
+
+
+def infer_request(photo: bytes) -> dict[str, Any]:
+    """One photo for ``/v2/models/{model}/infer`` (base64 in JSON)."""
+    return {"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1, 1],
+                        "parameters": {"content_type": "base64"}, "data": [base64.b64encode(photo).decode()]}]}
+
+
+def test_v2_infer_names_the_default_version_of_an_answer_that_does_not(
+    env: tuple[TestClient, FakeTorchServe, FlakyStore]
+) -> None:
+    client, fake, store = env
+    fake.default_version, fake.handler = "3.0", stock_answer
+    response = client.post("/v2/models/m/infer", json=infer_request(PHOTO))
+    assert response.status_code == 200, response.text
+    assert response.json()["model_version"] == "3.0" and response.headers["x-model-version"] == "3.0"
+    assert recorded(client, store, response.headers["x-request-id"]).model_version == "3.0"
+
+
+class FakeVersions(FakeTorchServe):
+    """Model ``m`` on the management API: 1.0 with a ready worker, 2.0 with none yet; 1.0 the default at first."""
+
+    default_version = "1.0"
+
+    def describe(self, request: httpx.Request) -> httpx.Response:
+        versions = [{"modelName": "m", "modelVersion": v, "workers": [{"status": "READY"}] if v == "1.0" else []}
+                    for v in ("1.0", "2.0")]
+        if request.url.path == "/models":
+            return httpx.Response(200, json={"models": [{"modelName": "m"}]})
+        if request.url.path == "/models/m/all":
+            return httpx.Response(200, json=versions)
+        return httpx.Response(200, json=[v for v in versions if v["modelVersion"] == self.default_version])
+
+
+def test_v2_readiness_of_the_default_is_of_the_version_predictions_are_recorded_under(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with bridge_under_test(tmp_path, FakeVersions) as (client, fake, _):
+        fake.handler = stock_answer
+        assert client.put("/predictions/m", content=PHOTO).headers["x-model-version"] == "1.0"
+        fake.default_version = "2.0"  # while the bridge still names 1.0 (the residual window)
+        assert client.get("/v2/models/m/ready").status_code == 200, "1.0's readiness, as the records say 1.0"
+        monkeypatch.setattr(protocol, "DEFAULT_VERSION_TTL_S", 0.0)
+        assert client.get("/v2/models/m/ready").status_code == 503, "2.0 has no worker"
+        assert client.put("/predictions/m", content=PHOTO).headers["x-model-version"] == "2.0"

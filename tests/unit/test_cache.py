@@ -19,7 +19,7 @@ from bridge.recorder import Recorder
 from bridge.settings import Settings
 from bridge.spool import Spool
 from stack.database import Database
-from tests.unit.fakes import FlakyStore
+from tests.unit.fakes import STOCK_ANSWER, FlakyStore, as_jsonb
 from tests.unit.test_bridge_app import PHOTO, PREDICTION, FakeTorchServe, write_keys
 
 
@@ -132,3 +132,48 @@ def test_requests_with_parameters_bypass_the_cache_and_really_run(tmp_path: Path
         assert predictions_run() == 3, "each request with parameters ran the model"
         assert cache.lookups == 1, "and none of them even looked in the cache"
     assert recorder.wait_idle(5)
+
+
+class JsonbCache:
+    """The cache as it reads PostgreSQL: the newest 200 of the photo on the model version, as jsonb gives it back."""
+
+    def __init__(self, store: FlakyStore) -> None:
+        self.store = store
+        self.lookups: list[tuple[str, str]] = []
+
+    async def lookup(self, sha256: str, model: str, version: str) -> Any:
+        self.lookups.append((model, version))
+        rows = [r for r in self.store.rows.values()
+                if (r.input_sha256, r.model, r.model_version, r.status) == (sha256, model, version, 200)]
+        return as_jsonb(max(rows, key=lambda r: r.created_at).output) if rows else None
+
+
+def test_an_answer_that_names_no_version_is_a_hit_on_the_default_as_the_model_ordered_it(tmp_path: Path) -> None:
+    key_file = tmp_path / "key_file.json"
+    write_keys(key_file)
+    torchserve = FakeTorchServe(key_file)
+    torchserve.default_version = "3.0"
+    torchserve.handler = lambda request: httpx.Response(200, json=STOCK_ANSWER)
+    store = FlakyStore()
+    recorder = Recorder([store], Spool(tmp_path / "spool"))
+    settings = Settings(torchserve_key_file=key_file, spool_dir=tmp_path / "spool", cache=True, telemetry_interval_s=0)
+    app = create_app(settings, recorder=recorder, torchserve_transport=httpx.MockTransport(torchserve), run_jobs=False)
+
+    with TestClient(app) as client:
+        app.state.predictions._cache = cache = JsonbCache(store)
+        first = client.put("/predictions/theirs", content=PHOTO)
+        assert "x-cache" not in first.headers and first.headers["x-model-version"] == "3.0"
+        assert recorder.wait_idle(5)
+        again = client.put("/predictions/theirs", content=PHOTO)
+        assert again.headers["x-cache"] == "HIT" and again.headers["x-model-version"] == "3.0"
+        assert list(again.json().items()) == list(STOCK_ANSWER.items()), "highest first, and no 'cached' label"
+        assert cache.lookups == [("theirs", "3.0")] * 2
+
+        torchserve.handler = torchserve.predict_ok  # ours: the answer names 2.0 and is marked when served again
+        assert "x-cache" not in client.put("/predictions/m/2.0", content=PHOTO).headers
+        assert recorder.wait_idle(5)
+        ours = client.put("/predictions/m/2.0", content=PHOTO)
+        assert ours.headers["x-cache"] == "HIT" and ours.json() == {**PREDICTION, "cached": True}
+    assert recorder.wait_idle(5)
+    hit = [r for r in store.rows.values() if r.source == "cache" and r.model == "theirs"]
+    assert [(r.model_version, r.top_label, r.output) for r in hit] == [("3.0", "warm", STOCK_ANSWER)]

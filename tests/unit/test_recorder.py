@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
@@ -16,10 +17,10 @@ from fastapi.testclient import TestClient
 from bridge.app import create_app
 from bridge.metrics_sink import event_time_ns, to_point
 from bridge.recorder import Policy, Recorder, RecordingFailed, Sink, SinkUnavailable
-from bridge.records import InferenceRecord, summarise_output
+from bridge.records import InferenceRecord, answered_version, score_map, summarise_output
 from bridge.settings import Settings
 from bridge.spool import Batch, Spool
-from tests.unit.fakes import FakeInflux, FlakyStore, make_record
+from tests.unit.fakes import STOCK_ANSWER, FakeInflux, FlakyStore, as_jsonb, make_record
 from tests.unit.test_bridge_app import PHOTO, PREDICTION, FakeTorchServe, write_keys
 
 
@@ -161,6 +162,32 @@ def test_summarise_output() -> None:
     assert label is None and error == "not an image"
     output, _, _, error = summarise_output(503, b"upstream exploded", None)
     assert output == {"raw": "upstream exploded"} and error == "upstream exploded"
+
+
+def test_a_label_to_score_answer_has_its_highest_label_on_top() -> None:
+    body = json.dumps(as_jsonb(STOCK_ANSWER)).encode()  # the stock image_classifier's answer, in any key order
+    output, label, score, error = summarise_output(200, body, "application/json")
+    assert (label, score, error) == ("warm", 0.875, None) and output == STOCK_ANSWER
+    assert summarise_output(200, b'{"b": 1, "a": 2}', None)[1:3] == ("a", 2.0)
+    assert summarise_output(200, b'{"a": 0.5, "b": 0.5}', None)[1:3] == ("a", 0.5), "a tie: the first"
+    for not_scores in (b"{}", b'{"a": 0.5, "b": "x"}', b'{"a": 0.5, "cached": true}', b'{"a": 1e999}',
+                       b'{"a": 0.5, "b": null}', b'[{"a": 0.5}]', b'{"a": {"b": 0.5}}'):
+        assert summarise_output(200, not_scores, None)[1:3] == (None, None), not_scores
+    assert summarise_output(400, b'{"a": 0.5}', None)[1:3] == (None, None), "an error has no top label"
+
+
+def test_a_score_map_is_ordered_highest_first_with_its_values_as_they_came() -> None:
+    ordered = score_map(as_jsonb(STOCK_ANSWER))
+    assert ordered == STOCK_ANSWER and list(ordered or {}) == list(STOCK_ANSWER)
+    assert score_map({"a": 1, "b": 3}) == {"b": 3, "a": 1} and isinstance((score_map({"a": 1}) or {})["a"], int)
+    assert score_map({"predictions": [], "model": {}}) is None and score_map([1.0]) is None
+
+
+def test_the_answer_names_its_version_only_when_it_is_a_version_name() -> None:
+    assert answered_version({"model": {"name": "m", "version": "2.0"}}) == "2.0"
+    for output in (STOCK_ANSWER, {"model": {"version": 2}}, {"model": {"version": "1.0\r\nX-Evil: 1"}},
+                   {"model": "2.0"}, [{"model": {"version": "2.0"}}], None):
+        assert answered_version(output) is None, output
 
 
 class DiskFullSpool(Spool):
