@@ -64,6 +64,10 @@ class Replicas:
             return list(rotated)
         return [b for b in rotated if b not in self.failed_at] + [b for b in rotated if b in self.failed_at]
 
+    def preferred(self) -> Box:
+        """The first box in the rotation (one that has not failed, if any), the round robin left where it is."""
+        return next((box for box in self.boxes if box not in self.failed_at), self.boxes[0])
+
     def due_for_probe(self) -> list[Box]:
         """The failed boxes not probed for :data:`COOL_OFF_S` (each is then marked as probed now)."""
         now = time.monotonic()
@@ -106,8 +110,9 @@ class Router:
         return replicas
 
     def client(self, model: str) -> TorchServeClient:
-        """The client of the box that should take ``model``'s next call; 404 when no box serves it."""
-        return self.clients[self.replicas(model).order()[0]]
+        """The client of a box to ask about ``model`` (versions, descriptions): one in the rotation, without moving
+        the predictions' round robin; 404 when no box serves it."""
+        return self.clients[self.replicas(model).preferred()]
 
     async def close(self) -> None:
         """Stop the probes; release every box's connections."""

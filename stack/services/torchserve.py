@@ -235,18 +235,20 @@ class TorchServe(Service):
     # --- lifecycle
 
     def up(self) -> bool:
+        """Start it unless it runs (True: started here); a running one registers the archives new since it started."""
         if self.ready():
             return False
-        if self.is_up():  # running, but an archive of load_models is new since it started (a model just added)
-            self.register_missing()
-            wait_for(self.ready, 240.0, f"TorchServe ({self.name}) and its models", self.log_file)
-            return True
+        if self.is_up():  # running: maybe an archive of load_models is new since it started (a model just added)
+            if self.register_missing():
+                wait_for(self.ready, 240.0, f"TorchServe ({self.name}) and its models", self.log_file)
+            return False
         self.start()
         return True
 
-    def register_missing(self) -> None:
+    def register_missing(self) -> list[str]:
         """Register the archives of ``load_models`` a running TorchServe does not serve yet, with their minWorkers."""
         served = {entry["modelName"] for entry in self.management("GET", "/models?limit=1000")["models"]}
+        registered = []
         for archive in self.load_models():
             if self.model_name(archive) in served:
                 continue
@@ -256,6 +258,8 @@ class TorchServe(Service):
             log(f"{self.name}: registering {archive} ({workers} worker(s)), new since TorchServe started")
             self.management("POST", f"/models?url={archive}&initial_workers={workers}&synchronous=true",
                             timeout_s=240.0)
+            registered.append(archive)
+        return registered
 
     def min_workers(self, archive: str) -> int:
         """minWorkers of the archive's model-config.yaml (1 when it has none)."""

@@ -34,6 +34,7 @@ T = TypeVar("T")
 KEY_ATTEMPTS = 3  # a refused key: re-read the file and retry (another process may just have renewed it)
 CONNECT_TIMEOUT_S = 2.0
 DEFAULT_VERSION_TTL_S = 5.0
+MAX_DEFAULT_VERSIONS = 1024  # default versions remembered (per client) before the memory is cleared
 DEFAULT_VERSION_TIMEOUT_S = 0.5  # on the prediction path: a hung TorchServe must not cost a second full timeout
 LIST_LIMIT = 1000  # GET /models pages (default 100): every model in one answer
 INVALID_KEY = b"InvalidKeyException"
@@ -266,6 +267,8 @@ class Protocol:
             version = str(response.json()[0]["modelVersion"]) if response.status_code == 200 else None
         except (TorchServeError, ValueError, KeyError, IndexError, TypeError):
             version = None  # unknown for this TTL: no cache lookups, no repeated slow calls
+        if len(self._default_versions) >= MAX_DEFAULT_VERSIONS:  # clients may name any model: stay bounded
+            self._default_versions.clear()
         self._default_versions[model] = (version, time.monotonic())
         return version
 

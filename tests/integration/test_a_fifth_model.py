@@ -133,7 +133,8 @@ print(json.dumps({"load_models": TorchServe("torchserve", state).load_models()})
 torchserve = TorchServe("torchserve", state, ports=TorchServePorts.free(), models=[])
 torchserve.start(240.0)
 torchserve.models = ["detector_v1.0.mar"]
-assert torchserve.up(), "up() registered nothing"
+assert not torchserve.up(), "up() started a second TorchServe"  # it registers what is new, then it is ready
+assert torchserve.ready() and "detector" in torchserve.model_names()
 bridge = Bridge("bridge", state / "bridge", port=free_ports(1)[0], torchserve=torchserve, pg_dsn=pg_dsn,
                 influx_database=influx_database, env={"BRIDGE_TELEMETRY_INTERVAL_S": "0", "BRIDGE_CACHE": "false"})
 try:

@@ -73,6 +73,15 @@ def test_a_models_requests_are_spread_over_its_boxes_each_with_its_key(
         assert {r.headers["authorization"] for r in boxes.fakes[port].requests} == {f"Bearer inf-{port}"}
 
 
+def test_questions_about_a_model_do_not_move_its_round_robin(replicated: tuple[TestClient, Replicated]) -> None:
+    client, boxes = replicated
+    for _ in range(10):  # each prediction between two metadata reads (which ask a box for the default version)
+        assert client.get("/v2/models/classifier").status_code == 200
+        assert client.put("/predictions/classifier", content=PHOTO).status_code == 200
+    sent = boxes.answered_by()
+    assert sent[REPLICA_PORTS[0]] == 5 and sent[REPLICA_PORTS[1]] == 5
+
+
 def test_a_box_down_is_skipped_with_no_failed_request(replicated: tuple[TestClient, Replicated]) -> None:
     client, boxes = replicated
     boxes.down.add(REPLICA_PORTS[0])
