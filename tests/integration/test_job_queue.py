@@ -109,6 +109,10 @@ class ScriptedTorchServe:
             return Answer(answer, json.dumps(body_json).encode(), "application/json", None)
         return Answer(200, json.dumps(OK_BODY).encode(), "application/json", 1)
 
+    async def default_version(self, model: str) -> str | None:
+        """The version an answer that names none was served by (the router's lookup)."""
+        return "1.0"
+
 
 class Harness:
     """One bridge's job machinery (store, runner, recorder into PostgreSQL) without HTTP."""
