@@ -27,6 +27,18 @@ class ItemResponse:
     body: Any
 
 
+def import_handler_class(directory: Path, handler_file: str) -> type:
+    """The one class a handler file of ``directory`` defines, as TorchServe's worker finds it (its modules import
+    each other by bare name, so ``directory`` goes on the path)."""
+    if str(directory) not in sys.path:
+        sys.path.insert(0, str(directory))
+    module = importlib.import_module(Path(handler_file).stem)
+    classes = [c for _, c in inspect.getmembers(module, inspect.isclass) if c.__module__ == module.__name__]
+    if len(classes) != 1:
+        raise ValueError(f"{handler_file} must define exactly one class, found {len(classes)}")
+    return classes[0]
+
+
 class LocalWorker:
     """A handler instance driven through ``initialize()`` and ``handle()`` with a real ``ts`` Context."""
 
@@ -49,13 +61,7 @@ class LocalWorker:
             yaml_config = yaml.safe_load((model_dir / model["configFile"]).read_text()) or {}
         if handler_overrides:
             yaml_config = {**yaml_config, "handler": {**yaml_config.get("handler", {}), **handler_overrides}}
-        handler_module = Path(model["handler"]).stem
-        if str(model_dir) not in sys.path:
-            sys.path.insert(0, str(model_dir))
-        module = importlib.import_module(handler_module)
-        classes = [c for _, c in inspect.getmembers(module, inspect.isclass) if c.__module__ == module.__name__]
-        if len(classes) != 1:
-            raise ValueError(f"{model['handler']} must define exactly one class, found {len(classes)}")
+        handler_class = import_handler_class(model_dir, model["handler"])
         context = Context(
             model["modelName"],
             str(model_dir),
@@ -65,7 +71,7 @@ class LocalWorker:
             "local",
             model_yaml_config=yaml_config,
         )
-        handler: Any = classes[0]()  # the archive's own handler class, known only at run time
+        handler: Any = handler_class()  # the archive's own handler class, known only at run time
         handler.initialize(context)
         return cls(handler, context)
 

@@ -7,13 +7,11 @@ that name a handler config key (``"topk"``) take the spec's value. ``archive_scr
 
 from __future__ import annotations
 
-import importlib
-import inspect
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
+from archive_scripts.inprocess import import_handler_class
 from archive_scripts.specs import SPECS, ArchiveSpec
 from stack.models import Model, Output
 
@@ -22,13 +20,7 @@ HANDLERS_DIR = Path(__file__).resolve().parent.parent / "handlers"
 
 def handler_class(spec: ArchiveSpec) -> type:
     """The one class the spec's handler file defines (as TorchServe's worker finds it)."""
-    if str(HANDLERS_DIR) not in sys.path:
-        sys.path.insert(0, str(HANDLERS_DIR))  # the handlers import each other by bare name, as in the archive
-    module = importlib.import_module(Path(spec.handler).stem)
-    classes = [c for _, c in inspect.getmembers(module, inspect.isclass) if c.__module__ == module.__name__]
-    if len(classes) != 1:
-        raise ValueError(f"handlers/{spec.handler} must define exactly one class, found {len(classes)}")
-    return classes[0]
+    return import_handler_class(HANDLERS_DIR, spec.handler)
 
 
 def _width(spec: ArchiveSpec, output: Any) -> int:

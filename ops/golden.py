@@ -126,8 +126,22 @@ class AnswerIsObject:
         return self.failure(body)
 
 
+class _CommandLineExpectation:
+    """A ``--golden`` expectation: a reduced-precision answer must meet it too; on other weights, the form only."""
+
+    def failure(self, body: dict[str, Any]) -> str | None:
+        raise NotImplementedError
+
+    def relaxed(self) -> AnswerIsObject:
+        return AnswerIsObject()
+
+    def agrees(self, body: dict[str, Any], fp32: dict[str, Any]) -> str | None:
+        """The same expectation holds."""
+        return self.failure(body)
+
+
 @dataclass(frozen=True)
-class HasLabel:
+class HasLabel(_CommandLineExpectation):
     """``label`` is a key of the answer's top-level object or a string anywhere in it (``PHOTO=LABEL``)."""
 
     label: str
@@ -136,16 +150,9 @@ class HasLabel:
         labels = _labels(body)
         return None if self.label in labels else f"{self.label!r} is not in the answer: {_short(body)}"
 
-    def relaxed(self) -> AnswerIsObject:
-        return AnswerIsObject()
-
-    def agrees(self, body: dict[str, Any], fp32: dict[str, Any]) -> str | None:
-        """The same expectation holds (a reduced-precision answer must meet it too)."""
-        return self.failure(body)
-
 
 @dataclass(frozen=True)
-class TopLabel:
+class TopLabel(_CommandLineExpectation):
     """``label`` has the answer's highest score (``PHOTO=top:LABEL``); a tie for the top counts."""
 
     label: str
@@ -157,13 +164,6 @@ class TopLabel:
         best = max(score for _, score in scores)
         top = [label for label, score in scores if score == best]
         return None if self.label in top else f"top label {top[0]!r} ({best:g}), expected {self.label!r}"
-
-    def relaxed(self) -> AnswerIsObject:
-        return AnswerIsObject()
-
-    def agrees(self, body: dict[str, Any], fp32: dict[str, Any]) -> str | None:
-        """The same expectation holds."""
-        return self.failure(body)
 
 
 def _mismatch(expected: Any, actual: Any, where: str) -> str | None:
@@ -192,7 +192,7 @@ def _mismatch(expected: Any, actual: Any, where: str) -> str | None:
 
 
 @dataclass(frozen=True)
-class ContainsJson:
+class ContainsJson(_CommandLineExpectation):
     """The answer contains ``expected`` (``PHOTO=@FILE.json``): a subset match, see GOLDEN_HELP."""
 
     expected: Any
@@ -201,13 +201,6 @@ class ContainsJson:
     def failure(self, body: dict[str, Any]) -> str | None:
         problem = _mismatch(self.expected, body, "answer")
         return None if problem is None else f"does not contain {self.source}: {problem}"
-
-    def relaxed(self) -> AnswerIsObject:
-        return AnswerIsObject()
-
-    def agrees(self, body: dict[str, Any], fp32: dict[str, Any]) -> str | None:
-        """The same expectation holds."""
-        return self.failure(body)
 
 
 # --- --golden PHOTO=EXPECTED ---------------------------------------------------------------------------------
