@@ -22,7 +22,9 @@ from bridge.fastpath import BridgeApp
 from bridge.job_runner import JobRunner
 from bridge.jobs import JobStore
 from bridge.metrics_sink import InfluxSink
+from bridge.outbox import PointOutbox
 from bridge.recorder import Recorder
+from bridge.rollouts import Rollouts
 from bridge.routing import Router
 from bridge.service import PredictionService
 from bridge.settings import Settings
@@ -57,7 +59,14 @@ def create_app(
         database = Database(settings.pg_dsn, settings.pg_connect_timeout_s, call_timeout_s=settings.db_timeout_s,
                             keep_idle=2)
         cache = ResultCache(database, settings.cache_timeout_s) if settings.cache else None
-        predictions = PredictionService(client, rec, cache)
+        outbox = PointOutbox()
+        rollouts = Rollouts(database, settings.rollout_refresh_s, settings.canary_check_s)
+        predictions = PredictionService(
+            client, rec, cache, rollouts, outbox, shadow_queue=settings.shadow_queue,
+            shadow_concurrency=settings.shadow_concurrency, shadow_timeout_s=settings.shadow_timeout_s,
+        )
+        rollouts.start()
+        predictions.shadow.start()
         job_store = JobStore(database)
         job_runner = JobRunner(
             database, job_store, predictions, settings.job_concurrency, settings.job_lease_s,
@@ -67,6 +76,8 @@ def create_app(
         app.state.torchserve = client
         app.state.recorder = rec
         app.state.predictions = predictions
+        app.state.rollouts = rollouts
+        app.state.outbox = outbox
         app.state.cache = cache
         app.state.database = database
         app.state.job_store = job_store
@@ -80,7 +91,7 @@ def create_app(
             )
             telemetry = Telemetry(
                 client, telemetry_sink.write_points,
-                partial(bridge_stats, app), settings.telemetry_interval_s,
+                partial(bridge_stats, app), settings.telemetry_interval_s, outbox,
             )
             telemetry.start()
         app.state.telemetry = telemetry
@@ -90,6 +101,8 @@ def create_app(
             if telemetry is not None:
                 await telemetry.stop()
             await job_runner.stop()
+            await rollouts.stop()
+            await predictions.shadow.stop()
             rec.stop()
             database.close()
             await client.close()
@@ -116,6 +129,8 @@ def create_app(
 async def bridge_stats(app: FastAPI) -> dict[str, object]:
     """The bridge's own gauges and counters: recording backlog, cache, pending jobs."""
     stats: dict[str, object] = dict(app.state.recorder.health())
+    stats.update(app.state.predictions.shadow.stats(), canaries_aborted=app.state.rollouts.aborted,
+                 rollout_refresh_failures=app.state.rollouts.refresh_failures, points_outbox_dropped=app.state.outbox.dropped)
     cache = app.state.cache
     if cache is not None:
         stats.update(cache_hits=cache.hits, cache_misses=cache.misses)

@@ -17,7 +17,7 @@ logger = logging.getLogger(__name__)
 
 LOOKUP_SQL = (
     "SELECT output FROM inferences WHERE input_sha256 = %s AND model = %s AND model_version = %s"
-    " AND status = 200 AND output IS NOT NULL ORDER BY created_at DESC LIMIT 1"
+    " AND status = 200 AND output IS NOT NULL AND shadow_of IS NULL ORDER BY created_at DESC LIMIT 1"
 )
 
 

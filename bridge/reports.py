@@ -1,7 +1,8 @@
 """History and reports over the inference record, computed in PostgreSQL.
 
 Every query is bounded by a time range and (where it aggregates) served by the covering index
-``inferences_model_time_cover`` — see ``benchmarks/reports_at_scale.py`` for timings at millions of rows.
+``inferences_served_cover`` — see ``benchmarks/reports_at_scale.py`` for timings at millions of rows. They count
+served answers only (``shadow_of IS NULL``): a candidate's shadow or replay answers are not what clients got.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ class ResultFilter:
     status: int | None = None
     since: datetime | None = None
     until: datetime | None = None
+    shadow_of: str | None = None  # the candidates' answers to this live request instead of served answers
 
 
 def encode_cursor(created_at: datetime, request_id: str) -> str:
@@ -54,6 +56,11 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
 def _where(f: ResultFilter) -> tuple[list[str], list[Any]]:
     clauses: list[str] = []
     params: list[Any] = []
+    if f.shadow_of is None:
+        clauses.append("shadow_of IS NULL")
+    else:
+        clauses.append("shadow_of = %s")
+        params.append(f.shadow_of)
     for column, value in (("model", f.model), ("model_version", f.version), ("status", f.status)):
         if value is not None:
             clauses.append(f"{column} = %s")
@@ -100,6 +107,7 @@ def label_counts(
     sql = (
         "SELECT date_trunc(%s, created_at, 'UTC') AS bucket, top_label, count(*) FROM inferences"
         " WHERE model = %s AND created_at >= %s AND created_at < %s AND status = 200 AND top_label IS NOT NULL"
+        " AND shadow_of IS NULL"
         " GROUP BY 1, 2 ORDER BY 1, 3 DESC"
     )
     with conn.cursor() as cur:
@@ -115,6 +123,7 @@ def latency_percentiles(
         "SELECT date_trunc(%s, created_at, 'UTC') AS bucket, model_version, count(*),"
         " percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (ORDER BY latency_ms)"
         " FROM inferences WHERE model = %s AND created_at >= %s AND created_at < %s AND status = 200"
+        " AND shadow_of IS NULL"
         " GROUP BY 1, 2 ORDER BY 1, 2"
     )
     with conn.cursor() as cur:
@@ -132,7 +141,7 @@ def error_rates(
     sql = (
         "SELECT date_trunc(%s, created_at, 'UTC') AS bucket, model_version, count(*),"
         " count(*) FILTER (WHERE status BETWEEN 400 AND 499), count(*) FILTER (WHERE status >= 500)"
-        " FROM inferences WHERE model = %s AND created_at >= %s AND created_at < %s"
+        " FROM inferences WHERE model = %s AND created_at >= %s AND created_at < %s AND shadow_of IS NULL"
         " GROUP BY 1, 2 ORDER BY 1, 2"
     )
     with conn.cursor() as cur:

@@ -3,6 +3,10 @@
 ``run()`` performs one inference and describes it; ``record()`` journals that description under a request
 id and returns once it is durable. The sync route does both for every request; the job runner chooses
 the request id after seeing the outcome (a job's final answer per model is recorded exactly once).
+
+A model's active rollout (bridge.rollouts) acts here, on requests that name no version: a canary client is
+answered by the candidate version; a request sampled for shadowing is answered as usual, then copied to the
+candidate off the request path (bridge.shadow) and the candidate's answer recorded beside the live one.
 """
 
 from __future__ import annotations
@@ -11,15 +15,20 @@ import asyncio
 import hashlib
 import json
 import time
+import uuid
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
 from bridge.cache import ResultCache
 from bridge.errors import BridgeError, RecordingUnavailable
+from bridge.outbox import PointOutbox
 from bridge.recorder import Recorder, RecordingFailed
 from bridge.records import InferenceRecord, answered_version, score_map, summarise_output
+from bridge.rollouts import PAIR_MEASUREMENT, Rollouts, pair_fields
 from bridge.routing import Router
+from bridge.shadow import ShadowCopy, ShadowQueue
+from stack import models
 from stack.torchserve import Answer
 
 JSON = "application/json"
@@ -51,10 +60,17 @@ def as_cached(output: dict[str, Any]) -> dict[str, Any]:
 class PredictionService:
     """The one path every inference takes, so every inference is recorded."""
 
-    def __init__(self, client: Router, recorder: Recorder, cache: ResultCache | None = None) -> None:
+    def __init__(
+        self, client: Router, recorder: Recorder, cache: ResultCache | None = None, rollouts: Rollouts | None = None,
+        outbox: PointOutbox | None = None, shadow_queue: int = 64, shadow_concurrency: int = 1,
+        shadow_timeout_s: float = 10.0,
+    ) -> None:
         self._client = client
         self._recorder = recorder
         self._cache = cache
+        self._rollouts = rollouts
+        self._outbox = outbox
+        self.shadow = ShadowQueue(self._answer_shadow, shadow_queue, shadow_concurrency, shadow_timeout_s)
 
     async def cached(self, model: str, version: str | None, body: bytes, digest: str | None = None) -> Prediction | None:
         """The recorded answer for this photo on this model version (default version unless given).
@@ -148,13 +164,53 @@ class PredictionService:
         source: str = "sync",
         params: dict[str, str] | None = None,
         use_cache: bool = True,
+        client: str = "",
     ) -> Prediction:
-        """Answer from the cache, or run; record durably; then answer (or raise the bridge's own error)."""
+        """Answer from the cache, or run; record durably; then answer (or raise the bridge's own error).
+
+        ``client``: who asks (bridge.rollouts), so that a canary answers the same clients throughout.
+        """
+        asked = version
+        if version is None and self._rollouts is not None:
+            version = self._rollouts.canary_version(model, client)
         digest = hashlib.sha256(body).hexdigest()  # once: the cache's key and the record's
         prediction = await self.cached(model, version, body, digest) if use_cache else None
         if prediction is None:
             prediction = await self.run(model, version, body, content_type, source, params, digest)
-        await self.record(prediction, request_id)
+            if version != asked and prediction.record.status == 404:  # the canary's version is gone: the live one
+                prediction = await self.run(model, asked, body, content_type, source, params, digest)
+        record = await self.record(prediction, request_id)
+        if asked is None and not prediction.cached:
+            self.offer_shadow(model, body, content_type, params, record)
         if prediction.error is not None:
             raise prediction.error
         return prediction
+
+    def offer_shadow(self, model: str, body: bytes, content_type: str, params: dict[str, str] | None,
+                     live: InferenceRecord) -> bool:
+        """Copy a live request to ``model``'s shadowed candidate when it is sampled; never waits."""
+        candidate = self._rollouts.shadow_version(model) if self._rollouts is not None else None
+        if candidate is None or candidate == live.model_version:
+            return False
+        return self.shadow.offer(ShadowCopy(model, candidate, body, content_type, params, live))
+
+    async def _answer_shadow(self, copy: ShadowCopy, timeout_s: float) -> None:
+        """Run ``copy`` on its candidate (at most ``timeout_s``), record it beside the live answer, compare them."""
+        started = time.perf_counter()
+        try:
+            prediction = await asyncio.wait_for(
+                self.run(copy.model, copy.version, copy.body, copy.content_type, "shadow", copy.params,
+                         copy.live.input_sha256), timeout_s)
+            record = prediction.record
+        except TimeoutError:
+            record = replace(copy.live, created_at=datetime.now(UTC), source="shadow", status=504,
+                             latency_ms=(time.perf_counter() - started) * 1000.0, batch_size=None, top_label=None,
+                             top_score=None, output=None,
+                             error=f"the candidate did not answer within the shadow timeout ({timeout_s:g} s)")
+        record = replace(record, request_id=str(uuid.uuid4()), shadow_of=copy.live.request_id,
+                         model_version=record.model_version or copy.version)
+        self._recorder.submit(record)  # journaled like any record; nobody waits for it
+        if self._outbox is not None:
+            tags = {"model": copy.model, "version": copy.version, "live_version": copy.live.model_version or "unknown",
+                    "source": "shadow"}
+            self._outbox.add(PAIR_MEASUREMENT, tags, pair_fields(models.describe(copy.model).kind, copy.live, record))

@@ -112,6 +112,22 @@ class Settings(BaseSettings):
         " for another bridge",
     )
 
+    rollout_refresh_s: float = Field(
+        1.0, gt=0, description="how often the active rollouts (servingctl shadow/canary) are read from PostgreSQL: a"
+        " rollout started, changed or stopped takes effect on every bridge within this"
+    )
+    canary_check_s: float = Field(
+        5.0, gt=0, description="how often a canary is compared with the live version over its window (and aborted"
+        " when it breaches its limits; docs/rollouts.md)"
+    )
+    shadow_queue: int = Field(
+        64, ge=1, description="shadow copies waiting for the candidate; more are dropped (counted), never waited for"
+    )
+    shadow_concurrency: int = Field(1, ge=1, description="shadow copies in flight to the candidate at once, per bridge")
+    shadow_timeout_s: float = Field(
+        10.0, gt=0, description="a candidate slower than this is given up (recorded as its 504, counted)"
+    )
+
     record_batch_size: int = Field(500, description="records per journal segment / PostgreSQL insert")
     record_retry_interval_s: float = Field(2.0, description="how often an unavailable PostgreSQL / InfluxDB is retried")
     record_adopt_after_s: float = Field(

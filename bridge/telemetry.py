@@ -10,7 +10,8 @@ This adds, every ``interval_s``, from each model server box (bridge.routing; the
   queue milliseconds per request, handler batches/s and mean batch size;
 - ``torchserve_workers``: workers per model, version and status, and each version's batch settings and
   whether it is the default (from the management API);
-- ``bridge``: the recorder's backlog and counters, cache hits and misses, pending jobs, scrape failures.
+- ``bridge``: the recorder's backlog and counters, cache hits and misses, pending jobs, scrape failures;
+- whatever the request path queued in the :class:`~bridge.outbox.PointOutbox` meanwhile (shadow pairs, feedback).
 
 Scraping failures are logged and counted, never fatal. Points carry the scrape's time (event time).
 """
@@ -28,6 +29,7 @@ from typing import Any
 
 import httpx
 
+from bridge.outbox import PointOutbox
 from bridge.routing import Router
 from stack.routing import Box
 
@@ -115,8 +117,10 @@ class Telemetry:
         write_points: Callable[[list[dict[str, Any]]], None],
         bridge_stats: Callable[[], Awaitable[dict[str, Any]]],
         interval_s: float = 10.0,
+        outbox: PointOutbox | None = None,
     ) -> None:
         self._router = router
+        self._outbox = outbox
         self._write_points = write_points
         self._bridge_stats = bridge_stats
         self._interval_s = interval_s
@@ -161,6 +165,8 @@ class Telemetry:
                 self.scrape_failures += 1
                 logger.warning("scraping box %s failed (%d so far): %s", box.name, self.scrape_failures, exc)
         points.append(self._point("bridge", {"host": self._host}, await self._bridge_fields(), now))
+        if self._outbox is not None:
+            points += self._outbox.drain()
         try:
             await asyncio.to_thread(self._write_points, points)
         except Exception as exc:  # noqa: BLE001

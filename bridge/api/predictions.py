@@ -6,6 +6,7 @@ from typing import Annotated, Any, TypedDict
 
 from fastapi import APIRouter, Path, Request, Response
 
+from bridge.auth import client_identity
 from bridge.errors import ErrorBody, request_id_of
 from bridge.uploads import read_photo
 
@@ -63,7 +64,7 @@ async def answer(request: Request, model: str, version: str | None) -> Response:
     no_cache = "no-cache" in request.headers.get("cache-control", "").lower()
     prediction = await request.app.state.predictions.predict(
         model, version, upload.photo, upload.content_type, request_id=request_id_of(request),
-        params=upload.params, use_cache=not no_cache and not upload.params,
+        params=upload.params, use_cache=not no_cache and not upload.params, client=client_identity(request),
     )
     upstream = prediction.upstream
     headers = {"X-Request-Id": request_id_of(request)}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
@@ -104,9 +105,15 @@ async def results(
     until: Until = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     cursor: Annotated[str | None, Query(max_length=200, description="`next_cursor` of the previous page")] = None,
+    shadow_of: Annotated[uuid.UUID | None, Query(
+        description="a live request's id: its candidates' answers (shadowing, replay) instead of served answers")] = None,
 ) -> ResultsPage:
-    """Filter by model, version, status and time range; keyset pagination (stable under inserts)."""
-    f = ResultFilter(model, version, status, _aware(since) if since else None, _aware(until) if until else None)
+    """Filter by model, version, status and time range; keyset pagination (stable under inserts).
+
+    Served answers only, unless ``shadow_of`` asks for the candidate answers that mirror one live request.
+    """
+    f = ResultFilter(model, version, status, _aware(since) if since else None, _aware(until) if until else None,
+                     str(shadow_of) if shadow_of else None)
     items, next_cursor = await _query(request, list_results, f, limit, cursor)
     return ResultsPage(items=[ResultItem(**item) for item in items], next_cursor=next_cursor)
 

@@ -22,7 +22,7 @@ from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from bridge import oip
-from bridge.auth import require_api_key
+from bridge.auth import client_identity, require_api_key
 from bridge.errors import BridgeError, EmptyBody, NotFound, PayloadTooLarge, UpstreamUnavailable, request_id_of
 from bridge.uploads import read_limited
 
@@ -198,7 +198,7 @@ async def _outcome(request: Request, model: str, version: str | None, item: oip.
     try:
         prediction = await request.app.state.predictions.predict(
             model, version, item.photo, "application/octet-stream", request_id=request_id, params=params or None,
-            use_cache=use_cache,
+            use_cache=use_cache, client=client_identity(request),
         )
     except BridgeError as exc:
         return oip.Outcome(exc.status, request_id, error=exc.message), None, False

@@ -1,7 +1,7 @@
 """The inference record: its one definition, and its fast write path into PostgreSQL.
 
 The COPY column list, the CSV rows, the bridge's results API model and the reports' columns all derive
-from :class:`InferenceRecord`. The DDL stays in ``migrations/`` (0001 and 0004); a test migrates a fresh
+from :class:`InferenceRecord`. The DDL stays in ``migrations/`` (0001, 0004 and 0006); a test migrates a fresh
 database and checks that the table's columns, types and nullability equal :data:`COLUMNS`.
 """
 
@@ -47,6 +47,8 @@ class InferenceRecord:
     top_score: float | None = field(metadata=_sql("double precision"))
     output: Any = field(metadata=_sql("jsonb"))
     error: str | None = field(metadata=_sql("text"))
+    shadow_of: str | None = field(default=None, metadata=_sql(
+        "uuid", "for a candidate's answer (shadowing, replay): the live request it mirrors; null for a served answer"))
 
     def to_json(self) -> str:
         """One JSON line (for the spool)."""
