@@ -12,7 +12,7 @@ from typing import Any, TextIO, cast
 
 import httpx
 
-from ops import commands
+from ops import commands, rollouts
 from ops.commands import Context
 from ops.errors import OpsError, UsageError
 from ops.golden import GOLDEN_HELP, GoldenLookup, PhotoLoader, parse_goldens, sample_photo, spec_golden
@@ -20,6 +20,7 @@ from ops.history import ChangeSink, History, InfluxChanges, PostgresHistory
 from ops.settings import Settings
 from ops.torchserve import TorchServe
 from stack.configuration import env_names
+from stack.database.rollouts import CanaryLimits
 
 DESCRIPTION = """\
 Operate the models TorchServe serves: list and describe them, deploy a new version from the model store or
@@ -39,6 +40,9 @@ examples:
   servingctl scale resnet18 --min 1 --max 1
   servingctl retire resnet18 2.0
   servingctl history resnet18
+  servingctl shadow classifier 1.1 --fraction 0.5 && servingctl compare classifier 1.1
+  servingctl canary classifier 1.1 --percent 5
+  servingctl promote classifier 1.1
 
 exit status:
   0 success, 1 other failure (e.g. TorchServe answered an error), 2 bad arguments, 3 TorchServe not
@@ -160,6 +164,58 @@ def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentP
     p.add_argument("--max", dest="max_workers", type=int, required=True, metavar="M", help="maximum workers")
     p.add_argument("--version", help="the version to scale (default: the default version)")
 
+    p = command("shadow", "send a fraction of a model's live requests to a candidate version as well",
+                "Every bridge copies the sampled requests that name no version to VERSION off the request path (a\n"
+                "bounded queue: a slow or failing candidate is dropped and counted, never waited for) and records its\n"
+                "answers beside the live ones (results and reports never count them). VERSION must be registered with\n"
+                "a READY worker and not be the default. Replaces the model's active rollout, if any.")
+    p.add_argument("model", metavar="MODEL")
+    p.add_argument("version", metavar="VERSION")
+    p.add_argument("--fraction", type=float, default=1.0, help="share of live requests copied, (0, 1] (default: 1)")
+
+    limits = CanaryLimits()
+    p = command("canary", "answer a percentage of a model's clients from a candidate version",
+                "Clients are chosen by a hash of their X-Client-Id (else API key, else address): the same clients\n"
+                "throughout, and still the same ones when the percentage grows (run canary again with a larger one).\n"
+                "The bridges compare the candidate's served answers with the live version's over a window and abort\n"
+                "the canary themselves (audited as canary-abort) when its 5xx rate or its p99 latency exceeds the\n"
+                "live one's by the margins below.")
+    p.add_argument("model", metavar="MODEL")
+    p.add_argument("version", metavar="VERSION")
+    p.add_argument("--percent", type=float, required=True, help="share of clients answered by VERSION, (0, 100]")
+    p.add_argument("--max-error-rate-delta", type=float, default=limits.max_error_rate_delta, metavar="D",
+                   help=f"abort when its 5xx rate exceeds the live one's by more than D (default {limits.max_error_rate_delta})")
+    p.add_argument("--max-p99-ratio", type=float, default=limits.max_p99_ratio, metavar="R",
+                   help=f"abort when its p99 exceeds R × the live one's (default {limits.max_p99_ratio})")
+    p.add_argument("--window", type=float, default=limits.window_s, metavar="S",
+                   help=f"seconds of traffic judged (default {limits.window_s:g})")
+    p.add_argument("--min-requests", type=int, default=limits.min_requests, metavar="N",
+                   help=f"requests the candidate needs in the window before it is judged (default {limits.min_requests})")
+
+    p = command("compare", "a candidate's answers against the live answers to the same photos",
+                "Pairs recorded by shadowing and replay, compared per kind of answer (classifier: top-1 agreement,\n"
+                "top-5 overlap; price: relative difference, live price inside the candidate's interval; similar:\n"
+                "Jaccard of the k nearest; others: equal answers), server errors and latency, with 95 % intervals,\n"
+                "and whether the promote gate would pass. The same figures as GET /v1/reports/compare.")
+    p.add_argument("model", metavar="MODEL")
+    p.add_argument("version", metavar="VERSION", nargs="?", help="default: the model's active rollout's version")
+    p.add_argument("--since", help="30m, 1h, 2d or an ISO time (default: the start of the version's latest rollout)")
+    p.add_argument("--source", choices=("all", "shadow", "replay"), default="all", help="which pairs (default: all)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    p = command("promote", "make a candidate the default once its comparison passes the promote gate",
+                "Refused (exit 7, recorded as promote-refused) unless the comparison since the version's latest\n"
+                "rollout (or --since) holds at least --promote-min-samples photos and meets the thresholds of its kind\n"
+                "(--promote-thresholds), the 5xx margin and the p99 ratio. Then the default is set box by box as\n"
+                "set-default does (rollback undoes it) and the version's rollout ends as promoted.")
+    p.add_argument("model", metavar="MODEL")
+    p.add_argument("version", metavar="VERSION")
+    p.add_argument("--since", help="30m, 1h, 2d or an ISO time (default: the start of the version's latest rollout)")
+    p.add_argument("--force", action="store_true", help="promote even if the gate refuses (recorded as promote-forced)")
+
+    p = command("stop-rollout", "end a model's shadow or canary: the live version answers everything again", "")
+    p.add_argument("model", metavar="MODEL")
+
     p = command("history", "every recorded change of a model: who, what, when, from → to (newest first)",
                 "Read from PostgreSQL's model_changes table (created by stack/database/migrations/0002_model_changes.sql).")
     p.add_argument("model", metavar="MODEL")
@@ -188,6 +244,17 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
             return commands.retire(ctx, args.model, args.version)
         case "scale":
             return commands.scale(ctx, args.model, args.min_workers, args.max_workers, args.version)
+        case "shadow":
+            return rollouts.shadow(ctx, args.model, args.version, args.fraction)
+        case "canary":
+            limits = CanaryLimits(args.max_error_rate_delta, args.max_p99_ratio, args.window, args.min_requests)
+            return rollouts.canary(ctx, args.model, args.version, args.percent, limits)
+        case "compare":
+            return rollouts.compare_command(ctx, args.model, args.version, args.since, args.source, args.json)
+        case "promote":
+            return rollouts.promote(ctx, args.model, args.version, args.since, args.force)
+        case "stop-rollout":
+            return rollouts.stop_rollout(ctx, args.model)
         case "history":
             return commands.history(ctx, args.model, args.limit, args.json)
     raise UsageError(f"unknown command {args.command!r}")

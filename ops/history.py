@@ -8,9 +8,10 @@ InfluxDB is best effort: a failed write is a warning, never a failed command.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import psycopg2
 import psycopg2.extensions
@@ -18,6 +19,8 @@ from psycopg2.extras import Json
 
 from ops.errors import HistoryUnavailable, Refused
 from stack.database import Database, DatabaseUnavailable, migrate
+
+T = TypeVar("T")
 
 # The actions that change which version /predictions/{model} serves.
 DEFAULT_CHANGES = ("set-default", "rollback")
@@ -46,6 +49,8 @@ class History(Protocol):
 
     def changes(self, model: str, limit: int | None = None) -> list[Change]: ...
 
+    def transaction(self, fn: Callable[..., T], *args: Any) -> T: ...
+
     def close(self) -> None: ...
 
 
@@ -71,6 +76,10 @@ class MemoryHistory:
         """Newest first."""
         found = [c for c in reversed(self._changes) if c.model == model]
         return found[:limit] if limit else found
+
+    def transaction(self, fn: Callable[..., T], *args: Any) -> T:
+        """Rollouts and comparisons live in PostgreSQL only."""
+        raise HistoryUnavailable("this command needs PostgreSQL (rollouts and comparisons are kept there)")
 
     def close(self) -> None:
         """Nothing to release."""
@@ -135,6 +144,13 @@ class PostgresHistory:
                    to_value=r[7], reverts=r[8], detail=r[9] if isinstance(r[9], dict) else json.loads(r[9] or "{}"))
             for r in rows
         ]
+
+    def transaction(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(conn, *args)`` in one transaction of the history's database (rollouts, comparisons)."""
+        try:
+            return self._db.run_transaction(fn, *args)
+        except (DatabaseUnavailable, psycopg2.Error) as exc:
+            raise HistoryUnavailable(f"PostgreSQL failed: {_reason(exc)}") from exc
 
     def close(self) -> None:
         """Close the connection."""

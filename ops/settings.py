@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import getpass
+import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ from pydantic import AliasChoices, Field, ValidationError, field_validator
 from pydantic_core import ErrorDetails
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from stack.comparison import Gate
 from stack.configuration import STATE_DIR_DEFAULT_TEXT, default_state_dir, env_names, source_checkout
 from stack.routing import Box, Routes, parse_routes
 
@@ -80,6 +82,22 @@ class Settings(BaseSettings):
     influx_timeout: float = Field(
         3.0, validation_alias=_env("influx_timeout_s"), description="seconds per InfluxDB write"
     )
+    promote_min_samples: int = Field(
+        200, ge=1, description="promote: the fewest photos compared (shadowed or replayed) before a candidate may pass"
+    )
+    promote_max_error_rate_delta: float = Field(
+        0.01, ge=0, description="promote: the most the candidate's 5xx rate may exceed the live version's (0.01 = 1 point)"
+    )
+    promote_max_p99_ratio: float = Field(
+        2.0, gt=0, description="promote: the most the candidate's p99 latency may be, as a multiple of the live one's"
+    )
+    promote_thresholds: str = Field(
+        "", description="promote: per kind of answer, each metric's bound as JSON, e.g. "
+        '{"classifier": {"top1_agreement": 0.95}, "*": {"answer_agreement": 0.99}} (docs/rollouts.md)',
+        json_schema_extra={"default_text": "classifier top1_agreement ≥ 0.9, top5_overlap ≥ 0.8; price "
+                           "relative_difference ≤ 0.15, live_in_candidate_interval ≥ 0.8; similar jaccard_at_k ≥ 0.7; "
+                           "other kinds answer_agreement ≥ 0.95"},
+    )
     actor: str = Field(
         default_factory=_login_name, validation_alias=AliasChoices(_env("actor"), "USER"),
         description="who is recorded in the history", json_schema_extra={"default_text": "`$USER`"},
@@ -89,6 +107,18 @@ class Settings(BaseSettings):
     @classmethod
     def _no_trailing_slash(cls, url: str) -> str:
         return url.rstrip("/")
+
+    @field_validator("promote_thresholds")
+    @classmethod
+    def _thresholds_parse(cls, text: str) -> str:
+        parse_thresholds(text)  # refused now rather than at promote time
+        return text
+
+    def gate(self) -> Gate:
+        """The promote gate these settings describe."""
+        metrics = parse_thresholds(self.promote_thresholds)
+        return Gate(self.promote_min_samples, self.promote_max_error_rate_delta, self.promote_max_p99_ratio,
+                    **({"metrics": metrics} if metrics else {}))
 
     @field_validator("routes")
     @classmethod
@@ -122,3 +152,19 @@ def _explain(settings: type[Settings], error: ErrorDetails) -> str:
     name = str(error["loc"][0]) if error["loc"] else ""
     where = env_names(settings, name)[0] if name in settings.model_fields else name
     return f"{where}={error['input']!r}: {error['msg']}"
+
+
+def parse_thresholds(text: str) -> dict[str, dict[str, float]]:
+    """``{kind: {metric: bound}}`` from JSON (empty text: none); a ValueError saying what is wrong otherwise."""
+    if not text.strip():
+        return {}
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise ValueError(f"promote_thresholds is not JSON: {exc}") from exc
+    if not isinstance(data, dict) or not all(
+        isinstance(bounds, dict) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in bounds.values())
+        for bounds in data.values()
+    ):
+        raise ValueError('promote_thresholds must map a kind to {metric: number}, e.g. {"classifier": {"top1_agreement": 0.95}}')
+    return {str(kind): {str(k): float(v) for k, v in bounds.items()} for kind, bounds in data.items()}
