@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import collections
 import time
+from collections.abc import Mapping
 from typing import Any
 
 
@@ -17,11 +18,12 @@ class PointOutbox:
         self._points: collections.deque[dict[str, Any]] = collections.deque(maxlen=limit)
         self.dropped = 0
 
-    def add(self, measurement: str, tags: dict[str, str], fields: dict[str, float], at: float | None = None) -> None:
+    def add(self, measurement: str, tags: dict[str, str], fields: Mapping[str, float | str],
+            at: float | None = None) -> None:
         """Queue one point (``at``: seconds since the epoch, default now)."""
         if len(self._points) == self._points.maxlen:
             self.dropped += 1
-        self._points.append({"measurement": measurement, "tags": tags, "fields": fields,
+        self._points.append({"measurement": measurement, "tags": tags, "fields": dict(fields),
                              "time": int((time.time() if at is None else at) * 1e9)})
 
     def drain(self) -> list[dict[str, Any]]:

@@ -22,6 +22,7 @@ import random
 import socket
 from typing import Any
 
+from bridge.outbox import PointOutbox
 from stack.comparison import metric_names, pair_metrics
 from stack.database import Database
 from stack.database.inferences import InferenceRecord
@@ -42,8 +43,9 @@ class Rollouts:
     """The active rollouts as this bridge last read them, and the canaries' watch."""
 
     def __init__(self, database: Database, refresh_s: float = 1.0, check_s: float = 5.0,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None, outbox: PointOutbox | None = None) -> None:
         self._database = database
+        self._outbox = outbox
         self._refresh_s = refresh_s
         self._check_s = check_s
         self._rng = rng or random.Random()
@@ -115,23 +117,29 @@ class Rollouts:
                 logger.warning("checking the canary of %s %s failed: %s", rollout.model, rollout.version, exc)
                 continue
             if stopped is not None:
-                ended.append(stopped)
+                ended.append(stopped[0])
                 self._active.pop(rollout.model, None)
                 self.aborted += 1
-                logger.warning("canary %s %s aborted: %s", rollout.model, rollout.version, stopped.ended_reason)
+                logger.warning("canary %s %s aborted: %s", rollout.model, rollout.version, stopped[0].ended_reason)
+                if self._outbox is not None:  # the dashboards' annotations, as servingctl's changes are
+                    self._outbox.add("model_changes", {"model": rollout.model, "version": rollout.version,
+                                                       "action": "canary-abort"},
+                                     {"from": rollout.version, "to": rollout.live_version or "", "actor": self.actor,
+                                      "change_id": stopped[1]})
         return ended
 
-    def _check(self, conn: Any, rollout: Rollout) -> Rollout | None:
+    def _check(self, conn: Any, rollout: Rollout) -> tuple[Rollout, int] | None:
         limits = CanaryLimits.from_json(rollout.thresholds)
         stats = window_stats(conn, rollout.model, limits.window_s)
         reason = limits.breach(stats.get(rollout.live_version), stats.get(rollout.version))
         if reason is None:
             return None
         stopped = end_rollout(conn, rollout.model, "aborted", reason, rollout.id)
-        if stopped is not None:  # this bridge ended it: the one audit row
-            audit(conn, self.actor, rollout.model, rollout.version, "canary-abort", rollout.version,
-                  rollout.live_version, {"reason": reason, "rollout": rollout.id, "percent": 100 * rollout.fraction})
-        return stopped
+        if stopped is None:  # another bridge ended it first, and audited it
+            return None
+        change = audit(conn, self.actor, rollout.model, rollout.version, "canary-abort", rollout.version,
+                       rollout.live_version, {"reason": reason, "rollout": rollout.id, "percent": 100 * rollout.fraction})
+        return stopped, change
 
 
 def pair_fields(kind: str, live: InferenceRecord, candidate: InferenceRecord) -> dict[str, float]:

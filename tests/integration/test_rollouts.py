@@ -41,6 +41,8 @@ BROKEN_HANDLER = '''"""A deliberately broken candidate: every request fails in t
 
 
 def handle(data, context):
+    if data is None:  # TorchServe initialises a module-level handler by calling it without data
+        return None
     raise RuntimeError("deliberately broken candidate")
 '''
 
