@@ -18,14 +18,16 @@ from serving_client.errors import (
     UnsupportedMediaType,
 )
 from serving_client.jobs import Job
-from serving_client.models import JobState, JobStatus, ModelResult, Prediction, Report
+from serving_client.models import AccuracyReport, Feedback, JobState, JobStatus, ModelResult, Prediction, Report
 
 __all__ = [
     "REPORT_KINDS",
+    "AccuracyReport",
     "BadRequest",
     "Client",
     "Conflict",
     "ConnectionError",
+    "Feedback",
     "GatewayTimeout",
     "Job",
     "JobFailed",

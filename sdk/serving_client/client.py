@@ -1,4 +1,4 @@
-"""The synchronous client of the bridge: predictions, jobs, results history, reports, health."""
+"""The synchronous client of the bridge: predictions, jobs, results history, reports, feedback, health."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import httpx
 from serving_client import errors
 from serving_client._version import __version__
 from serving_client.jobs import Job
-from serving_client.models import JobState, Prediction, Report
+from serving_client.models import AccuracyReport, Feedback, JobState, Prediction, Report
 
 __all__ = ["REPORT_KINDS", "Client", "Photo"]
 
@@ -154,6 +154,33 @@ class Client:
             raise ValueError(f"unknown report kind {kind!r}; one of {', '.join(REPORT_KINDS)}")
         params = _drop_none(model=model, since=_iso(since), until=_iso(until), bucket=bucket)
         return Report.from_json(kind, self._request("GET", f"/v1/reports/{kind}", params=params).json())
+
+    # --- ground truth and live accuracy -------------------------------------------------------------------
+
+    def feedback(self, request_id: str | uuid.UUID, truth: Any) -> Feedback:
+        """Send the ground truth for the served answer ``request_id`` (its ``Prediction.request_id``).
+
+        ``truth`` by the model's kind: a label (classifier), a price (price), the relevant item ids (similar), or
+        the whole right answer (other models). Stored once: the same truth again is no change (``created`` False),
+        a different one raises ``Conflict``; so it is retried, like ``submit``, on no answer and 503.
+        """
+        body = {"request_id": str(request_id), "truth": truth}
+        for attempt in range(1, self.submit_attempts + 1):
+            try:
+                return Feedback.from_response(self._request("POST", "/v1/feedback", json=body))
+            except errors.ServiceUnavailable as exc:
+                if attempt == self.submit_attempts:
+                    raise
+                time.sleep(_backoff(self.retry_backoff_s, attempt, exc))
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+    def accuracy(
+        self, model: str, version: str | None = None, since: TimeValue = None, until: TimeValue = None,
+        bucket: str = "hour",
+    ) -> AccuracyReport:
+        """Live accuracy of ``model`` per version (or of ``version`` only) per time bucket (default: last 24 h)."""
+        params = _drop_none(model=model, version=version, since=_iso(since), until=_iso(until), bucket=bucket)
+        return AccuracyReport.from_json(self._request("GET", "/v1/reports/accuracy", params=params).json())
 
     # --- health ------------------------------------------------------------------------------------------
 

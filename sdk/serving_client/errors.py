@@ -3,11 +3,13 @@
     ServingError                 base: ``status``, ``message``, ``type``, ``request_id``, ``body``
     ├── BadRequest               (400) empty body, not an image, malformed request
     ├── Unauthorized             (401) missing or invalid API key
-    ├── NotFound                 (404) no such model, version or job
-    ├── Conflict                 (409) Idempotency-Key reused while its job is still pending
+    ├── NotFound                 (404) no such model, version, job, or served answer to send feedback on
+    ├── Conflict                 (409) Idempotency-Key reused while its job is still pending; a different truth
+    │                                  for a request id that has one
     ├── PayloadTooLarge          (413) photo over the bridge's or the model's byte limit
     ├── UnsupportedMediaType     (415) the body was sent as text or JSON
-    ├── Unprocessable            (422) image dimensions too large; Idempotency-Key reused with another photo
+    ├── Unprocessable            (422) image dimensions too large; Idempotency-Key reused with another photo;
+    │                                  a truth of the wrong shape for the model
     ├── ServiceUnavailable       (503) TorchServe or the job queue is down: retry after ``retry_after`` s
     │   └── ConnectionError      (—)   the bridge itself could not be reached (also a builtin ConnectionError)
     ├── GatewayTimeout           (504) TorchServe did not answer in time

@@ -135,6 +135,57 @@ class Report:
         )
 
 
+@dataclass(frozen=True)
+class Feedback:
+    """A truth the bridge stored for a served answer, and that answer's scores (``POST /v1/feedback``)."""
+
+    request_id: str
+    model: str
+    model_version: str | None
+    truth: Any
+    received_at: datetime
+    score: dict[str, float]
+    created: bool  # False: the same truth was stored before (an idempotent repeat)
+
+    @classmethod
+    def from_response(cls, response: httpx.Response) -> Feedback:
+        """From a 201 (stored) or 200 (stored before) answer."""
+        data = response.json()
+        return cls(
+            request_id=str(data["request_id"]), model=data["model"], model_version=data.get("model_version"),
+            truth=data["truth"], received_at=_datetime(data["received_at"]),
+            score={name: float(value) for name, value in (data.get("score") or {}).items()},
+            created=response.status_code == 201,
+        )
+
+
+@dataclass(frozen=True)
+class AccuracyReport:
+    """Live accuracy of a model per version per time bucket (``GET /v1/reports/accuracy``).
+
+    Each row: ``{"bucket", "version", "count", "figures": {name: {"value", "low", "high", "n"}}}``; ``figures``
+    names the kind's figures (e.g. ``top1_accuracy``, ``top5_accuracy`` for a classifier).
+    """
+
+    model: str
+    kind: str
+    version: str | None
+    since: datetime
+    until: datetime
+    bucket: str
+    figures: list[str] = field(default_factory=list)
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> AccuracyReport:
+        """From the body of ``GET /v1/reports/accuracy``."""
+        return cls(
+            model=data["model"], kind=data["kind"], version=data.get("version"), since=_datetime(data["since"]),
+            until=_datetime(data["until"]), bucket=data["bucket"], figures=list(data.get("figures") or []),
+            rows=list(data.get("rows") or []),
+        )
+
+
 def _datetime(value: str) -> datetime:
     # Python < 3.11 does not read a trailing "Z"; the bridge writes one.
     return datetime.fromisoformat(value[:-1] + "+00:00" if value.endswith("Z") else value)

@@ -506,6 +506,72 @@ def test_a_bad_report_range_is_a_bad_request(client: Client, bridge: Recorder) -
         client.report("labels", "classifier", since="2026-01-02T00:00:00Z", until="2026-01-01T00:00:00Z")
 
 
+# --- ground truth and live accuracy ------------------------------------------------------------------------
+
+FEEDBACK = {"request_id": JOB_ID, "model": "classifier", "model_version": "1.0", "truth": {"label": "tabby"},
+            "received_at": "2026-01-02T03:04:05Z", "score": {"top1_correct": 1.0, "top5_correct": 1.0}}
+
+
+def test_feedback_posts_the_truth_as_json(client: Client, bridge: Recorder) -> None:
+    bridge.handler = lambda r: httpx.Response(201, json=FEEDBACK)
+    stored = client.feedback(uuid.UUID(JOB_ID), "tabby")
+    assert (bridge.last.method, bridge.last.url.path) == ("POST", "/v1/feedback")
+    assert bridge.last.headers["content-type"] == "application/json"
+    assert json.loads(bridge.last.content) == {"request_id": JOB_ID, "truth": "tabby"}
+    assert (stored.created, stored.request_id, stored.model, stored.model_version) == (
+        True, JOB_ID, "classifier", "1.0")
+    assert (stored.truth, stored.score) == ({"label": "tabby"}, {"top1_correct": 1.0, "top5_correct": 1.0})
+    assert stored.received_at == datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+
+    bridge.handler = lambda r: httpx.Response(200, json=FEEDBACK)
+    assert client.feedback(JOB_ID, {"label": "tabby"}).created is False, "200: the same truth, stored before"
+
+
+@pytest.mark.parametrize(("status", "kind", "error"), [
+    (404, "NotFound", NotFound), (409, "Conflict", Conflict), (422, "Unprocessable", Unprocessable),
+    (413, "PayloadTooLarge", PayloadTooLarge),
+])
+def test_feedback_errors_are_typed_and_not_retried(
+    client: Client, bridge: Recorder, status: int, kind: str, error: type[ServingError]
+) -> None:
+    bridge.handler = lambda r: httpx.Response(
+        status, json={"code": status, "type": kind, "message": f"refused: {kind}", "request_id": "f"})
+    with pytest.raises(error, match=f"refused: {kind}"):
+        client.feedback(JOB_ID, ["chelsea-01"])
+    assert len(bridge.requests) == 1
+
+
+def test_feedback_is_retried_when_the_bridge_is_unavailable(
+    client: Client, bridge: Recorder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(time, "sleep", lambda s: None)
+    answers = iter([httpx.Response(503, json={"code": 503, "type": "ServiceUnavailable", "message": "db down",
+                                              "request_id": "z"}), httpx.Response(200, json=FEEDBACK)])
+    bridge.handler = lambda r: next(answers)
+    assert client.feedback(JOB_ID, "tabby").created is False
+    assert len(bridge.requests) == 2
+    assert bridge.requests[0].content == bridge.requests[1].content
+
+
+def test_accuracy_report(client: Client, bridge: Recorder) -> None:
+    rows = [{"bucket": "2026-01-02T03:00:00Z", "version": "1.0", "count": 2,
+             "figures": {"mean_abs_error": {"value": 2.5, "low": 1.0, "high": 4.0, "n": 2}}}]
+    bridge.handler = lambda r: httpx.Response(200, json={
+        "model": "price", "kind": "price", "version": "1.0", "since": "2026-01-01T03:00:00Z",
+        "until": "2026-01-02T03:30:00Z", "bucket": "hour", "figures": ["mean_abs_error", "interval_coverage"],
+        "rows": rows,
+    })
+    report = client.accuracy("price", version="1.0", since=datetime(2026, 1, 1, 3, tzinfo=UTC))
+    assert (bridge.last.method, bridge.last.url.path) == ("GET", "/v1/reports/accuracy")
+    assert dict(bridge.last.url.params) == {"model": "price", "version": "1.0", "since": "2026-01-01T03:00:00+00:00",
+                                            "bucket": "hour"}
+    assert (report.model, report.kind, report.version, report.bucket) == ("price", "price", "1.0", "hour")
+    assert (report.figures, report.rows) == (["mean_abs_error", "interval_coverage"], rows)
+    assert report.until == datetime(2026, 1, 2, 3, 30, tzinfo=UTC)
+    client.accuracy("classifier", bucket="day")
+    assert dict(bridge.last.url.params) == {"model": "classifier", "bucket": "day"}
+
+
 # --- the contract ------------------------------------------------------------------------------------------
 
 
@@ -518,6 +584,11 @@ def test_every_request_the_sdk_sends_is_in_the_committed_openapi_document(client
             return httpx.Response(202 if request.method == "POST" else 200, json=job_json("succeeded", RESULTS))
         if path == "/v1/results":
             return httpx.Response(200, json={"items": [], "next_cursor": None})
+        if path == "/v1/feedback":
+            return httpx.Response(201, json=FEEDBACK)
+        if path == "/v1/reports/accuracy":
+            return httpx.Response(200, json={"model": "m", "kind": "json", "version": "1", "since": "2026-01-01T00:00:00Z",
+                                             "until": "2026-01-02T00:00:00Z", "bucket": "day", "figures": [], "rows": []})
         if path.startswith("/v1/reports/"):
             return httpx.Response(200, json={"model": "m", "since": "2026-01-01T00:00:00Z",
                                              "until": "2026-01-02T00:00:00Z", "bucket": "hour", "rows": []})
@@ -533,6 +604,8 @@ def test_every_request_the_sdk_sends_is_in_the_committed_openapi_document(client
                         until="2026-01-02T00:00:00Z", limit=5))
     for kind in serving_client.REPORT_KINDS:
         client.report(kind, "m", since="2026-01-01T00:00:00Z", until="2026-01-02T00:00:00Z", bucket="day")
+    client.feedback(JOB_ID, "tabby")
+    client.accuracy("m", version="1", since="2026-01-01T00:00:00Z", until="2026-01-02T00:00:00Z", bucket="day")
 
     spec = json.loads(OPENAPI.read_text())
     operations = {
