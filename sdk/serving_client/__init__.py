@@ -18,13 +18,23 @@ from serving_client.errors import (
     UnsupportedMediaType,
 )
 from serving_client.jobs import Job
-from serving_client.models import AccuracyReport, Feedback, JobState, JobStatus, ModelResult, Prediction, Report
+from serving_client.models import (
+    AccuracyReport,
+    Comparison,
+    Feedback,
+    JobState,
+    JobStatus,
+    ModelResult,
+    Prediction,
+    Report,
+)
 
 __all__ = [
     "REPORT_KINDS",
     "AccuracyReport",
     "BadRequest",
     "Client",
+    "Comparison",
     "Conflict",
     "ConnectionError",
     "Feedback",

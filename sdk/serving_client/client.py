@@ -18,7 +18,7 @@ import httpx
 from serving_client import errors
 from serving_client._version import __version__
 from serving_client.jobs import Job
-from serving_client.models import AccuracyReport, Feedback, JobState, Prediction, Report
+from serving_client.models import AccuracyReport, Comparison, Feedback, JobState, Prediction, Report
 
 __all__ = ["REPORT_KINDS", "Client", "Photo"]
 
@@ -181,6 +181,19 @@ class Client:
         """Live accuracy of ``model`` per version (or of ``version`` only) per time bucket (default: last 24 h)."""
         params = _drop_none(model=model, version=version, since=_iso(since), until=_iso(until), bucket=bucket)
         return AccuracyReport.from_json(self._request("GET", "/v1/reports/accuracy", params=params).json())
+
+    def rollouts(self) -> list[dict[str, Any]]:
+        """The active shadow or canary of each model (``GET /v1/rollouts``)."""
+        return list(self._request("GET", "/v1/rollouts").json()["items"])
+
+    def compare(
+        self, model: str, version: str | None = None, since: TimeValue = None, until: TimeValue = None,
+        source: str = "all",
+    ) -> Comparison:
+        """A candidate ``version`` (default: the model's active rollout's) against the live answers to the same
+        photos, from shadowing and/or replay (``source``: ``all``, ``shadow``, ``replay``; default: last 24 h)."""
+        params = _drop_none(model=model, version=version, since=_iso(since), until=_iso(until), source=source)
+        return Comparison.from_json(self._request("GET", "/v1/reports/compare", params=params).json())
 
     # --- health ------------------------------------------------------------------------------------------
 

@@ -186,6 +186,37 @@ class AccuracyReport:
         )
 
 
+@dataclass(frozen=True)
+class Comparison:
+    """A candidate version against the live answers to the same photos (``GET /v1/reports/compare``).
+
+    ``metrics``: the kind's figures, each ``{"value", "low", "high", "n"}`` (e.g. ``top1_agreement``); ``live`` and
+    ``candidate``: ``{"server_errors": {...}, "p50_ms", "p99_ms"}``; ``samples``: photos compared.
+    """
+
+    model: str
+    version: str
+    kind: str
+    samples: int
+    metrics: dict[str, dict[str, Any]]
+    live: dict[str, Any]
+    candidate: dict[str, Any]
+    error_rate_delta: float | None
+    p99_ratio: float | None
+    since: datetime
+    until: datetime
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Comparison:
+        """From the body of ``GET /v1/reports/compare``."""
+        c = data["comparison"]
+        return cls(
+            model=data["model"], version=data["version"], kind=c["kind"], samples=c["samples"], metrics=c["metrics"],
+            live=c["live"], candidate=c["candidate"], error_rate_delta=c.get("error_rate_delta"),
+            p99_ratio=c.get("p99_ratio"), since=_datetime(data["since"]), until=_datetime(data["until"]),
+        )
+
+
 def _datetime(value: str) -> datetime:
     # Python < 3.11 does not read a trailing "Z"; the bridge writes one.
     return datetime.fromisoformat(value[:-1] + "+00:00" if value.endswith("Z") else value)

@@ -572,6 +572,32 @@ def test_accuracy_report(client: Client, bridge: Recorder) -> None:
     assert dict(bridge.last.url.params) == {"model": "classifier", "bucket": "day"}
 
 
+COMPARE = {
+    "model": "classifier", "version": "1.1", "source": "all", "since": "2026-01-01T00:00:00Z",
+    "until": "2026-01-02T00:00:00Z",
+    "comparison": {
+        "kind": "classifier", "samples": 3, "compared": 3,
+        "metrics": {"top1_agreement": {"value": 1.0, "low": 0.44, "high": 1.0, "n": 3}},
+        "live": {"server_errors": {"value": 0.0, "low": 0.0, "high": 0.56, "n": 3}, "p50_ms": 10.0, "p99_ms": 12.0},
+        "candidate": {"server_errors": {"value": 0.0, "low": 0.0, "high": 0.56, "n": 3}, "p50_ms": 11.0, "p99_ms": 13.0},
+        "error_rate_delta": 0.0, "p50_ratio": 1.1, "p99_ratio": 1.0833, "extra": {},
+    },
+}
+
+
+def test_compare_and_rollouts(client: Client, bridge: Recorder) -> None:
+    bridge.handler = lambda request: httpx.Response(200, json=COMPARE if "compare" in request.url.path else {
+        "items": [{"id": 1, "model": "classifier", "version": "1.1", "mode": "shadow", "percent": 100.0}]})
+    comparison = client.compare("classifier")
+    assert (bridge.last.url.path, dict(bridge.last.url.params)) == (
+        "/v1/reports/compare", {"model": "classifier", "source": "all"})
+    assert (comparison.version, comparison.kind, comparison.samples, comparison.p99_ratio) == ("1.1", "classifier", 3, 1.0833)
+    assert comparison.metrics["top1_agreement"]["value"] == 1.0 and comparison.live["p50_ms"] == 10.0
+    assert comparison.since == datetime(2026, 1, 1, tzinfo=UTC)
+    assert [r["mode"] for r in client.rollouts()] == ["shadow"]
+    assert bridge.last.url.path == "/v1/rollouts"
+
+
 # --- the contract ------------------------------------------------------------------------------------------
 
 
@@ -586,6 +612,10 @@ def test_every_request_the_sdk_sends_is_in_the_committed_openapi_document(client
             return httpx.Response(200, json={"items": [], "next_cursor": None})
         if path == "/v1/feedback":
             return httpx.Response(201, json=FEEDBACK)
+        if path == "/v1/rollouts":
+            return httpx.Response(200, json={"items": []})
+        if path == "/v1/reports/compare":
+            return httpx.Response(200, json=COMPARE)
         if path == "/v1/reports/accuracy":
             return httpx.Response(200, json={"model": "m", "kind": "json", "version": "1", "since": "2026-01-01T00:00:00Z",
                                              "until": "2026-01-02T00:00:00Z", "bucket": "day", "figures": [], "rows": []})
@@ -606,6 +636,8 @@ def test_every_request_the_sdk_sends_is_in_the_committed_openapi_document(client
         client.report(kind, "m", since="2026-01-01T00:00:00Z", until="2026-01-02T00:00:00Z", bucket="day")
     client.feedback(JOB_ID, "tabby")
     client.accuracy("m", version="1", since="2026-01-01T00:00:00Z", until="2026-01-02T00:00:00Z", bucket="day")
+    client.rollouts()
+    client.compare("m", version="1.1", since="2026-01-01T00:00:00Z", until="2026-01-02T00:00:00Z", source="shadow")
 
     spec = json.loads(OPENAPI.read_text())
     operations = {
