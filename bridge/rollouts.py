@@ -130,7 +130,7 @@ class Rollouts:
 
     def _check(self, conn: Any, rollout: Rollout) -> tuple[Rollout, int] | None:
         limits = CanaryLimits.from_json(rollout.thresholds)
-        stats = window_stats(conn, rollout.model, limits.window_s)
+        stats = window_stats(conn, rollout.model, limits.window_s, rollout.started_at)
         reason = limits.breach(stats.get(rollout.live_version), stats.get(rollout.version))
         if reason is None:
             return None

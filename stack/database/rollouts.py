@@ -159,15 +159,18 @@ class WindowStats:
         return self.server_errors / self.requests if self.requests else 0.0
 
 
-def window_stats(conn: psycopg2.extensions.connection, model: str, window_s: float) -> dict[str | None, WindowStats]:
-    """Per version of ``model``: served requests, 5xx and the p99 latency of its 200s over the last ``window_s``."""
+def window_stats(conn: psycopg2.extensions.connection, model: str, window_s: float,
+                 started_at: datetime | None = None) -> dict[str | None, WindowStats]:
+    """Per version of ``model``: served requests, 5xx and the p99 latency of its 200s over the last ``window_s``
+    (and not before ``started_at``: a canary started again is not judged by its predecessor's traffic)."""
     with conn.cursor() as cur:
         cur.execute(
             "SELECT model_version, count(*), count(*) FILTER (WHERE status >= 500),"
             " percentile_cont(0.99) WITHIN GROUP (ORDER BY latency_ms) FILTER (WHERE status = 200)"
             " FROM inferences WHERE model = %s AND created_at >= now() - make_interval(secs => %s)"
+            " AND created_at >= coalesce(%s, '-infinity'::timestamptz)"
             " AND shadow_of IS NULL AND source <> 'cache' GROUP BY 1",
-            (model, window_s),
+            (model, window_s, started_at),
         )
         return {version: WindowStats(int(n), int(errors), p99) for version, n, errors, p99 in cur.fetchall()}
 
