@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -17,6 +18,7 @@ from bridge.api import feedback, health, jobs, predictions, results, v2
 from bridge.api import rollouts as rollout_routes
 from bridge.auth import require_api_key
 from bridge.cache import ResultCache
+from bridge.captures import CaptureStore
 from bridge.db import Database
 from bridge.errors import ERROR_RESPONSES, BridgeError, envelope, request_id_of
 from bridge.fastpath import BridgeApp
@@ -61,11 +63,15 @@ def create_app(
                             keep_idle=2)
         cache = ResultCache(database, settings.cache_timeout_s) if settings.cache else None
         outbox = PointOutbox()
-        rollouts = Rollouts(database, settings.rollout_refresh_s, settings.canary_check_s)
+        rollouts = Rollouts(database, settings.rollout_refresh_s, settings.canary_check_s, outbox=outbox)
+        captures = CaptureStore(settings.capture_dir, settings.capture_fraction, settings.capture_budget_bytes,
+                                settings.capture_retention_s)
         predictions = PredictionService(
             client, rec, cache, rollouts, outbox, shadow_queue=settings.shadow_queue,
             shadow_concurrency=settings.shadow_concurrency, shadow_timeout_s=settings.shadow_timeout_s,
+            captures=captures if captures.enabled else None,
         )
+        captures.start()
         rollouts.start()
         predictions.shadow.start()
         job_store = JobStore(database)
@@ -79,6 +85,7 @@ def create_app(
         app.state.predictions = predictions
         app.state.rollouts = rollouts
         app.state.outbox = outbox
+        app.state.captures = captures
         app.state.cache = cache
         app.state.database = database
         app.state.job_store = job_store
@@ -104,6 +111,7 @@ def create_app(
             await job_runner.stop()
             await rollouts.stop()
             await predictions.shadow.stop()
+            await asyncio.to_thread(captures.stop)
             rec.stop()
             database.close()
             await client.close()
@@ -128,10 +136,11 @@ def create_app(
 
 
 async def bridge_stats(app: FastAPI) -> dict[str, object]:
-    """The bridge's own gauges and counters: recording backlog, cache, pending jobs."""
+    """The bridge's own gauges and counters: recording backlog, cache, shadowing, captures, pending jobs."""
     stats: dict[str, object] = dict(app.state.recorder.health())
     stats.update(app.state.predictions.shadow.stats(), canaries_aborted=app.state.rollouts.aborted,
                  rollout_refresh_failures=app.state.rollouts.refresh_failures, points_outbox_dropped=app.state.outbox.dropped)
+    stats.update(app.state.captures.stats())  # zeros while capture is off
     cache = app.state.cache
     if cache is not None:
         stats.update(cache_hits=cache.hits, cache_misses=cache.misses)

@@ -7,6 +7,7 @@ the request id after seeing the outcome (a job's final answer per model is recor
 A model's active rollout (bridge.rollouts) acts here, on requests that name no version: a canary client is
 answered by the candidate version; a request sampled for shadowing is answered as usual, then copied to the
 candidate off the request path (bridge.shadow) and the candidate's answer recorded beside the live one.
+A sampled photo is also kept for ``servingctl replay`` (bridge.captures), written off the request path.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from bridge.cache import ResultCache
+from bridge.captures import CaptureStore
 from bridge.errors import BridgeError, RecordingUnavailable
 from bridge.outbox import PointOutbox
 from bridge.recorder import Recorder, RecordingFailed
@@ -63,9 +65,10 @@ class PredictionService:
     def __init__(
         self, client: Router, recorder: Recorder, cache: ResultCache | None = None, rollouts: Rollouts | None = None,
         outbox: PointOutbox | None = None, shadow_queue: int = 64, shadow_concurrency: int = 1,
-        shadow_timeout_s: float = 10.0,
+        shadow_timeout_s: float = 10.0, captures: CaptureStore | None = None,
     ) -> None:
         self._client = client
+        self._captures = captures
         self._recorder = recorder
         self._cache = cache
         self._rollouts = rollouts
@@ -170,20 +173,35 @@ class PredictionService:
 
         ``client``: who asks (bridge.rollouts), so that a canary answers the same clients throughout.
         """
-        asked = version
-        if version is None and self._rollouts is not None:
-            version = self._rollouts.canary_version(model, client)
         digest = hashlib.sha256(body).hexdigest()  # once: the cache's key and the record's
-        prediction = await self.cached(model, version, body, digest) if use_cache else None
+        prediction = None
+        if use_cache:
+            prediction = await self.cached(model, version or self.canary_version(model, client), body, digest)
         if prediction is None:
-            prediction = await self.run(model, version, body, content_type, source, params, digest)
-            if version != asked and prediction.record.status == 404:  # the canary's version is gone: the live one
-                prediction = await self.run(model, asked, body, content_type, source, params, digest)
+            prediction = await self.run_routed(model, version, body, content_type, source, params, digest, client)
         record = await self.record(prediction, request_id)
-        if asked is None and not prediction.cached:
+        if version is None and not prediction.cached:
             self.offer_shadow(model, body, content_type, params, record)
+        if self._captures is not None and not prediction.cached and not params:  # replay resends the photo alone
+            self._captures.offer(digest, body)  # queued for its writer thread: no disk I/O here
         if prediction.error is not None:
             raise prediction.error
+        return prediction
+
+    def canary_version(self, model: str, client: str) -> str | None:
+        """The candidate when ``client`` is one of ``model``'s canary clients, else None (the default version)."""
+        return self._rollouts.canary_version(model, client) if self._rollouts is not None else None
+
+    async def run_routed(
+        self, model: str, version: str | None, body: bytes, content_type: str, source: str,
+        params: dict[str, str] | None = None, digest: str | None = None, client: str = "",
+    ) -> Prediction:
+        """:meth:`run`, a request that names no version answered by the canary's candidate when ``client`` is one
+        of its clients, and by the default version again if the candidate is gone (404: retired under the canary)."""
+        chosen = version or self.canary_version(model, client)
+        prediction = await self.run(model, chosen, body, content_type, source, params, digest)
+        if chosen != version and prediction.record.status == 404:
+            prediction = await self.run(model, version, body, content_type, source, params, digest)
         return prediction
 
     def offer_shadow(self, model: str, body: bytes, content_type: str, params: dict[str, str] | None,

@@ -127,6 +127,23 @@ class Settings(BaseSettings):
     shadow_timeout_s: float = Field(
         10.0, gt=0, description="a candidate slower than this is given up (recorded as its 504, counted)"
     )
+    capture_fraction: float = Field(
+        0.0, ge=0, le=1, description="share of served predictions (uncached, without model parameters) whose photo is"
+        " kept on disk for `servingctl replay` (docs/replay.md): its bytes only, never a header or key; 0 = off"
+    )
+    capture_budget_bytes: int = Field(
+        2**30, ge=0, description="the capture directory holds at most this many bytes: beyond it photos are not"
+        " captured (counted as capture_skipped_budget)"
+    )
+    capture_retention_s: float = Field(
+        7 * 86400.0, gt=0, description="a captured photo not sent again for this long is deleted (swept every minute)"
+    )
+    capture_dir: Path = Field(
+        default_factory=lambda data: data["state_dir"] / "captures",
+        description="captured photos, by sha256 (`<dir>/ab/<sha256>`); bridges may share it (a volume), and "
+        "servingctl's `capture_dir` must name it too",
+        json_schema_extra={"default_text": "`<state_dir>/captures`"},
+    )
 
     record_batch_size: int = Field(500, description="records per journal segment / PostgreSQL insert")
     record_retry_interval_s: float = Field(2.0, description="how often an unavailable PostgreSQL / InfluxDB is retried")

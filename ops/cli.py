@@ -12,7 +12,7 @@ from typing import Any, TextIO, cast
 
 import httpx
 
-from ops import commands, rollouts
+from ops import commands, replay, rollouts
 from ops.commands import Context
 from ops.errors import OpsError, UsageError
 from ops.golden import GOLDEN_HELP, GoldenLookup, PhotoLoader, parse_goldens, sample_photo, spec_golden
@@ -43,6 +43,7 @@ examples:
   servingctl shadow classifier 1.1 --fraction 0.5 && servingctl compare classifier 1.1
   servingctl canary classifier 1.1 --percent 5
   servingctl promote classifier 1.1
+  servingctl replay classifier 1.1 --since 1h
 
 exit status:
   0 success, 1 other failure (e.g. TorchServe answered an error), 2 bad arguments, 3 TorchServe not
@@ -221,6 +222,21 @@ def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentP
     p.add_argument("model", metavar="MODEL")
     p.add_argument("--limit", type=int, help="only the newest N changes")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    p = command("replay", "send captured photos to a candidate version and compare it with the live answers",
+                "The bridges keep a sampled fraction of the photos sent (BRIDGE_CAPTURE_FRACTION; off by default) in\n"
+                "the capture directory (--capture-dir). The served requests of MODEL since --since whose photo is\n"
+                "there (newest first, up to --limit) are replayed: each distinct photo is sent once to VERSION\n"
+                "(POST /predictions/MODEL/VERSION), and its answer recorded beside every live request that carried it,\n"
+                "as shadowing records it (source replay). The comparison is printed as `compare` prints it, and the\n"
+                "replay recorded in the history: a version judged before any live traffic reaches it. Refused (exit 7)\n"
+                "when nothing was captured in the window or VERSION has no READY worker; exit 4 when it is not\n"
+                "registered.")
+    p.add_argument("model", metavar="MODEL")
+    p.add_argument("version", metavar="VERSION")
+    p.add_argument("--since", default="1h", help="30m, 1h, 2d or an ISO time (default: 1h)")
+    p.add_argument("--limit", type=int, default=1000, help="at most this many live requests, newest first (default: 1000)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
     return parser
 
 
@@ -257,6 +273,8 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
             return rollouts.stop_rollout(ctx, args.model)
         case "history":
             return commands.history(ctx, args.model, args.limit, args.json)
+        case "replay":
+            return replay.replay(ctx, args.model, args.version, args.since, args.limit, args.json)
     raise UsageError(f"unknown command {args.command!r}")
 
 

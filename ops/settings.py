@@ -64,6 +64,11 @@ class Settings(BaseSettings):
         description="the model store TorchServe registers archives from (deploy takes file names in it)",
         json_schema_extra={"default_text": "`model_store/` of the source checkout; installed: `./model_store`"},
     )
+    capture_dir: Path = Field(
+        default_factory=lambda data: data["state_dir"] / "captures",
+        description="the photos the bridges captured (their BRIDGE_CAPTURE_DIR), which `replay` sends to a candidate",
+        json_schema_extra={"default_text": "`<state_dir>/captures` (the bridge's default too)"},
+    )
     timeout: float = Field(
         10.0, validation_alias=_env("timeout_s"),
         description="seconds to wait for an ordinary TorchServe call or a golden prediction",

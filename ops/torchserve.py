@@ -108,6 +108,14 @@ class Prediction:
     text: str
 
 
+@dataclass(frozen=True)
+class CandidateFailure:
+    """A prediction TorchServe did not answer usefully: the status and error the bridge records for it."""
+
+    status: int
+    error: str
+
+
 class TorchServe:
     """The model server boxes' management APIs (and inference APIs for golden checks), each authenticated from its
     own key file; every call goes to the box the routes (stack.routing, ``--routes``) give its model."""
@@ -254,6 +262,20 @@ class TorchServe:
                 return Prediction(status=exc.status, body=None, text=exc.message)
         text = answer.body[:500].decode("utf-8", errors="replace")
         return Prediction(status=answer.status, body=answer.json(), text=text)
+
+    def infer(self, model: str, version: str, body: bytes) -> torchserve.Answer | CandidateFailure:
+        """Send one photo to ``/predictions/{model}/{version}`` and return TorchServe's answer as it came (replay).
+
+        A failing worker or no answer in time is the candidate's failure, returned as the bridge records it (503,
+        504) rather than raised, as is any status TorchServe answers; TorchServe unreachable or a rejected key raise.
+        """
+        with self._errors(self._box(model)):
+            try:
+                return self._client(model).predict(model, version, body)
+            except torchserve.WorkerFailed as exc:
+                return CandidateFailure(503, exc.message)
+            except torchserve.TorchServeTimeout as exc:
+                return CandidateFailure(504, f"TorchServe did not answer within the time limit ({exc.timeout_s:g} s)")
 
 
 def _version_key(version: str) -> tuple[Any, ...]:
