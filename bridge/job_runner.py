@@ -212,12 +212,16 @@ class JobRunner:
             await self._db.call(self._store.finish, job.id, job.attempts, JobStatus.SUCCEEDED, answers)
 
     async def _run_model(self, job: ClaimedJob, model: str) -> tuple[dict[str, Any], bool]:
-        prediction = await self._predictions.run(model, None, job.photo, job.content_type, source="job")
+        # A job is a client of its own for a canary (its retries meet the same version).
+        prediction = await self._predictions.run_routed(model, None, job.photo, job.content_type, source="job",
+                                                        client=f"job:{job.id}")
         if prediction.final:
             request_id = model_request_id(job.id, model)
         else:
             request_id = outage_request_id(job.id, model, job.attempts)
-        await self._predictions.record(prediction, request_id)
+        record = await self._predictions.record(prediction, request_id)
+        if prediction.final:
+            self._predictions.offer_shadow(model, job.photo, job.content_type, None, record)
         return model_result(prediction, request_id), prediction.final
 
     async def _keep_lease(self, job: ClaimedJob) -> None:
