@@ -3,7 +3,7 @@
     .venv/bin/python -m benchmarks.throughput [--model classifier|resnet18|...] [--quick] [--concurrency 1 8 32]
                                                [--duration S] [--warmup S]
                                                [--passes N] [--rows prototype torchserve_stock ...]
-                                               [--no-recording] [--no-serving-path] [--keep]
+                                               [--no-recording] [--no-serving-path] [--no-shadow] [--keep]
 
 One invocation measures one model (default: the classifier, EfficientNet-Lite0), on the same real JPEG photos
 (640×480 and 1600×1200):
@@ -18,7 +18,10 @@ One invocation measures one model (default: the classifier, EfficientNet-Lite0),
    and the same photos through the Open Inference Protocol (``POST /v2/models/resnet18/infer``): binary tensor
    data as tritonclient sends it, base64 JSON, and binary with 8 photos per request (at 8 and 32 photos in
    flight, as 1 and 4 requests), each with the bridge's CPU per request beside ``/predictions``' in the same passes;
-6. the serving path's own cost: CPU ms per request of the bridge and of TorchServe's frontend read from /proc
+6. the classifier only: shadowing under load (:mod:`benchmarks.throughput.shadowing`): version 1.1 registered
+   beside the live one with one worker, a copy of every live request at 100 %, the live latency through (5)'s bridge
+   at 1 and 2 in flight (``--quick``: 1) in phases off/on/on/off, and what became of the copies;
+7. the serving path's own cost: CPU ms per request of the bridge and of TorchServe's frontend read from /proc
    per process, ``hey`` beside our load generator, idle CPU, and a null model's ceiling
    (:mod:`benchmarks.throughput.bridge_cost`, on a private stack on free ports).
 
@@ -46,7 +49,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
@@ -58,7 +61,7 @@ import psutil
 from archive_scripts.build import sha256_file
 from archive_scripts.specs import SPECS, find_spec
 from benchmarks.machine import cpu_name
-from benchmarks.throughput import paired, report
+from benchmarks.throughput import paired, report, shadowing
 from benchmarks.throughput.limit import Layout, system_busy_s
 from benchmarks.throughput.limit import measure as measure_limit
 from benchmarks.throughput.photos import describe, load_photos, make_photos
@@ -74,7 +77,9 @@ from benchmarks.throughput.servers import (
     recorded_counts,
     snapshot_archive,
 )
-from stack.services import REPO_ROOT, InfluxDB, PostgreSQL, StackError, log
+from benchmarks.throughput.shadow_report import DESCRIPTION as SHADOW_DESCRIPTION
+from benchmarks.throughput.shadow_report import SHADOW_HEADER, shadow_goals, shadow_lines
+from stack.services import REPO_ROOT, InfluxDB, PostgreSQL, StackError, TorchServe, log
 from stack.settings import StackSettings
 
 RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
@@ -96,6 +101,7 @@ class Plan:
     serving_path: bool
     quick: bool
     model: str = "classifier"
+    shadow: bool = False  # the shadowing row (full stack, a candidate version at 100 %)
 
     @property
     def pass_s(self) -> float:
@@ -108,7 +114,19 @@ class Plan:
         rounds = len(self.concurrencies) * self.passes
         per_round = len(self.rows) * (self.warmup_s + self.pass_s + 1) + self.limit_warmup_s + self.pass_s + 5
         path = (self.idle_s + 5 * (self.warmup_s + self.pass_s) + 30) * self.serving_path
-        return sweep + rounds * per_round + 10 * len(self.rows) + (40 if self.quick else 90) * self.recording + path
+        shadow = (25 + len(self.shadow_loads) * (4 * (self.warmup_s + self.shadow_phase_s + 1) + 8)) * self.shadow
+        return (sweep + rounds * per_round + 10 * len(self.rows) + (40 if self.quick else 90) * self.recording + path
+                + shadow)
+
+    @property
+    def shadow_loads(self) -> tuple[int, ...]:
+        """Photos in flight of the shadowing row: moderate loads, where the cores are not saturated."""
+        return (1,) if self.quick else (1, 2)
+
+    @property
+    def shadow_phase_s(self) -> float:
+        """Measured seconds of each of a shadowing load's four phases (off, on, on, off)."""
+        return self.duration_s if self.quick else self.duration_s / 2
 
     @property
     def idle_s(self) -> float:
@@ -138,6 +156,8 @@ def parse_args(argv: list[str]) -> tuple[Plan, argparse.Namespace]:
     p.add_argument("--no-recording", action="store_true", help="skip the recording-path benchmark")
     p.add_argument("--no-serving-path", action="store_true",
                    help="skip the serving path's own cost (idle CPU, null model, hey)")
+    p.add_argument("--no-shadow", action="store_true",
+                   help="skip the shadowing row (the classifier's full stack with version 1.1 shadowing 100 %%)")
     p.add_argument("--prototype-threads", type=int, default=os.cpu_count() or 1,
                    help="torch threads of the prototype baseline (default: every core, torch's own default)")
     p.add_argument("--out", type=Path, default=RESULTS_DIR,
@@ -161,6 +181,7 @@ def parse_args(argv: list[str]) -> tuple[Plan, argparse.Namespace]:
         serving_path=not args.no_serving_path,
         quick=quick,
         model=args.model,
+        shadow=not args.no_shadow and "full_stack" in rows and args.model in shadowing.CANDIDATES,
     )
     if any(c < 1 for c in plan.concurrencies) or plan.duration_s <= 0 or plan.warmup_s < 0 or plan.passes < 1:
         p.error("--concurrency and --passes must be ≥ 1, --duration > 0 and --warmup ≥ 0")
@@ -202,10 +223,12 @@ def ensure_archive(model: str) -> Path:
     return mar
 
 
-def run_load(target: Target, photos_dir: Path, concurrency: int, plan: Plan, log_dir: Path) -> tuple[Measurement, list[float]]:
+def run_load(target: Target, photos_dir: Path, concurrency: int, plan: Plan, log_dir: Path,
+             marks: dict[str, datetime] | None = None) -> tuple[Measurement, list[float]]:
     """One pass of the load generator against ``target`` (CPU sampled at its START/END lines), and its latencies.
 
     ``concurrency`` counts photos in flight: a target of N photos per request holds concurrency / N requests.
+    ``marks``, when given, receives the wall-clock (UTC) times of the measured window's ``start`` and ``end``.
     """
     requests = max(1, concurrency // target.photos_per_request)
     cmd = [sys.executable, "-m", "benchmarks.throughput.loadgen", "--url", target.url, "--photos", str(photos_dir),
@@ -226,9 +249,13 @@ def run_load(target: Target, photos_dir: Path, concurrency: int, plan: Plan, log
             for line in proc.stdout:
                 line = line.strip()
                 if line == "START":
+                    if marks is not None:
+                        marks["start"] = datetime.now(UTC)
                     busy_start = system_busy_s()
                     before = target.group.cpu_snapshot()
                 elif line == "END":
+                    if marks is not None:
+                        marks["end"] = datetime.now(UTC)
                     busy_end = system_busy_s()
                     after = target.group.cpu_snapshot()
                 elif line.startswith("RESULT "):
@@ -382,11 +409,29 @@ def serve_and_measure(plan: Plan, run_dir: Path, photos_dir: Path, archive: Path
             if rows < sent or points < sent:
                 log(f"WARNING: {sent - min(rows, points)} requests through the bridge are missing from the record "
                     f"(see {run_dir / 'logs' / 'bridge.log'})")
+        if plan.shadow and bridge is not None and servers.ours is not None:  # last: its candidate worker stays
+            extras["shadowing"] = measure_shadowing(bridge, servers.ours, photos_dir, photo, plan, run_dir)
     finally:
         heading("stopping the benchmark's servers")
         servers.stop_all()
     extras["limit_details"] = limit_details
     return limit, runs, extras
+
+
+def measure_shadowing(bridge: Target, ours: TorchServe, photos_dir: Path, photo: bytes, plan: Plan,
+                      run_dir: Path) -> dict[str, Any]:
+    """The shadowing row (:mod:`benchmarks.throughput.shadowing`) on the full stack's bridge and TorchServe."""
+    version = shadowing.CANDIDATES[plan.model][0]
+    heading(f"shadowing: {plan.model} {version} copied 100 % of live requests, at {', '.join(map(str, plan.shadow_loads))} "
+            f"in flight, phases off/on/on/off of {plan.warmup_s:g} s warm-up + {plan.shadow_phase_s:g} s")
+
+    def load(target: Target, concurrency: int, seconds: float, marks: dict[str, datetime]) -> tuple[Measurement, list[float]]:
+        return run_load(target, photos_dir, concurrency, replace(plan, duration_s=seconds, passes=1), run_dir / "logs",
+                        marks)
+
+    return shadowing.measure(bridge, ours, bench_dsn(), plan.model, find_spec(plan.model).version, photo,
+                             plan.shadow_loads, plan.shadow_phase_s, load, run_dir / "model_store",
+                             run_dir / "candidate_build")
 
 
 def added_latency(bridge: Target, direct: Target, photos_dir: Path, plan: Plan) -> dict[str, Any]:
@@ -501,6 +546,9 @@ def main(argv: list[str] | None = None) -> int:
             print_table(report.SERVING_PATH_HEADER, report.serving_path_lines(extras["serving_path"]))
             print()
             print_table(report.IDLE_HEADER, report.idle_lines(extras["serving_path"]))
+        if extras.get("shadowing"):
+            print(f"\n{SHADOW_DESCRIPTION}")
+            print_table(SHADOW_HEADER, shadow_lines(extras["shadowing"]))
 
         recording = None
         if plan.recording:
@@ -521,7 +569,8 @@ def main(argv: list[str] | None = None) -> int:
             "model_name": plan.model,
             "prototype_torch_threads": args.prototype_threads, "photos": photos,
         }
-        document = report.results_document(machine, settings, limit, runs, extras, recording)
+        document = report.results_document(machine, settings, limit, runs, extras, recording,
+                                           shadow_goals(extras.get("shadowing")))
         heading("goals")
         goals = [report.Goal(**g) for g in document["goals"]]
         print_table(report.GOAL_HEADER, report.goal_lines(goals))
@@ -616,6 +665,7 @@ def _write_outputs(document: dict[str, Any], limit: Limit, runs: list[Measuremen
             "",
             report.render_markdown(report.IDLE_HEADER, report.idle_lines(extras["serving_path"])),
         ]
+    parts += _section(SHADOW_DESCRIPTION, SHADOW_HEADER, shadow_lines(extras.get("shadowing")))
     if recording:
         parts += ["", report.render_markdown(report.RECORDING_HEADER, report.recording_lines(recording))]
     parts += ["", report.render_markdown(report.GOAL_HEADER, report.goal_lines(goals)), ""]

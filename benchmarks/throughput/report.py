@@ -509,11 +509,13 @@ def results_document(
     runs: list[Measurement],
     extras: dict[str, Any],
     recording: dict[str, Any] | None,
+    more_goals: list[Goal] | None = None,
 ) -> dict[str, Any]:
-    """Everything measured, as one JSON-able document (ratios and goals included)."""
+    """Everything measured, as one JSON-able document (ratios and goals included; ``more_goals`` after the served
+    rows', e.g. the shadowing row's)."""
     value = limit.images_per_s
     goals = (serving_goals(runs, limit, added_latency(extras)) + cost_goals(runs, extras.get("serving_path"))
-             + (oip_goals(runs) if any(m.row in OIP_MODES for m in runs) else [])
+             + (oip_goals(runs) if any(m.row in OIP_MODES for m in runs) else []) + (more_goals or [])
              + (recording_goals(recording) if recording else []))
     return _finite({
         "machine": machine,

@@ -451,6 +451,9 @@ def prepare_databases(name: str = BENCH_DATABASE) -> str:
     db.close()
     with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
         cur.execute("TRUNCATE inferences")
+        # an interrupted shadowing row must not leave its bridge copying requests in the next run
+        cur.execute("UPDATE rollouts SET state = 'stopped', ended_at = now(), ended_reason = 'benchmark databases reset'"
+                    " WHERE state = 'active'")
     influx = InfluxDB()
     if not influx.is_up():
         raise StackError(f"InfluxDB does not answer on {influx.url}; start it with `make up`")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.throughput import report
+from benchmarks.throughput import report, shadow_report
 from benchmarks.throughput.report import Limit, Measurement
 
 
@@ -404,3 +404,82 @@ def test_handler_gap_splits_the_ratio_into_cores_and_cpu_per_image(limit: Limit)
     note = report.gap_note([gap], 32)
     assert "frontend 0.12" in note and "the load generator 0.10" in note and "0.98× its CPU per image" in note
     assert report.gap_note([gap], 8) == ""
+
+
+def shadow_phase(shadow: bool, p50: float, live: int = 0, answered: int = 0, failed: int = 0,
+                 others: float = 0.0) -> shadow_report.Phase:
+    """A 10-s phase at 1 in flight whose latencies centre on ``p50`` (±1 ms), 1000 / p50 answers a second."""
+    run = m("full_stack", 1, 1000.0 / p50, p50=p50, others=others)
+    return shadow_report.Phase(shadow, run, [p50 - 1.0, p50, p50 + 1.0], live, answered, failed)
+
+
+def shadow_doc(*loads: dict[str, object]) -> dict[str, object]:
+    """The shadowing row's document as shadowing.measure writes it."""
+    return {"candidate": {"model": "classifier", "version": "1.1", "engine": "openvino"}, "fraction": 1.0,
+            "loads": list(loads)}
+
+
+def test_shadowing_summary_ratios_noise_and_copies() -> None:
+    # off/on/on/off: off at 20 and 21 ms (noise 1/20.5 = 4.9 %), on at 30 ms; 150 copies offered in each on phase
+    phases = [shadow_phase(False, 20.0), shadow_phase(True, 30.0, live=150, answered=100, failed=2),
+              shadow_phase(True, 30.0, live=150, answered=150), shadow_phase(False, 21.0)]
+    load = shadow_report.summarise(1, phases)
+    assert load["off"]["p50_ms"] == pytest.approx(20.5) and load["on"]["p50_ms"] == pytest.approx(30.0)
+    assert load["p50_ratio"] == pytest.approx(30.0 / 20.5)
+    assert load["noise"] == pytest.approx(1.0 / 20.5) and load["on"]["p50_spread"] == 0.0
+    assert load["within_noise"] is False  # +46 % against ±4.9 %
+    assert load["on"]["copies"] == {"offered": 300, "answered": 250, "failed": 2, "dropped": 48}
+    assert load["off"]["copies"] is None and [p["dropped"] for p in load["phases"]] == [0, 48, 0, 0]
+    assert load["images_per_s_ratio"] == pytest.approx(20.5 / 30.0, rel=0.01)
+    quiet = shadow_report.summarise(1, [shadow_phase(False, 20.0), shadow_phase(True, 20.5, live=10, answered=10),
+                                        shadow_phase(True, 20.0, live=10, answered=10), shadow_phase(False, 21.0)])
+    assert quiet["within_noise"] is True  # 20.25 vs 20.5 ms: −1.2 % within ±4.9 %
+    with pytest.raises(ValueError):
+        shadow_report.summarise(1, [shadow_phase(False, 20.0)])
+
+
+def test_shadowing_table_and_goal() -> None:
+    over = shadow_report.summarise(1, [shadow_phase(False, 20.0), shadow_phase(True, 30.0, live=150, answered=100),
+                                       shadow_phase(True, 30.0, live=150, answered=150), shadow_phase(False, 21.0)])
+    within = shadow_report.summarise(2, [shadow_phase(False, 40.0), shadow_phase(True, 40.5, live=20, answered=20),
+                                         shadow_phase(True, 40.0, live=20, answered=20), shadow_phase(False, 42.0)])
+    doc = shadow_doc(over, within)
+    lines = shadow_report.shadow_lines(doc)
+    assert all(len(line) == len(shadow_report.SHADOW_HEADER) for line in lines)
+    assert [line[:2] for line in lines] == [("1", "off"), ("1", "100 % → 1.1"), ("2", "off"), ("2", "100 % → 1.1")]
+    assert lines[0][5] == "1.00×" and lines[0][8:12] == ("-", "-", "-", "-")
+    assert lines[1][3:8] == ("30.0", "31.0", "1.46×", "1.41×", "±0.0 %") and lines[1][8:12] == ("300", "250", "0", "50")
+    assert lines[2][7] == "±4.9 %"
+    (goal,) = shadow_report.shadow_goals(doc)
+    assert goal.name == "live p50 while classifier 1.1 shadows 100 %" and goal.met is False  # 1 in flight is over
+    assert goal.measured.startswith("1 in flight 1.46× (20.5 → 30.0 ms, noise ±4.9 %")
+    assert "copies answered 250 of 300, dropped 50)" in goal.measured and "2 in flight 0.98×" in goal.measured
+    assert goal.note == ""
+    (alone,) = shadow_report.shadow_goals(shadow_doc(within))
+    assert alone.met is True
+    noisy = shadow_report.summarise(1, [shadow_phase(False, 20.0, others=1.0), *over_phases()])
+    assert shadow_report.shadow_goals(shadow_doc(noisy))[0].note.startswith("noisy")
+    assert shadow_report.shadow_lines(None) == [] and shadow_report.shadow_goals(None) == []
+    document = report.results_document({"cpu": "test"}, {"quick": True}, Limit([m("limit", 1, 40.0)]), served(),
+                                       {"cold_start": {}, "shadowing": doc}, None, shadow_report.shadow_goals(doc))
+    loaded = json.loads(json.dumps(document), parse_constant=lambda c: pytest.fail(f"{c} in JSON"))
+    assert loaded["shadowing"]["loads"][0]["on"]["copies"]["dropped"] == 50
+    assert "live p50 while classifier 1.1 shadows 100 %" in {g["name"] for g in loaded["goals"]}
+
+
+def over_phases() -> list[shadow_report.Phase]:
+    """On, on, off: the rest of a load whose live p50 rose by half."""
+    return [shadow_phase(True, 30.0, live=10, answered=10), shadow_phase(True, 30.0, live=10, answered=10),
+            shadow_phase(False, 21.0)]
+
+
+def test_shadowing_plan_by_mode() -> None:
+    from benchmarks.throughput.__main__ import parse_args
+
+    quick, _ = parse_args(["--quick"])
+    assert quick.shadow and quick.shadow_loads == (1,) and quick.shadow_phase_s == 5.0
+    full, _ = parse_args([])
+    assert full.shadow and full.shadow_loads == (1, 2) and full.shadow_phase_s == pytest.approx(10.5)
+    assert full.estimate_s() - parse_args(["--no-shadow"])[0].estimate_s() > 100  # four phases at each of 2 loads
+    assert not parse_args(["--model", "resnet18"])[0].shadow  # a candidate is defined for the classifier only
+    assert not parse_args(["--rows", "torchserve_ours"])[0].shadow  # no bridge, no shadowing
