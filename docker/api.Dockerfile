@@ -30,7 +30,7 @@ FROM ${PYTHON_IMAGE} AS runtime
 # Non-root user; its home holds the only writable paths (the spool; the model box's key dir is mounted there).
 RUN groupadd --gid 1000 serving \
  && useradd --uid 1000 --gid 1000 --home-dir /var/lib/serving --no-create-home --shell /usr/sbin/nologin serving \
- && install -d -o serving -g serving -m 0750 /var/lib/serving /var/lib/serving/spool
+ && install -d -o serving -g serving -m 0750 /var/lib/serving /var/lib/serving/spool /var/lib/serving/captures
 
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \

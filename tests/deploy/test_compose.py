@@ -183,7 +183,10 @@ def test_named_volumes_hold_every_piece_of_state(full: dict[str, Any]) -> None:
     assert mounts("grafana") == {"/var/lib/grafana": "grafana-data"}
     for name in BRIDGES:  # one journal shared by the bridges: a removed bridge's records are adopted
         assert mounts(name)["/var/lib/serving/spool"] == "bridge-journal"
-    assert set(full["volumes"]) == {"pg-data", "influx-data", "grafana-data", "bridge-journal",
+        # one capture store, read by servingctl replay (content-addressed: bridges sharing it never clash)
+        assert mounts(name)["/var/lib/serving/captures"] == "captures"
+        assert full["services"][name]["environment"]["BRIDGE_CAPTURE_DIR"] == "/var/lib/serving/captures"
+    assert set(full["volumes"]) == {"pg-data", "influx-data", "grafana-data", "bridge-journal", "captures",
                                     *(f"{b.removeprefix('box-')}-keys" for b in BOXES)}
 
 
@@ -198,6 +201,8 @@ def test_servingctl_runs_on_demand_with_the_same_routes_and_every_key(compose_en
     routes = parse_routes(ctl["environment"]["SERVINGCTL_ROUTES"])
     assert routes == parse_routes(services["bridge-1"]["environment"]["BRIDGE_ROUTES"])
     mounts = {v["target"]: v for v in ctl["volumes"]}
+    assert mounts["/var/lib/serving/captures"]["source"] == "captures" and mounts["/var/lib/serving/captures"]["read_only"]
+    assert ctl["environment"]["SERVINGCTL_CAPTURE_DIR"] == "/var/lib/serving/captures"
     for boxes in routes.values():
         for box in boxes:
             assert mounts[str(box.key_file.parent)]["read_only"] is True
