@@ -26,7 +26,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from stack.comparison import ANSWER_BOOKKEEPING, Estimate, mean, rate
+from stack.answers import essence, finite, item_ids, top_labels
+from stack.comparison import Estimate, mean, rate
 
 MAX_ITEMS = 1000  # ids in a similar truth
 MAX_TEXT = 1024  # characters of a label or an item id
@@ -86,7 +87,7 @@ def validate_truth(model: str, kind: str, truth: Any) -> Any:
         if kind == "similar":
             return {"items": _ids(_unwrap(truth, "items"))}
         _holdable(truth, 0)
-        return _essence(truth)
+        return essence(truth)
     except _Shape as exc:
         expected = EXPECTED.get(kind, "any JSON value (compared with the whole answer)")
         raise TruthError(f"truth for model {model!r} (kind {kind}) must be {expected}; {exc}") from None
@@ -174,67 +175,34 @@ def _kind_of(value: Any) -> str:
     return type(value).__name__
 
 
-def _essence(answer: Any) -> Any:
-    """An answer (or a truth) without the keys that say how it was answered, not what."""
-    if isinstance(answer, dict):
-        return {key: value for key, value in answer.items() if key not in ANSWER_BOOKKEEPING}
-    return answer
-
-
 # --- scoring ---------------------------------------------------------------------------------------------
 
 
 def score(kind: str, answer: Any, truth: Any) -> dict[str, float]:
     """The scores of one 200 answer against its validated truth; a score the answer cannot give is left out."""
     if kind == "classifier":
-        labels = _labels(answer)
+        labels = top_labels(answer)
         if not labels:
             return {}
         return {"top1_correct": float(labels[0] == truth["label"]), "top5_correct": float(truth["label"] in labels)}
     if kind == "price":
         scores: dict[str, float] = {}
-        price = _number(answer.get("price")) if isinstance(answer, dict) else None
+        price = finite(answer.get("price")) if isinstance(answer, dict) else None
         if price is not None:
             scores["abs_error"] = abs(price - truth["price"])
         interval = answer.get("interval") if isinstance(answer, dict) else None
-        low = _number(interval.get("low")) if isinstance(interval, dict) else None
-        high = _number(interval.get("high")) if isinstance(interval, dict) else None
+        low = finite(interval.get("low")) if isinstance(interval, dict) else None
+        high = finite(interval.get("high")) if isinstance(interval, dict) else None
         if low is not None and high is not None:
             scores["in_interval"] = float(low <= truth["price"] <= high)
         return scores
     if kind == "similar":
-        ids = _answer_ids(answer)
+        ids = item_ids(answer)
         if not ids:
             return {}
         relevant = set(truth["items"])
         return {"precision_at_k": sum(item in relevant for item in ids) / len(ids)}
-    return {"exact": float(_essence(answer) == truth)}
-
-
-def _labels(answer: Any, k: int = 5) -> list[str]:
-    """The top-``k`` labels: ``{"predictions": [{"label"}, ...]}``, or a stock ``{label: score}`` answer."""
-    predictions = answer.get("predictions") if isinstance(answer, dict) else None
-    if isinstance(predictions, list):
-        return [str(p.get("label")) for p in predictions[:k] if isinstance(p, dict)]
-    if isinstance(answer, dict):
-        numbers = [(key, number) for key, value in _essence(answer).items() if (number := _number(value)) is not None]
-        return [key for key, _ in sorted(numbers, key=lambda item: -item[1])[:k]]
-    return []
-
-
-def _answer_ids(answer: Any) -> list[str]:
-    items = answer.get("items") if isinstance(answer, dict) else None
-    return [str(item.get("id")) for item in items if isinstance(item, dict)] if isinstance(items, list) else []
-
-
-def _number(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    try:
-        number = float(value)
-    except OverflowError:  # an integer beyond a double
-        return None
-    return number if math.isfinite(number) else None
+    return {"exact": float(essence(answer) == truth)}
 
 
 # --- aggregation -----------------------------------------------------------------------------------------

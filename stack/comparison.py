@@ -23,6 +23,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from stack.answers import essence, finite, item_ids, top_labels
+
 Z95 = 1.959963984540054  # the normal quantile of a two-sided 95 % interval
 
 # What each kind's pair metrics are called; "higher is better" unless listed in LOWER_IS_BETTER.
@@ -34,7 +36,6 @@ KIND_METRICS: dict[str, tuple[str, ...]] = {
 GENERIC_METRICS = ("answer_agreement",)
 LOWER_IS_BETTER = frozenset({"relative_difference"})
 RATES = frozenset({"top1_agreement", "live_in_candidate_interval", "answer_agreement"})  # each pair 0 or 1
-ANSWER_BOOKKEEPING = ("model", "batch_size", "cached")  # parts of an answer that say how, not what
 
 
 def metric_names(kind: str) -> tuple[str, ...]:
@@ -59,61 +60,33 @@ class Pair:
         return self.live_status == 200 and self.candidate_status == 200
 
 
-def _labels(output: Any, k: int = 5) -> list[str]:
-    predictions = output.get("predictions") if isinstance(output, dict) else None
-    if isinstance(predictions, list):
-        return [str(p.get("label")) for p in predictions[:k] if isinstance(p, dict)]
-    if isinstance(output, dict):  # TorchServe's stock classifiers: {label: score}
-        numbers = [(key, value) for key, value in output.items() if isinstance(value, (int, float))]
-        return [key for key, _ in sorted(numbers, key=lambda item: -float(item[1]))[:k]]
-    return []
-
-
-def _number(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    number = float(value)
-    return number if math.isfinite(number) else None
-
-
-def _ids(output: Any) -> list[str]:
-    items = output.get("items") if isinstance(output, dict) else None
-    return [str(item.get("id")) for item in items if isinstance(item, dict)] if isinstance(items, list) else []
-
-
-def _essence(output: Any) -> Any:
-    if isinstance(output, dict):
-        return {key: value for key, value in output.items() if key not in ANSWER_BOOKKEEPING}
-    return output
-
-
 def pair_metrics(kind: str, live: Any, candidate: Any) -> dict[str, float]:
     """The metrics of one pair of 200 answers (a metric the answers cannot give is left out)."""
     if kind == "classifier":
-        live_labels, candidate_labels = _labels(live), _labels(candidate)
+        live_labels, candidate_labels = top_labels(live), top_labels(candidate)
         if not live_labels:
             return {}
         overlap = len(set(live_labels) & set(candidate_labels)) / len(live_labels)
         top1 = bool(candidate_labels) and live_labels[0] == candidate_labels[0]
         return {"top1_agreement": float(top1), "top5_overlap": overlap}
     if kind == "price":
-        live_price = _number(live.get("price")) if isinstance(live, dict) else None
-        candidate_price = _number(candidate.get("price")) if isinstance(candidate, dict) else None
+        live_price = finite(live.get("price")) if isinstance(live, dict) else None
+        candidate_price = finite(candidate.get("price")) if isinstance(candidate, dict) else None
         if live_price is None:
             return {}
         metrics: dict[str, float] = {}
         if candidate_price is not None and live_price != 0:
             metrics["relative_difference"] = abs(candidate_price - live_price) / abs(live_price)
         interval = candidate.get("interval") if isinstance(candidate, dict) else None
-        low = _number(interval.get("low")) if isinstance(interval, dict) else None
-        high = _number(interval.get("high")) if isinstance(interval, dict) else None
+        low = finite(interval.get("low")) if isinstance(interval, dict) else None
+        high = finite(interval.get("high")) if isinstance(interval, dict) else None
         metrics["live_in_candidate_interval"] = float(low is not None and high is not None and low <= live_price <= high)
         return metrics
     if kind == "similar":
-        live_ids, candidate_ids = set(_ids(live)), set(_ids(candidate))
+        live_ids, candidate_ids = set(item_ids(live)), set(item_ids(candidate))
         either = live_ids | candidate_ids
         return {"jaccard_at_k": len(live_ids & candidate_ids) / len(either)} if either else {}
-    return {"answer_agreement": float(_essence(live) == _essence(candidate))}
+    return {"answer_agreement": float(essence(live) == essence(candidate))}
 
 
 @dataclass(frozen=True)
