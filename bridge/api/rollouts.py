@@ -106,7 +106,10 @@ async def compare_report(
             raise BadRequest(f"model {model} has no active rollout: name the candidate with ?version=")
         version = rollout.version
     end = _aware(until) if until else datetime.now(UTC)
-    start = _aware(since) if since else end - timedelta(days=1)
+    try:
+        start = _aware(since) if since else end - timedelta(days=1)
+    except OverflowError as exc:
+        raise BadRequest("`until` is too early to take a default one-day range before it") from exc
     if start >= end:
         raise BadRequest("`since` must be before `until`")
     if end - start > MAX_COMPARE_RANGE:

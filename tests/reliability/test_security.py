@@ -539,6 +539,11 @@ KNOWN_SERVER_ERRORS: dict[tuple[str, str], str] = {}  # none left: add (method, 
         "/v1/reports/latency?model=resnet18&bucket=minute&until=5637-04-05T11:44:57.712-21:54",
         "/v1/reports/errors?model=classifier&until=0001-01-01T00:00:00Z",
         "/v1/reports/labels?model=classifier&since=9999-12-31T00:00:00Z&until=9999-12-31T23:59:59-23:00",
+        "/v1/reports/compare?model=classifier&version=1.1&until=0001-01-01T00:00:00Z",
+        "/v1/reports/compare?model=classifier&version=1.1&since=2026-01-01T00:00:00%2B23:59",
+        "/v1/reports/compare?model=classifier",  # no active rollout: name the version
+        "/v1/reports/accuracy?model=classifier&until=0001-01-01T00:00:00Z",
+        "/v1/reports/accuracy?model=classifier&until=2026-11-25T12:00:00-21:54",
     ],
 )
 def test_bridge_answers_malformed_ids_and_times_with_a_4xx(schema_bridge: PrivateBridge, path: str) -> None:
