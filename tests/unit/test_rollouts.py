@@ -337,6 +337,17 @@ def test_a_rollout_replaces_the_active_one_and_exactly_one_bridge_aborts_a_faili
     assert [(a, v) for a, v, _ in audits] == [("canary-abort", "1.2")] and audits[0][2]["rollout"] == canary.id
     assert database.run_transaction(active_rollouts) == []
 
+    # Started again, the canary is judged on its own traffic, not on the failures that ended its predecessor.
+    database.run_transaction(start_rollout, "classifier", "1.2", "1.0", "canary", 0.5, {"min_requests": 3}, "alice")
+
+    async def one_bridge() -> list[Rollout]:
+        bridge = Rollouts(database)  # type: ignore[arg-type]
+        await bridge.refresh()
+        return await bridge.check_canaries()
+
+    assert asyncio.run(one_bridge()) == []
+    assert [r.version for r in database.run_transaction(active_rollouts)] == ["1.2"]
+
 
 def _select(conn: Any, sql: str) -> list[tuple[Any, ...]]:
     with conn.cursor() as cur:
