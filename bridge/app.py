@@ -24,6 +24,7 @@ from bridge.errors import ERROR_RESPONSES, BridgeError, envelope, request_id_of
 from bridge.fastpath import BridgeApp
 from bridge.job_runner import JobRunner
 from bridge.jobs import JobStore
+from bridge.methods import allowed_methods
 from bridge.metrics_sink import InfluxSink
 from bridge.outbox import PointOutbox
 from bridge.recorder import Recorder
@@ -175,7 +176,12 @@ def _add_exception_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         kind = {404: "NotFound", 405: "MethodNotAllowed"}.get(exc.status_code, "HTTPError")
-        return _error_response(request, exc.status_code, kind, str(exc.detail), getattr(exc, "headers", None))
+        headers = getattr(exc, "headers", None)
+        message = str(exc.detail)
+        if exc.status_code == 405:  # the documented methods of this path, not only its first route's
+            allowed = ", ".join(allowed_methods(request)) or (headers or {}).get("Allow", "")
+            headers, message = {**(headers or {}), "Allow": allowed}, f"{request.method} is not allowed here: {allowed}"
+        return _error_response(request, exc.status_code, kind, message, headers)
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:

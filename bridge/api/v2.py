@@ -24,6 +24,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from bridge import oip
 from bridge.auth import client_identity, require_api_key
 from bridge.errors import BridgeError, EmptyBody, NotFound, PayloadTooLarge, UpstreamUnavailable, request_id_of
+from bridge.methods import allowed_methods
 from bridge.uploads import read_limited
 
 logger = logging.getLogger(__name__)
@@ -300,5 +301,10 @@ async def infer_version(request: Request, model: ModelName, version: ModelVersio
 
 @router.api_route("/{path:path}", methods=["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD"], include_in_schema=False)
 async def unknown(request: Request, path: str) -> JSONResponse:
-    """Any other ``/v2`` path: the protocol's error body rather than the bridge's envelope."""
+    """Any other ``/v2`` request: the protocol's error body rather than the bridge's envelope; a 405 (with
+    ``Allow``) where the path exists with other methods."""
+    allowed = allowed_methods(request)
+    if allowed:
+        methods = ", ".join(allowed)
+        return oip_error(request, 405, f"{request.method} is not allowed on /v2/{path}: {methods}", {"Allow": methods})
     return oip_error(request, 404, f"no such endpoint: {request.method} /v2/{path}")

@@ -407,3 +407,26 @@ def test_v2_readiness_of_the_default_is_of_the_version_predictions_are_recorded_
         monkeypatch.setattr(protocol, "DEFAULT_VERSION_TTL_S", 0.0)
         assert client.get("/v2/models/m/ready").status_code == 503, "2.0 has no worker"
         assert client.put("/predictions/m", content=PHOTO).headers["x-model-version"] == "2.0"
+
+
+@pytest.mark.parametrize(("method", "path", "allow"), [
+    ("OPTIONS", "/predictions/m", "POST, PUT"),  # two routes: Starlette named only the first one's method
+    ("DELETE", "/predictions/m/1.0", "POST, PUT"),
+    ("DELETE", "/v1/results", "GET, HEAD"),
+    ("PUT", "/v2/health/live", "GET, HEAD"),  # the OIP catch-all answered 404 for a path that exists
+    ("DELETE", "/v2/models/m/infer", "POST"),
+    ("POST", "/openapi.json", "HEAD, GET"),  # not in the document: Starlette's own Allow
+])
+def test_a_method_a_path_does_not_take_is_a_405_naming_every_method_it_takes(
+    env: tuple[TestClient, FakeTorchServe, FlakyStore], method: str, path: str, allow: str,
+) -> None:
+    client, fake, _ = env
+    response = client.request(method, path, content=PHOTO)
+    assert (response.status_code, response.headers["allow"]) == (405, allow), response.text
+    assert allow in response.text and not fake.requests  # said in the body too; TorchServe never asked
+
+
+def test_a_path_no_route_has_is_still_a_404(env: tuple[TestClient, FakeTorchServe, FlakyStore]) -> None:
+    client, _, _ = env
+    assert client.put("/v2/no/such/endpoint").status_code == 404
+    assert client.get("/v1/nothing").status_code == 404
