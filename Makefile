@@ -9,7 +9,7 @@ CLIENTS_VENV := .venv-clients
 CLIENTS_PY := $(CLIENTS_VENV)/bin/python
 CLIENTS_STAMP := $(CLIENTS_VENV)/.installed
 
-.PHONY: up down status test unit lint clients archives clean bench bench-quick bench-engines reliability images test-containers
+.PHONY: up down status test unit lint clients sdk-ts archives clean bench bench-quick bench-engines reliability images test-containers
 
 $(STAMP): requirements.txt requirements-dev.txt requirements-build.txt
 	@echo "Creating the Python environment in $(VENV) (torch and torchvision come from local disk) ..."
@@ -29,6 +29,19 @@ $(CLIENTS_STAMP): requirements-clients.txt
 
 clients: $(CLIENTS_STAMP)
 
+# The TypeScript client (sdk/typescript): openapi-typescript and openapi-fetch from npm, pinned by its lockfile.
+TS_DIR := sdk/typescript
+TS_STAMP := $(TS_DIR)/node_modules/.installed
+$(TS_STAMP): $(TS_DIR)/package.json $(TS_DIR)/package-lock.json
+	@echo "Installing the TypeScript client's tools in $(TS_DIR)/node_modules (npm ci, a few seconds) ..."
+	@cd $(TS_DIR) && npm ci --no-audit --no-fund --loglevel=error
+	@touch $(TS_STAMP)
+
+# Regenerate the TypeScript client's types from bridge/openapi.json and compile it with its examples (after a
+# change of the API: `python -m bridge.openapi` first). A unit test fails while the committed types drift.
+sdk-ts: $(TS_STAMP)
+	@cd $(TS_DIR) && npm run --silent generate && npm run --silent build && echo "$(TS_DIR): types regenerated, compiled to $(TS_DIR)/dist"
+
 up: $(STAMP)
 	@$(PY) -m stack up
 
@@ -44,7 +57,7 @@ archives: $(STAMP)
 # The whole suite: lint, unit tests, then integration tests against the real stack (started by the tests
 # when it is not running, and stopped again afterwards). OIP_CLIENTS_PYTHON: the kserve client test runs with it
 # (and fails rather than skips when it is broken).
-test: lint $(CLIENTS_STAMP)
+test: lint $(CLIENTS_STAMP) $(TS_STAMP)
 	@OIP_CLIENTS_PYTHON=$(CURDIR)/$(CLIENTS_PY) $(PY) -m pytest
 
 # ruff on everything; mypy on the packages. handlers/ is checked on its own: TorchServe imports the
