@@ -26,6 +26,7 @@ from bridge.db import Database
 from bridge.errors import BridgeError
 from bridge.jobs import CHANNEL, ClaimedJob, JobStatus, JobStore, model_request_id, outage_request_id
 from bridge.service import Prediction, PredictionService
+from bridge.tasks import cancel_and_wait
 from stack.database.listen import Listener
 
 logger = logging.getLogger(__name__)
@@ -105,9 +106,7 @@ class JobRunner:
             await self._listener.stop()
         if self._tasks:
             _, unfinished = await asyncio.wait(self._tasks, timeout=self._drain_s)
-            for task in unfinished:
-                task.cancel()
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+            await cancel_and_wait(unfinished)
         for job in list(self._running.values()):
             try:
                 await self._db.call(self._store.release, job.id, job.attempts)

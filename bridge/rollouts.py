@@ -23,6 +23,7 @@ import socket
 from typing import Any
 
 from bridge.outbox import PointOutbox
+from bridge.tasks import cancel_and_wait
 from stack.comparison import metric_names, pair_metrics
 from stack.database import Database
 from stack.database.inferences import InferenceRecord
@@ -84,8 +85,7 @@ class Rollouts:
     async def stop(self) -> None:
         """Stop the loop."""
         if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+            await cancel_and_wait([self._task])
 
     async def _loop(self) -> None:
         checked = 0.0

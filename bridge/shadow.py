@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from bridge.records import InferenceRecord
+from bridge.tasks import cancel_and_wait
 
 logger = logging.getLogger(__name__)
 
@@ -47,9 +48,7 @@ class ShadowQueue:
 
     async def stop(self) -> None:
         """Cancel the workers; copies still queued are dropped (they were never promised to anyone)."""
-        for worker in self._workers:
-            worker.cancel()
-        await asyncio.gather(*self._workers, return_exceptions=True)
+        await cancel_and_wait(self._workers)
 
     def offer(self, copy: ShadowCopy) -> bool:
         """Queue ``copy``; False (and counted as dropped) when the queue is full."""

@@ -31,6 +31,7 @@ import httpx
 
 from bridge.outbox import PointOutbox
 from bridge.routing import Router
+from bridge.tasks import cancel_and_wait
 from stack.routing import Box
 
 logger = logging.getLogger(__name__)
@@ -140,8 +141,7 @@ class Telemetry:
     async def stop(self) -> None:
         """Stop the loop."""
         if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+            await cancel_and_wait([self._task])
         await self._http.aclose()
 
     async def _loop(self) -> None:
