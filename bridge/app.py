@@ -179,7 +179,8 @@ def _add_exception_handlers(app: FastAPI) -> None:
         headers = getattr(exc, "headers", None)
         message = str(exc.detail)
         if exc.status_code == 405:  # the documented methods of this path, not only its first route's
-            allowed = ", ".join(allowed_methods(request)) or (headers or {}).get("Allow", "")
+            starlette = [method.strip() for method in (headers or {}).get("Allow", "").split(",") if method.strip()]
+            allowed = ", ".join(allowed_methods(request) or sorted(starlette))  # a path the document does not have
             headers, message = {**(headers or {}), "Allow": allowed}, f"{request.method} is not allowed here: {allowed}"
         return _error_response(request, exc.status_code, kind, message, headers)
 

@@ -68,6 +68,12 @@ class Report(BaseModel):
 
 
 def _range(since: datetime | None, until: datetime | None, bucket: Bucket = Bucket.DAY) -> tuple[datetime, datetime]:
+    return time_range(since, until, MAX_RANGE[bucket], f"{bucket.value} buckets")
+
+
+def time_range(since: datetime | None, until: datetime | None, longest: timedelta, what: str) -> tuple[datetime, datetime]:
+    """[since, until) in UTC (default: the day before ``until``, itself now by default), at most ``longest``
+    long (``what`` names the limit); anything else is a 400 saying why."""
     until = _aware(until) if until else datetime.now(UTC)
     try:
         since = _aware(since) if since else until - timedelta(days=1)
@@ -75,8 +81,8 @@ def _range(since: datetime | None, until: datetime | None, bucket: Bucket = Buck
         raise BadRequest("`until` is too early to take a default one-day range before it") from exc
     if since >= until:
         raise BadRequest("`since` must be before `until`")
-    if until - since > MAX_RANGE[bucket]:
-        raise BadRequest(f"range too long for {bucket.value} buckets: at most {MAX_RANGE[bucket].days} days")
+    if until - since > longest:
+        raise BadRequest(f"range too long for {what}: at most {longest.days} days")
     return since, until
 
 

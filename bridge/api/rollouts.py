@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from enum import Enum
 from typing import Annotated, Any
 
@@ -10,7 +10,7 @@ from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, ConfigDict
 
 from bridge.api.predictions import NAME_PATTERN
-from bridge.api.results import Model, Since, Until, _aware
+from bridge.api.results import Model, Since, Until, time_range
 from bridge.errors import BadRequest
 from stack import models
 from stack.comparison import Comparison, compare
@@ -105,15 +105,7 @@ async def compare_report(
         if rollout is None:
             raise BadRequest(f"model {model} has no active rollout: name the candidate with ?version=")
         version = rollout.version
-    end = _aware(until) if until else datetime.now(UTC)
-    try:
-        start = _aware(since) if since else end - timedelta(days=1)
-    except OverflowError as exc:
-        raise BadRequest("`until` is too early to take a default one-day range before it") from exc
-    if start >= end:
-        raise BadRequest("`since` must be before `until`")
-    if end - start > MAX_COMPARE_RANGE:
-        raise BadRequest(f"range too long: at most {MAX_COMPARE_RANGE.days} days")
+    start, end = time_range(since, until, MAX_COMPARE_RANGE, "a comparison")
     sources = ("shadow", "replay") if source is PairSource.ALL else (source.value,)
     pairs = await database.transaction(candidate_pairs, model, version, start, end, sources)
     return CompareReport(model=model, version=version, source=source, since=start, until=end,
