@@ -20,7 +20,7 @@ from ops.history import ChangeSink, History, InfluxChanges, PostgresHistory
 from ops.settings import Settings
 from ops.torchserve import TorchServe
 from stack.configuration import env_names
-from stack.database.rollouts import CanaryLimits
+from stack.database.rollouts import PAIR_SOURCES, CanaryLimits
 
 DESCRIPTION = """\
 Operate the models TorchServe serves: list and describe them, deploy a new version from the model store or
@@ -201,7 +201,7 @@ def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentP
     p.add_argument("model", metavar="MODEL")
     p.add_argument("version", metavar="VERSION", nargs="?", help="default: the model's active rollout's version")
     p.add_argument("--since", help="30m, 1h, 2d or an ISO time (default: the start of the version's latest rollout)")
-    p.add_argument("--source", choices=("all", "shadow", "replay"), default="all", help="which pairs (default: all)")
+    p.add_argument("--source", choices=tuple(PAIR_SOURCES), default="all", help="which pairs (default: all)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
     p = command("promote", "make a candidate the default once its comparison passes the promote gate",

@@ -25,14 +25,13 @@ import psycopg2.extensions
 
 from ops.commands import Context, each_box
 from ops.errors import NotFound, OpsError, Refused, UsageError
+from ops.rollouts import print_comparison
 from ops.since import parse_since
 from ops.torchserve import CandidateFailure
-from stack import models as catalogue
 from stack.answers import summarise_output
 from stack.captures import capture_path, is_digest
-from stack.comparison import Comparison, compare, describe
 from stack.database import InferenceRecord, write_inferences
-from stack.database.rollouts import candidate_pairs
+from stack.database.rollouts import candidate_comparison
 
 SOURCE = "replay"
 LIVE_SOURCES = ["sync", "job"]
@@ -192,9 +191,8 @@ def replay(ctx: Context, model: str, version: str, since_text: str, limit: int, 
         raise OpsError(f"none of the {len(photos)} captured photos could be read from {capture_dir}; nothing replayed")
     for first in range(0, len(records), WRITE_ROWS):
         history.transaction(write_inferences, records[first:first + WRITE_ROWS])
-    pairs = history.transaction(candidate_pairs, model, version, started, datetime.now(UTC) + timedelta(seconds=1),
-                                (SOURCE,))
-    result = compare(catalogue.describe(model).kind, pairs)
+    result = history.transaction(candidate_comparison, model, version, started,
+                                 datetime.now(UTC) + timedelta(seconds=1), SOURCE)
     statuses = Counter(answer.status for answer in answers.values())
     ctx.record(ctx.change(model, version, "replay", None, None, detail={
         "photos": len(answers), "pairs": result.samples, "since": since.isoformat(), "limit": limit,
@@ -208,14 +206,6 @@ def replay(ctx: Context, model: str, version: str, since_text: str, limit: int, 
     seconds = time.monotonic() - clock
     ctx.say(f"  {len(answers)} photo(s) answered in {seconds:.1f} s: "
             + ", ".join(f"{n} × {status}" for status, n in sorted(statuses.items())))
-    _print(ctx, model, version, started, result)
+    print_comparison(ctx, f"{model} {version} against the live answers to the same photos (replayed "
+                          f"{started:%Y-%m-%d %H:%M:%S %Z}):", result)
     return 0
-
-
-def _print(ctx: Context, model: str, version: str, started: datetime, result: Comparison) -> None:
-    """The comparison as ``servingctl compare`` prints it, with the promote gate's verdict."""
-    ctx.say(f"{model} {version} against the live answers to the same photos (replayed {started:%Y-%m-%d %H:%M:%S %Z}):")
-    for line in describe(result):
-        ctx.say(line)
-    failures = ctx.settings.gate().failures(result)
-    ctx.say("promote gate: " + ("passes" if not failures else "refuses — " + "; ".join(failures)))

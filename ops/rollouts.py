@@ -14,13 +14,12 @@ from datetime import UTC, datetime, timedelta
 from ops.commands import Context, _require_ready, _version_or_404, each_box, set_default
 from ops.errors import NotFound, Refused, UsageError
 from ops.since import parse_since
-from stack import models as catalogue
-from stack.comparison import Comparison, compare, describe
+from stack.comparison import Comparison, describe
 from stack.database.rollouts import (
     CanaryLimits,
     Rollout,
     active_rollout,
-    candidate_pairs,
+    candidate_comparison,
     end_rollout,
     latest_rollout,
     start_rollout,
@@ -98,9 +97,7 @@ def comparison(ctx: Context, model: str, version: str, since: str | None, source
     else:
         latest: Rollout | None = history.transaction(latest_rollout, model, version)
         start = latest.started_at if latest is not None and latest.started_at is not None else now - DEFAULT_WINDOW
-    sources = ("shadow", "replay") if source == "all" else (source,)
-    pairs = history.transaction(candidate_pairs, model, version, start, now + timedelta(seconds=1), sources)
-    return compare(catalogue.describe(model).kind, pairs), start
+    return history.transaction(candidate_comparison, model, version, start, now + timedelta(seconds=1), source), start
 
 
 def compare_command(ctx: Context, model: str, version: str | None, since: str | None, source: str,
@@ -116,12 +113,18 @@ def compare_command(ctx: Context, model: str, version: str | None, since: str | 
         ctx.say(json.dumps({"model": model, "version": version, "since": start.isoformat(), **result.as_dict()},
                            indent=2))
         return 0
-    ctx.say(f"{model} {version} against the live answers since {start:%Y-%m-%d %H:%M:%S %Z} ({source}):")
+    print_comparison(ctx, f"{model} {version} against the live answers since {start:%Y-%m-%d %H:%M:%S %Z} ({source}):",
+                     result)
+    return 0
+
+
+def print_comparison(ctx: Context, heading: str, result: Comparison) -> None:
+    """``heading``, the comparison's lines, and whether the promote gate would pass (compare, replay)."""
+    ctx.say(heading)
     for line in describe(result):
         ctx.say(line)
     failures = ctx.settings.gate().failures(result)
     ctx.say("promote gate: " + ("passes" if not failures else "refuses — " + "; ".join(failures)))
-    return 0
 
 
 def promote(ctx: Context, model: str, version: str, since: str | None, force: bool) -> int:

@@ -21,6 +21,7 @@ from bridge.errors import BadRequest, Conflict, EmptyBody, ErrorBody, NotFound, 
 from bridge.reports import Bucket
 from bridge.uploads import read_limited
 from stack import accuracy, models
+from stack.comparison import Estimate
 from stack.database.feedback import (
     NotAnswered,
     StoredFeedback,
@@ -172,23 +173,13 @@ def _no_constant(name: str) -> NoReturn:
 # --- the report ------------------------------------------------------------------------------------------
 
 
-class Figure(BaseModel):
-    """A figure over ``n`` answers with its 95 % confidence interval (Wilson's for rates; null when n = 1 for
-    a mean)."""
-
-    value: float | None
-    low: float | None
-    high: float | None
-    n: int
-
-
 class AccuracyRow(BaseModel):
     """One version's figures over one time bucket."""
 
     bucket: datetime = Field(description="Start of the bucket (of the answers' times, UTC)")
     version: str | None
     count: int = Field(description="Served answers with a truth")
-    figures: dict[str, Figure] = Field(description="By name (the report's `figures`); a figure no answer could "
+    figures: dict[str, Estimate] = Field(description="By name (the report's `figures`); a figure no answer could "
                                                    "give is left out")
 
 
@@ -244,6 +235,4 @@ async def accuracy_report(
 
 
 def _row(row: accuracy.AccuracyRow) -> AccuracyRow:
-    return AccuracyRow(bucket=row.bucket, version=row.version, count=row.count,
-                       figures={name: Figure(value=e.value, low=e.low, high=e.high, n=e.n)
-                                for name, e in row.figures.items()})
+    return AccuracyRow(bucket=row.bucket, version=row.version, count=row.count, figures=row.figures)

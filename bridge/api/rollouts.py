@@ -12,9 +12,8 @@ from pydantic import BaseModel, ConfigDict
 from bridge.api.predictions import NAME_PATTERN
 from bridge.api.results import Model, Since, Until, time_range
 from bridge.errors import BadRequest
-from stack import models
-from stack.comparison import Comparison, compare
-from stack.database.rollouts import active_rollout, candidate_pairs
+from stack.comparison import Comparison
+from stack.database.rollouts import active_rollout, candidate_comparison
 
 router = APIRouter(tags=["rollouts"])
 
@@ -106,7 +105,5 @@ async def compare_report(
             raise BadRequest(f"model {model} has no active rollout: name the candidate with ?version=")
         version = rollout.version
     start, end = time_range(since, until, MAX_COMPARE_RANGE, "a comparison")
-    sources = ("shadow", "replay") if source is PairSource.ALL else (source.value,)
-    pairs = await database.transaction(candidate_pairs, model, version, start, end, sources)
-    return CompareReport(model=model, version=version, source=source, since=start, until=end,
-                         comparison=compare(models.describe(model).kind, pairs))
+    comparison = await database.transaction(candidate_comparison, model, version, start, end, source.value)
+    return CompareReport(model=model, version=version, source=source, since=start, until=end, comparison=comparison)

@@ -13,7 +13,8 @@ from typing import Any
 import psycopg2.extensions
 from psycopg2.extras import Json
 
-from stack.comparison import Pair
+from stack import models
+from stack.comparison import Comparison, Pair, compare
 
 MODES = ("shadow", "canary")
 ENDINGS = ("stopped", "aborted", "promoted")
@@ -132,6 +133,20 @@ SELECT l.status, l.output, l.latency_ms, c.status, c.output, c.latency_ms FROM (
 ) c JOIN inferences l ON l.request_id = c.shadow_of
 ORDER BY l.created_at DESC LIMIT %(limit)s
 """
+
+
+PAIR_SOURCES: dict[str, tuple[str, ...]] = {"all": ("shadow", "replay"), "shadow": ("shadow",), "replay": ("replay",)}
+"""Which candidate answers a comparison takes: shadow copies, replayed photos, or both."""
+
+
+def candidate_comparison(
+    conn: psycopg2.extensions.connection, model: str, version: str, since: datetime, until: datetime,
+    source: str = "all",
+) -> Comparison:
+    """``version``'s pairs recorded in [since, until) from ``source`` (PAIR_SOURCES), compared by the model's kind:
+    the one comparison the report, ``servingctl compare|promote|replay`` give."""
+    pairs = candidate_pairs(conn, model, version, since, until, PAIR_SOURCES[source])
+    return compare(models.describe(model).kind, pairs)
 
 
 def candidate_pairs(

@@ -554,7 +554,7 @@ export interface components {
              * @description By name (the report's `figures`); a figure no answer could give is left out
              */
             figures: {
-                [key: string]: components["schemas"]["Figure"];
+                [key: string]: components["schemas"]["Estimate"];
             };
             /** Version */
             version: string | null;
@@ -750,21 +750,6 @@ export interface components {
              * @description The truth as stored (its object form: `{label}`, `{price}`, `{items}`)
              */
             truth: unknown;
-        };
-        /**
-         * Figure
-         * @description A figure over ``n`` answers with its 95 % confidence interval (Wilson's for rates; null when n = 1 for
-         *     a mean).
-         */
-        Figure: {
-            /** High */
-            high: number | null;
-            /** Low */
-            low: number | null;
-            /** N */
-            n: number;
-            /** Value */
-            value: number | null;
         };
         /** HTTPValidationError */
         HTTPValidationError: {
