@@ -42,6 +42,12 @@ $(TS_STAMP): $(TS_DIR)/package.json $(TS_DIR)/package-lock.json
 sdk-ts: $(TS_STAMP)
 	@cd $(TS_DIR) && npm run --silent generate && npm run --silent build && echo "$(TS_DIR): types regenerated, compiled to $(TS_DIR)/dist"
 
+# The browser that tests/integration/test_web_page.py drives (the web page at /): Debian's chromium and
+# chromium-driver, installed when the driver is missing (apt-get; selenium is given both paths, downloads nothing).
+CHROMIUM := /usr/bin/chromium /usr/bin/chromedriver
+$(CHROMIUM): | $(STAMP)
+	@$(PY) -m stack.browser
+
 up: $(STAMP)
 	@$(PY) -m stack up
 
@@ -57,7 +63,7 @@ archives: $(STAMP)
 # The whole suite: lint, unit tests, then integration tests against the real stack (started by the tests
 # when it is not running, and stopped again afterwards). OIP_CLIENTS_PYTHON: the kserve client test runs with it
 # (and fails rather than skips when it is broken).
-test: lint $(CLIENTS_STAMP) $(TS_STAMP)
+test: lint $(CLIENTS_STAMP) $(TS_STAMP) $(CHROMIUM)
 	@OIP_CLIENTS_PYTHON=$(CURDIR)/$(CLIENTS_PY) $(PY) -m pytest
 
 # ruff on everything; mypy on the packages. handlers/ is checked on its own: TorchServe imports the

@@ -14,6 +14,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from bridge import web
 from bridge.api import feedback, health, jobs, predictions, results, v2
 from bridge.api import rollouts as rollout_routes
 from bridge.auth import require_api_key
@@ -130,6 +131,7 @@ def create_app(
     app.state.settings = settings
     app.include_router(health.router)
     app.include_router(v2.router)  # the Open Inference Protocol: its own error body, keys per route
+    app.include_router(web.router)  # the web page at / (bridge/web/): no key, not in the OpenAPI document
     for api in (predictions, jobs, results, rollout_routes, feedback):
         app.include_router(api.router, dependencies=[Depends(require_api_key)], responses=ERROR_RESPONSES)
     _add_exception_handlers(app)

@@ -29,6 +29,10 @@ class Settings(BaseSettings):
     allow_open_api: bool = Field(
         False, description="serve without API keys on a non-loopback host (an open API); off: such a start is refused"
     )
+    web_key: str | None = Field(
+        None, description="a publishable API key (servingctl keys create --publishable) the web page at / sends; "
+        "served to every browser, so never a secret key; unset: the page sends none"
+    )
     state_dir: Path = Field(
         default_factory=default_state_dir, validation_alias=AliasChoices("BRIDGE_STATE_DIR", "SERVING_STATE_DIR"),
         description="the bridge's state: the journal, and TorchServe's key file when the stack runs here",
