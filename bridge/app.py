@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from functools import partial
 
@@ -25,9 +25,11 @@ from bridge.errors import ERROR_RESPONSES, BridgeError, envelope, request_id_of
 from bridge.fastpath import BridgeApp
 from bridge.job_runner import JobRunner
 from bridge.jobs import JobStore
+from bridge.keys import KeyRing
 from bridge.methods import allowed_methods
 from bridge.metrics_sink import InfluxSink
 from bridge.outbox import PointOutbox
+from bridge.priority import PriorityGate
 from bridge.recorder import Recorder
 from bridge.rollouts import Rollouts
 from bridge.routing import Router
@@ -65,13 +67,17 @@ def create_app(
                             keep_idle=2)
         cache = ResultCache(database, settings.cache_timeout_s) if settings.cache else None
         outbox = PointOutbox()
+        keys = KeyRing(database, settings.api_keys, settings.keys_refresh_s, settings.rate_limit_bridges, outbox)
+        if not await keys.refresh() and not settings.api_keys:
+            logger.warning("API keys could not be read from PostgreSQL: until they are, the API asks for none")
+        keys.start()
         rollouts = Rollouts(database, settings.rollout_refresh_s, settings.canary_check_s, outbox=outbox)
         captures = CaptureStore(settings.capture_dir, settings.capture_fraction, settings.capture_budget_bytes,
                                 settings.capture_retention_s)
         predictions = PredictionService(
             client, rec, cache, rollouts, outbox, shadow_queue=settings.shadow_queue,
             shadow_concurrency=settings.shadow_concurrency, shadow_timeout_s=settings.shadow_timeout_s,
-            captures=captures if captures.enabled else None,
+            captures=captures if captures.enabled else None, gate=PriorityGate(settings.priority_saturation),
         )
         captures.start()
         rollouts.start()
@@ -82,6 +88,7 @@ def create_app(
             backoff_base_s=settings.job_backoff_base_s, backoff_cap_s=settings.job_backoff_cap_s,
             idle_check_s=settings.job_idle_check_s, drain_s=settings.job_drain_s, listen_dsn=settings.pg_dsn,
         )
+        app.state.keys = keys
         app.state.torchserve = client
         app.state.recorder = rec
         app.state.predictions = predictions
@@ -111,6 +118,7 @@ def create_app(
             if telemetry is not None:
                 await telemetry.stop()
             await job_runner.stop()
+            await keys.stop()
             await rollouts.stop()
             await predictions.shadow.stop()
             await asyncio.to_thread(captures.stop)
@@ -144,6 +152,7 @@ async def bridge_stats(app: FastAPI) -> dict[str, object]:
     stats.update(app.state.predictions.shadow.stats(), canaries_aborted=app.state.rollouts.aborted,
                  rollout_refresh_failures=app.state.rollouts.refresh_failures, points_outbox_dropped=app.state.outbox.dropped)
     stats.update(app.state.captures.stats())  # zeros while capture is off
+    stats.update(app.state.keys.stats(), **app.state.predictions.gate.stats())
     cache = app.state.cache
     if cache is not None:
         stats.update(cache_hits=cache.hits, cache_misses=cache.misses)
@@ -154,7 +163,7 @@ async def bridge_stats(app: FastAPI) -> dict[str, object]:
     return stats
 
 
-def _error_response(request: Request, status: int, kind: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+def _error_response(request: Request, status: int, kind: str, message: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
     rid = request_id_of(request)
     return JSONResponse(
         envelope(status, kind, message, rid),

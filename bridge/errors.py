@@ -4,6 +4,7 @@
     ├── BadRequest               (400) the request itself is malformed
     │   └── EmptyBody            (400)
     ├── Unauthorized             (401) the bridge's API key is missing or wrong
+    ├── Forbidden                (403) the key may not do this (its scopes), or not from this browser origin
     ├── NotFound                 (404)
     ├── RequestTimeout           (408) the body did not arrive in time
     ├── Conflict                 (409)
@@ -11,6 +12,7 @@
     ├── Unprocessable            (422)
     ├── PayloadTooLarge          (413)
     ├── UnsupportedMediaType     (415)
+    ├── TooManyRequests          (429) the key is over its rate: retry after Retry-After seconds
     ├── UpstreamUnavailable      (503) TorchServe (or the job queue) refused the connection or is not ready
     ├── RecordingUnavailable     (503) the result could not be recorded durably, so it is not given out
     └── UpstreamTimeout          (504) TorchServe did not answer in time
@@ -22,7 +24,9 @@ shape TorchServe uses (plus the request id), so clients parse one format whichev
 from __future__ import annotations
 
 import uuid
-from typing import Any, ClassVar
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Any
 
 from pydantic import BaseModel, Field
 from starlette.requests import Request
@@ -33,7 +37,7 @@ class BridgeError(Exception):
 
     status = 500
     kind = "InternalServerError"
-    headers: ClassVar[dict[str, str]] = {}
+    headers: Mapping[str, str] = MappingProxyType({})
 
     def __init__(self, message: str = "internal error; see the bridge log") -> None:
         super().__init__(message)
@@ -52,7 +56,12 @@ class EmptyBody(BadRequest):
 class Unauthorized(BridgeError):
     status = 401
     kind = "Unauthorized"
-    headers: ClassVar[dict[str, str]] = {"WWW-Authenticate": 'ApiKey header="X-API-Key"'}
+    headers: Mapping[str, str] = MappingProxyType({"WWW-Authenticate": 'ApiKey header="X-API-Key"'})
+
+
+class Forbidden(BridgeError):
+    status = 403
+    kind = "Forbidden"
 
 
 class NotFound(BridgeError):
@@ -72,7 +81,7 @@ class Conflict(BridgeError):
 
 class StillStoring(Conflict):
     kind = "Conflict"
-    headers: ClassVar[dict[str, str]] = {"Retry-After": "1"}
+    headers: Mapping[str, str] = MappingProxyType({"Retry-After": "1"})
 
 
 class Unprocessable(BridgeError):
@@ -90,16 +99,25 @@ class UnsupportedMediaType(BridgeError):
     kind = "UnsupportedMediaType"
 
 
+class TooManyRequests(BridgeError):
+    status = 429
+    kind = "TooManyRequests"
+
+    def __init__(self, message: str, retry_after_s: int) -> None:
+        super().__init__(message)
+        self.headers = {"Retry-After": str(max(1, retry_after_s))}
+
+
 class UpstreamUnavailable(BridgeError):
     status = 503
     kind = "ServiceUnavailable"
-    headers: ClassVar[dict[str, str]] = {"Retry-After": "1"}
+    headers: Mapping[str, str] = MappingProxyType({"Retry-After": "1"})
 
 
 class RecordingUnavailable(BridgeError):
     status = 503
     kind = "RecordingUnavailable"
-    headers: ClassVar[dict[str, str]] = {"Retry-After": "1"}
+    headers: Mapping[str, str] = MappingProxyType({"Retry-After": "1"})
 
 
 class UpstreamTimeout(BridgeError):
@@ -120,8 +138,10 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorBody, "description": description}
     for status, description in (
         (400, "Malformed request (the message says what)"),
-        (401, "Missing or invalid API key (when BRIDGE_API_KEYS is set)"),
+        (401, "Missing, invalid or revoked API key (when the bridge has keys)"),
+        (403, "The key's scopes do not include this route, or it may not be used from this browser origin"),
         (413, "Body larger than the limit"),
+        (429, "The key is over its rate limit; retry after Retry-After seconds"),
         (503, "A dependency is unavailable; retry after Retry-After seconds"),
     )
 }

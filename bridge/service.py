@@ -25,6 +25,7 @@ from bridge.cache import ResultCache
 from bridge.captures import CaptureStore
 from bridge.errors import BridgeError, RecordingUnavailable
 from bridge.outbox import PointOutbox
+from bridge.priority import PriorityGate
 from bridge.recorder import Recorder, RecordingFailed
 from bridge.records import InferenceRecord, answered_version, score_map, summarise_output
 from bridge.rollouts import PAIR_MEASUREMENT, Rollouts, pair_fields
@@ -34,6 +35,7 @@ from stack import models
 from stack.torchserve import Answer
 
 JSON = "application/json"
+BATCH_SOURCES = frozenset(("job",))  # wait behind interactive requests when a model is saturated (bridge.priority)
 
 
 @dataclass(frozen=True)
@@ -65,9 +67,10 @@ class PredictionService:
     def __init__(
         self, client: Router, recorder: Recorder, cache: ResultCache | None = None, rollouts: Rollouts | None = None,
         outbox: PointOutbox | None = None, shadow_queue: int = 64, shadow_concurrency: int = 1,
-        shadow_timeout_s: float = 10.0, captures: CaptureStore | None = None,
+        shadow_timeout_s: float = 10.0, captures: CaptureStore | None = None, gate: PriorityGate | None = None,
     ) -> None:
         self._client = client
+        self.gate = gate or PriorityGate(0)
         self._captures = captures
         self._recorder = recorder
         self._cache = cache
@@ -120,7 +123,8 @@ class PredictionService:
             "input_bytes": len(body),
         }
         try:
-            upstream = await self._client.predict(model, version, body, content_type, params)
+            async with self.gate.slot(model, batch=source in BATCH_SOURCES):
+                upstream = await self._client.predict(model, version, body, content_type, params)
         except BridgeError as exc:
             latency_ms = (time.perf_counter() - started) * 1000.0
             record = InferenceRecord(

@@ -24,7 +24,11 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="BRIDGE_", frozen=True, validate_by_name=True)
 
     host: str = Field("127.0.0.1", description="address the bridge listens on")
-    api_keys: Names = Field((), description="keys required on the API routes (X-API-Key or Bearer); empty = open")
+    api_keys: Names = Field(
+        (), description="secret keys with every scope and no rate limit, accepted beside the keys `servingctl keys` "
+        "stores in PostgreSQL (docs/api-keys.md); keys are required on the API routes (X-API-Key or Bearer) once "
+        "either holds one; none anywhere = open"
+    )
     port: int = Field(8000, description="port the bridge listens on")
     allow_open_api: bool = Field(
         False, description="serve without API keys on a non-loopback host (an open API); off: such a start is refused"
@@ -116,6 +120,19 @@ class Settings(BaseSettings):
         " for another bridge",
     )
 
+    keys_refresh_s: float = Field(
+        0.5, gt=0, description="how often the stored API keys are read from PostgreSQL: a key created or revoked by"
+        " `servingctl keys` counts on every bridge within this"
+    )
+    rate_limit_bridges: int = Field(
+        1, ge=1, description="bridges sharing a key's rate limit behind one balancer: each allows rate/N requests a"
+        " second and bursts of burst/N (a token bucket per key per bridge)"
+    )
+    priority_saturation: int = Field(
+        4, ge=0, description="requests in flight from this bridge to one model at which it counts as saturated: job"
+        " requests then wait until interactive ones (predictions, /v2 infer) are through, one job request per model"
+        " still running (bridge/priority.py); 0 = no priority"
+    )
     rollout_refresh_s: float = Field(
         1.0, gt=0, description="how often the active rollouts (servingctl shadow/canary) are read from PostgreSQL: a"
         " rollout started, changed or stopped takes effect on every bridge within this"

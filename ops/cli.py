@@ -12,7 +12,7 @@ from typing import Any, TextIO, cast
 
 import httpx
 
-from ops import commands, replay, rollouts
+from ops import commands, keys, replay, rollouts
 from ops.commands import Context
 from ops.errors import OpsError, UsageError
 from ops.golden import GOLDEN_HELP, GoldenLookup, PhotoLoader, parse_goldens, sample_photo, spec_golden
@@ -20,6 +20,7 @@ from ops.history import ChangeSink, History, InfluxChanges, PostgresHistory
 from ops.settings import Settings
 from ops.torchserve import TorchServe
 from stack.configuration import env_names
+from stack.database.api_keys import SCOPES
 from stack.database.rollouts import PAIR_SOURCES, CanaryLimits
 
 DESCRIPTION = """\
@@ -44,6 +45,8 @@ examples:
   servingctl canary classifier 1.1 --percent 5
   servingctl promote classifier 1.1
   servingctl replay classifier 1.1 --since 1h
+  servingctl keys create "web shop" --publishable --origin https://shop.example.com --rate 5 --burst 20
+  servingctl keys list && servingctl keys revoke k3x9q2ab
 
 exit status:
   0 success, 1 other failure (e.g. TorchServe answered an error), 2 bad arguments, 3 TorchServe not
@@ -237,6 +240,36 @@ def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentP
     p.add_argument("--since", default="1h", help="30m, 1h, 2d or an ISO time (default: 1h)")
     p.add_argument("--limit", type=int, default=1000, help="at most this many live requests, newest first (default: 1000)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    p = command("keys", "the bridge's API keys: create, list, revoke (stored hashed in PostgreSQL)",
+                "Keys are required on the bridge's API once one exists (here or in BRIDGE_API_KEYS). A publishable key\n"
+                "(pk_…) may only predict and submit jobs, and only from the browser origins it lists: safe in a web\n"
+                "page. A secret key (sk_…) has every scope by default; keep it on servers. Every bridge reads the\n"
+                "keys twice a second: a new key works, and a revoked one is refused, everywhere within a second.")
+    keys_sub = p.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
+
+    def keys_action(name: str, summary: str) -> argparse.ArgumentParser:
+        action = keys_sub.add_parser(name, help=summary, description=summary,
+                                     epilog="Global settings (servingctl --help) may follow the command too.")
+        _global_options(action, env, hidden=True)
+        return action
+
+    p = keys_action("create", "create a key and print it (the only time it is shown: only its hash is kept)")
+    p.add_argument("name", metavar="NAME", help="what the key is for, e.g. 'web shop' or 'nightly import'")
+    p.add_argument("--publishable", action="store_true",
+                   help="a publishable key (predict, jobs; for browsers) instead of a secret one")
+    p.add_argument("--scope", dest="scopes", action="append", choices=tuple(SCOPES), metavar="SCOPE",
+                   help=f"repeatable; default: all a kind may have. Scopes: {', '.join(SCOPES)}")
+    p.add_argument("--origin", dest="origins", action="append", metavar="ORIGIN",
+                   help="repeatable, publishable keys only: a web page's origin, e.g. https://shop.example.com")
+    p.add_argument("--rate", type=float, metavar="PER_S", help="sustained requests per second (default: no limit)")
+    p.add_argument("--burst", type=int, metavar="N", help="requests allowed at once above the rate (default: the rate)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p = keys_action("list", "the keys: id, kind, name, scopes, rate, created, state (never a secret)")
+    p.add_argument("--all", action="store_true", help="revoked keys too")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p = keys_action("revoke", "revoke a key: every bridge refuses it within a second")
+    p.add_argument("key", metavar="ID", help="the key's id (pk_<id>_…), or the whole key")
     return parser
 
 
@@ -275,6 +308,13 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
             return commands.history(ctx, args.model, args.limit, args.json)
         case "replay":
             return replay.replay(ctx, args.model, args.version, args.since, args.limit, args.json)
+        case "keys":
+            if args.keys_command == "create":
+                return keys.create(ctx, args.name, args.publishable, args.scopes, args.origins, args.rate, args.burst,
+                                   args.json)
+            if args.keys_command == "list":
+                return keys.show(ctx, args.all, args.json)
+            return keys.revoke(ctx, args.key)
     raise UsageError(f"unknown command {args.command!r}")
 
 

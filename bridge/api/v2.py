@@ -11,7 +11,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping
 from typing import Annotated, Any, TypedDict
 
 import httpx
@@ -37,7 +37,7 @@ ModelName = Annotated[str, Path(pattern=NAME_PATTERN, description="Model name, a
 ModelVersion = Annotated[str, Path(pattern=NAME_PATTERN, description="Model version, e.g. 1.0")]
 
 
-def oip_error(request: Request, status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+def oip_error(request: Request, status: int, message: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
     """The protocol's error body, with the bridge's request id header."""
     return JSONResponse({"error": message}, status_code=status,
                         headers={"X-Request-Id": request_id_of(request), **(headers or {})})

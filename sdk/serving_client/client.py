@@ -91,7 +91,8 @@ class Client:
 
         Every submission carries an Idempotency-Key (``idempotency_key``, or one made here), so a submission
         whose answer was lost is retried safely: the bridge gives back the job it already stored. Retried on
-        no answer, 503 and 409 (the same submission still being stored), with exponential backoff and jitter.
+        no answer, 503, 429 (the key's rate limit) and 409 (the same submission still being stored), after the
+        answer's Retry-After or with exponential backoff and jitter.
         """
         params = {}
         if models:
@@ -101,7 +102,7 @@ class Client:
         for attempt in range(1, self.submit_attempts + 1):
             try:
                 response = self._request("POST", "/v1/jobs", params=params, content=body, headers=headers)
-            except (errors.ServiceUnavailable, errors.Conflict) as exc:
+            except (errors.ServiceUnavailable, errors.TooManyRequests, errors.Conflict) as exc:
                 if attempt == self.submit_attempts:
                     raise
                 time.sleep(_backoff(self.retry_backoff_s, attempt, exc))

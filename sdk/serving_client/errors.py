@@ -2,7 +2,8 @@
 
     ServingError                 base: ``status``, ``message``, ``type``, ``request_id``, ``body``
     ├── BadRequest               (400) empty body, not an image, malformed request
-    ├── Unauthorized             (401) missing or invalid API key
+    ├── Unauthorized             (401) missing, invalid or revoked API key
+    ├── Forbidden                (403) the key's scopes do not include this (a publishable key reading results)
     ├── NotFound                 (404) no such model, version, job, or served answer to send feedback on
     ├── Conflict                 (409) Idempotency-Key reused while its job is still pending; a different truth
     │                                  for a request id that has one
@@ -10,6 +11,7 @@
     ├── UnsupportedMediaType     (415) the body was sent as text or JSON
     ├── Unprocessable            (422) image dimensions too large; Idempotency-Key reused with another photo;
     │                                  a truth of the wrong shape for the model
+    ├── TooManyRequests          (429) the key is over its rate limit: retry after ``retry_after`` s
     ├── ServiceUnavailable       (503) TorchServe or the job queue is down: retry after ``retry_after`` s
     │   └── ConnectionError      (—)   the bridge itself could not be reached (also a builtin ConnectionError)
     ├── GatewayTimeout           (504) TorchServe did not answer in time
@@ -74,6 +76,10 @@ class Unauthorized(ServingError):
     status = 401
 
 
+class Forbidden(ServingError):
+    status = 403
+
+
 class NotFound(ServingError):
     status = 404
 
@@ -94,14 +100,24 @@ class Unprocessable(ServingError):
     status = 422
 
 
-class ServiceUnavailable(ServingError):
-    """503: retry after ``retry_after`` seconds (None when the answer did not say)."""
-
-    status: int | None = 503
+class Retryable(ServingError):
+    """An answer that says to come back: after ``retry_after`` seconds (None when it did not say)."""
 
     def __init__(self, message: str, *, retry_after: float | None = None, **kwargs: Any) -> None:
         super().__init__(message, **kwargs)
         self.retry_after = retry_after
+
+
+class TooManyRequests(Retryable):
+    """429: the API key is over its rate limit."""
+
+    status: int | None = 429
+
+
+class ServiceUnavailable(Retryable):
+    """503: TorchServe or the job queue is down."""
+
+    status: int | None = 503
 
 
 class ConnectionError(ServiceUnavailable, builtins.ConnectionError):
@@ -131,8 +147,9 @@ class JobTimeout(ServingError, builtins.TimeoutError):
 
 
 BY_STATUS: dict[int, type[ServingError]] = {
-    400: BadRequest, 401: Unauthorized, 404: NotFound, 409: Conflict, 413: PayloadTooLarge,
-    415: UnsupportedMediaType, 422: Unprocessable, 503: ServiceUnavailable, 504: GatewayTimeout,
+    400: BadRequest, 401: Unauthorized, 403: Forbidden, 404: NotFound, 409: Conflict, 413: PayloadTooLarge,
+    415: UnsupportedMediaType, 422: Unprocessable, 429: TooManyRequests, 503: ServiceUnavailable,
+    504: GatewayTimeout,
 }
 
 
@@ -152,7 +169,7 @@ def error_from_response(response: httpx.Response) -> ServingError:
     status = response.status_code
     cls = BY_STATUS.get(status, ServingError)
     kwargs: dict[str, Any] = {"status": status, "type": kind, "request_id": request_id, "body": body}
-    if cls is ServiceUnavailable:
+    if issubclass(cls, Retryable):
         kwargs["retry_after"] = _retry_after(response.headers.get("Retry-After"))
     return cls(message, **kwargs)
 

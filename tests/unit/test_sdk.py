@@ -20,6 +20,7 @@ from serving_client import (
     BadRequest,
     Client,
     Conflict,
+    Forbidden,
     GatewayTimeout,
     JobFailed,
     JobStatus,
@@ -28,6 +29,7 @@ from serving_client import (
     PayloadTooLarge,
     ServiceUnavailable,
     ServingError,
+    TooManyRequests,
     Unauthorized,
     Unprocessable,
     UnsupportedMediaType,
@@ -193,7 +195,9 @@ def test_a_photo_of_the_wrong_kind_is_refused_before_sending(client: Client, bri
         (503, ServiceUnavailable, "ServiceUnavailable"),
         (504, GatewayTimeout, "GatewayTimeout"),
         (500, ServingError, "InternalServerError"),
-        (429, ServingError, "TooManyRequests"),
+        (429, TooManyRequests, "TooManyRequests"),
+        (403, Forbidden, "Forbidden"),
+        (418, ServingError, "ImATeapot"),
     ],
 )
 def test_each_status_raises_its_exception_with_the_envelope(
@@ -360,6 +364,29 @@ def test_submit_retries_lost_answers_with_the_same_key(
     assert job.id == JOB_ID
     assert sleeps[2] == 2.0, "the server's Retry-After is honoured"
     assert 0.25 <= sleeps[0] <= 0.5 and 0.5 <= sleeps[1] <= 1.0, "exponential backoff with jitter"
+
+
+def test_submit_waits_out_a_rate_limit_as_the_429_says(
+    client: Client, bridge: Recorder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sleeps: list[float] = []
+    monkeypatch.setattr(time, "sleep", sleeps.append)
+    answers = iter([429, 200])
+
+    def limited(request: httpx.Request) -> httpx.Response:
+        if next(answers) == 429:
+            return httpx.Response(429, headers={"Retry-After": "3"}, json={
+                "code": 429, "type": "TooManyRequests", "message": "over its rate", "request_id": "r"})
+        return httpx.Response(202, json=job_json(), headers={"Location": f"/v1/jobs/{JOB_ID}"})
+
+    bridge.handler = limited
+    assert client.submit(PHOTO).id == JOB_ID
+    assert sleeps == [3.0] and len(bridge.requests) == 2
+    bridge.handler = lambda r: httpx.Response(429, headers={"Retry-After": "1"}, json={
+        "code": 429, "type": "TooManyRequests", "message": "over its rate", "request_id": "r"})
+    with pytest.raises(TooManyRequests) as info:
+        client.predict("classifier", PHOTO)  # a prediction is not retried: the caller decides
+    assert info.value.retry_after == 1.0
 
 
 def test_submit_does_not_retry_a_bad_request(client: Client, bridge: Recorder) -> None:
