@@ -18,14 +18,14 @@ import json
 import math
 import struct
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from bridge.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
-from bridge.uploads import model_params
+from bridge.uploads import MAX_PARAM_LENGTH, model_params
 from stack import models
 from stack.models import Model
 
@@ -134,29 +134,74 @@ def model_metadata(model: str, versions: Sequence[str], platform: str = "torchse
 Parameters = dict[str, str | int | float | bool]
 
 
-class RequestInput(BaseModel):
-    """``$request_input``: one input tensor (data in JSON, or binary after the JSON header)."""
+# What parse_infer_request checks, stated in the document too (the models parse loosely, so a request that breaks
+# a rule gets the message of its own check): one BYTES input "image" of shape [N, 1] or [N] (1 ≤ N ≤ MAX_ITEMS),
+# its photos either as JSON strings (data) or as binary_data_size bytes after the JSON header, never both.
+# What no schema can state is checked only there: N equal to the number of photos, binary_data_size equal to the
+# bytes that follow, the outputs the model has, and whether each photo is an image.
+def _set(**keywords: Any) -> Callable[[dict[str, Any]], None]:
+    def change(schema: dict[str, Any]) -> None:
+        schema.update(keywords)
 
-    name: str = Field(examples=[INPUT_NAME])
-    shape: list[int] = Field(examples=[[1, 1]])
-    datatype: str = Field(examples=["BYTES"])
-    parameters: Parameters = Field(default_factory=dict, examples=[{"content_type": "base64"}])
-    data: list[Any] | None = Field(None, description="row-major, flat or nested; BYTES as strings")
+    return change
+
+
+_SHAPE = {"type": "integer", "minimum": 1, "maximum": MAX_ITEMS}
+_SIZE = "binary_data_size"
+_PHOTOS = {"type": "array", "items": {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]}}
+_MODEL_PARAMETER_NAME = r"^(?:[A-Za-z_][A-Za-z0-9_]{0,31}|triton_.*)$"  # uploads.model_params, or a protocol one
+
+
+class RequestInput(BaseModel):
+    """``$request_input``: the photos, as JSON strings (``data``) or as binary data after the JSON header
+    (``parameters.binary_data_size``)."""
+
+    model_config = ConfigDict(json_schema_extra=_set(oneOf=[
+        {"required": ["data"], "properties": {"data": _PHOTOS, "parameters": {"not": {"required": [_SIZE]}}}},
+        {"required": ["parameters"], "properties": {"data": {"type": "null"}, "parameters": {"required": [_SIZE]}}},
+    ]))
+
+    name: str = Field(examples=[INPUT_NAME], json_schema_extra=_set(enum=[INPUT_NAME]))
+    shape: list[int] = Field(
+        examples=[[1, 1]], description=f"[N, 1] or [N]: N photos, at most {MAX_ITEMS}",
+        json_schema_extra=_set(minItems=1, maxItems=2, prefixItems=[_SHAPE, {"const": 1}]),
+    )
+    datatype: str = Field(examples=["BYTES"], json_schema_extra=_set(enum=["BYTES"]))
+    parameters: Parameters = Field(
+        default_factory=dict, examples=[{"content_type": "base64"}],
+        description="`content_type`: `base64` for base64 strings in `data`; `binary_data_size`: the bytes of the "
+                    "binary data (each photo a 4-byte little-endian length, then its bytes)",
+        json_schema_extra=_set(properties={
+            _SIZE: {"type": "integer", "minimum": 0}, "content_type": {"type": "string"},
+        }),
+    )
+    data: list[Any] | None = Field(None, description="the photos (BYTES as strings), flat or nested [[...]]")
 
 
 class RequestOutput(BaseModel):
     """``$request_output``: an output asked for, as JSON or binary, or as top-k classes (classification)."""
 
-    name: str = Field(examples=["labels"])
-    parameters: Parameters = Field(default_factory=dict, examples=[{"binary_data": False}])
+    name: str = Field(examples=["labels"], description="one of the model's outputs (its metadata lists them)")
+    parameters: Parameters = Field(
+        default_factory=dict, examples=[{"binary_data": False}],
+        json_schema_extra=_set(properties={
+            "binary_data": {"type": "boolean"}, "classification": {"type": "integer", "minimum": 0},
+        }),
+    )
 
 
 class InferenceRequest(BaseModel):
     """``$inference_request``: the JSON object (or the JSON header before binary tensor data)."""
 
     id: str | None = None
-    parameters: Parameters = Field(default_factory=dict, description="model parameters (e.g. k) and protocol ones")
-    inputs: list[RequestInput]
+    parameters: Parameters = Field(
+        default_factory=dict, description="model parameters (e.g. k; names are identifiers, values at most 200 "
+                                          "characters, at most 8) and protocol ones (binary_data_output, content_type)",
+        json_schema_extra=_set(propertyNames={"pattern": _MODEL_PARAMETER_NAME}, additionalProperties={"anyOf": [
+            {"type": "string", "maxLength": MAX_PARAM_LENGTH}, {"type": "number"}, {"type": "boolean"},
+        ]}),
+    )
+    inputs: list[RequestInput] = Field(json_schema_extra=_set(minItems=1, maxItems=1))
     outputs: list[RequestOutput] | None = None
 
 
@@ -335,7 +380,7 @@ def parse_infer_request(body: bytes, header_length: str | None) -> InferRequest:
     if size is not None:
         if tensor.data is not None:
             raise ProtocolError(f"input {INPUT_NAME!r} has both data and binary_data_size")
-        if not isinstance(size, int) or isinstance(size, bool) or size != len(tail):
+        if _integer(size) != len(tail):
             raise ProtocolError(f"binary_data_size is {size} but {len(tail)} bytes follow the JSON header")
         items = [Item(photo) for photo in decode_bytes_elements(tail)]
     elif tensor.data is not None:
@@ -360,12 +405,21 @@ def parse_infer_request(body: bytes, header_length: str | None) -> InferRequest:
 
 def _output_request(output: RequestOutput, binary_default: bool) -> OutputRequest:
     binary = output.parameters.get("binary_data", binary_default)
-    count = output.parameters.get("classification", 0)
+    count = _integer(output.parameters.get("classification", 0))
     if not isinstance(binary, bool):
         raise ProtocolError(f"output {output.name!r}: binary_data must be a boolean")
-    if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+    if count is None or count < 0:
         raise ProtocolError(f"output {output.name!r}: classification must be a non-negative integer")
     return OutputRequest(output.name, binary, count)
+
+
+def _integer(value: Any) -> int | None:
+    """A JSON integer (``2``, or ``2.0``: JSON Schema's integer is any number with no fraction), else None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value if isinstance(value, int) else None
 
 
 def check_outputs(model: str, request: InferRequest) -> dict[str, str]:

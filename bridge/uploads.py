@@ -55,7 +55,7 @@ def model_params(pairs: list[tuple[str, str]]) -> dict[str, str]:
     """Validated model parameters (e.g. ``k=3``, ``embedding=true``) passed through to the handler."""
     params: dict[str, str] = {}
     for name, value in pairs:
-        if not PARAM_NAME.match(name) or len(value) > MAX_PARAM_LENGTH:
+        if not PARAM_NAME.fullmatch(name) or len(value) > MAX_PARAM_LENGTH:
             raise BadRequest(f"invalid parameter {name[:40]!r}: names are identifiers, values ≤ {MAX_PARAM_LENGTH} chars")
         params[name] = value
     if len(params) > MAX_PARAMS:
@@ -63,11 +63,14 @@ def model_params(pairs: list[tuple[str, str]]) -> dict[str, str]:
     return params
 
 
-async def read_photo(request: Request, max_bytes: int, timeout_s: float = 10.0) -> Upload:
-    """The photo (raw body, or the one file of a multipart form), its content type, and its parameters."""
+async def read_photo(
+    request: Request, max_bytes: int, timeout_s: float = 10.0, own: frozenset[str] = frozenset()
+) -> Upload:
+    """The photo (raw body, or the one file of a multipart form), its content type, and its parameters: the query
+    string's (but the route's ``own`` parameters, e.g. a job's ``models``) and the form's other fields."""
     body = await read_limited(request, max_bytes, timeout_s)
     content_type = request.headers.get("content-type", "").strip()
-    pairs = list(request.query_params.multi_items())
+    pairs = [(k, v) for k, v in request.query_params.multi_items() if k not in own]
     if content_type.lower().startswith("application/x-www-form-urlencoded"):
         # curl --data-binary @photo.jpg sends this type by default: the body is the photo itself.
         content_type = RAW_DEFAULT_TYPE

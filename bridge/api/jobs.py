@@ -14,15 +14,20 @@ from fastapi import APIRouter, Header, Path, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from bridge.api.predictions import NAME_PATTERN, PHOTO_BODY
+from bridge.api.predictions import NAME, PHOTO_BODY
 from bridge.errors import BadRequest, ErrorBody, NotFound
 from bridge.jobs import Job, JobStatus
+from bridge.spec import MAXIMUM_SETTING
 from bridge.uploads import read_photo
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
 MAX_WAIT_S = 30.0
-NAME = re.compile(NAME_PATTERN)
+MAX_MODELS = 16
+JOB_PARAMETERS = frozenset({"models", "deadline"})  # the route's own query parameters, not the models'
+# A submission's models: 1–16 model names, comma-separated (spaces around them allowed); empty: the default list.
+# The route validates with this pattern, so the document states exactly what is accepted.
+MODELS_PATTERN = rf"^ *(?:{NAME} *(?:, *{NAME} *){{0,{MAX_MODELS - 1}}})?$"
 
 
 class ModelResult(BaseModel):
@@ -79,14 +84,12 @@ class JobOut(BaseModel):
 
 
 def parse_models(raw: str | None, default: tuple[str, ...]) -> list[str]:
-    """The comma-separated model list of a submission, validated, without duplicates."""
-    if raw is None or not raw.strip():
+    """The comma-separated model list of a submission (``MODELS_PATTERN``), without duplicates."""
+    if raw is None:
         return list(default)
-    models = list(dict.fromkeys(m.strip() for m in raw.split(",") if m.strip()))
-    bad = [m for m in models if not NAME.match(m)]
-    if bad or not models or len(models) > 16:
-        raise BadRequest(f"models must be 1–16 comma-separated model names; invalid: {bad or raw!r}")
-    return models
+    if not re.fullmatch(MODELS_PATTERN, raw):
+        raise BadRequest(f"models must be 1–{MAX_MODELS} comma-separated model names; got {raw[:200]!r}")
+    return list(dict.fromkeys(m.strip() for m in raw.split(",") if m.strip())) or list(default)
 
 
 def _location(job: Job) -> dict[str, str]:
@@ -122,10 +125,14 @@ def _location(job: Job) -> dict[str, str]:
 )
 async def submit_job(
     request: Request,
-    models: Annotated[str | None, Query(description="Comma-separated models; default: all of the product's")] = None,
+    models: Annotated[str | None, Query(
+        pattern=MODELS_PATTERN,
+        description=f"1–{MAX_MODELS} comma-separated model names; default (absent or empty): all of the product's",
+    )] = None,
     deadline: Annotated[float | None, Query(
         gt=0, description="Seconds the job may wait out outages before it fails (default: setting "
         "`job_deadline_s`, 600; at most `job_deadline_max_s`, 3600)",
+        json_schema_extra={MAXIMUM_SETTING: "job_deadline_max_s"},
     )] = None,
     idempotency_key: Annotated[str | None, Header(
         max_length=200, description="Makes a retried POST safe: the same key, photo and models give the original "
@@ -138,7 +145,7 @@ async def submit_job(
     model_list = parse_models(models, settings.job_models)
     if deadline is not None and deadline > settings.job_deadline_max_s:
         raise BadRequest(f"deadline must be at most {settings.job_deadline_max_s:g} s")
-    upload = await read_photo(request, settings.max_body_bytes, settings.request_body_timeout_s)
+    upload = await read_photo(request, settings.max_body_bytes, settings.request_body_timeout_s, own=JOB_PARAMETERS)
     digest = hashlib.sha256(upload.photo).hexdigest()
     job, created = await state.database.call(
         state.job_store.submit, upload.photo, upload.content_type, model_list, digest, idempotency_key,

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Path, Request, Response
 
 from bridge.auth import client_identity
 from bridge.errors import ErrorBody, request_id_of
-from bridge.uploads import read_photo
+from bridge.uploads import MAX_PARAM_LENGTH, MAX_PARAMS, PARAM_NAME, read_photo
 
 router = APIRouter(tags=["predictions"])
 
@@ -43,14 +43,25 @@ PREDICTION_RESPONSES: dict[int | str, dict[str, Any]] = {
         )
     },
 }
+PHOTO = {"type": "string", "format": "binary", "minLength": 1}  # an empty body is a 400
 PHOTO_BODY = {
     "requestBody": {
         "required": True,
         "content": {
-            "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
-            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+            "image/jpeg": {"schema": PHOTO},
+            "application/octet-stream": {"schema": PHOTO},
+            # The photo as the one file of the form; its other fields are model parameters (uploads.model_params).
             "multipart/form-data": {
-                "schema": {"type": "object", "properties": {"file": {"type": "string", "format": "binary"}}}
+                "schema": {
+                    "type": "object",
+                    "properties": {"file": {**PHOTO, "description": "The photo"}},
+                    "required": ["file"],
+                    "propertyNames": {"pattern": PARAM_NAME.pattern},
+                    "additionalProperties": {"type": "string", "maxLength": MAX_PARAM_LENGTH,
+                                             "description": "A model parameter, e.g. k=3 for similar (jobs "
+                                                            "pass none to their models)"},
+                    "maxProperties": 1 + MAX_PARAMS,
+                }
             },
         },
     }

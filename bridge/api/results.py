@@ -2,28 +2,58 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, create_model
 
 from bridge.api.predictions import NAME_PATTERN
-from bridge.errors import BadRequest
-from bridge.reports import Bucket, ResultFilter, error_rates, label_counts, latency_percentiles, list_results
+from bridge.errors import BadRequest, ErrorBody
+from bridge.reports import (
+    CURSOR_PATTERN,
+    Bucket,
+    ResultFilter,
+    error_rates,
+    label_counts,
+    latency_percentiles,
+    list_results,
+)
 from stack.database import COLUMNS
 
 router = APIRouter(tags=["history and reports"])
 
-MAX_UTC_OFFSET = timedelta(hours=16)  # PostgreSQL's limit (±15:59)
 MAX_RANGE = {Bucket.MINUTE: timedelta(days=2), Bucket.HOUR: timedelta(days=93), Bucket.DAY: timedelta(days=1100)}
+EARLIEST = datetime.min.replace(tzinfo=UTC)
+LATEST = datetime.max.replace(tzinfo=UTC)
 
 Model = Annotated[str, Query(pattern=NAME_PATTERN, description="Model name")]
-Since = Annotated[datetime | None, Query(description="Start (inclusive, ISO 8601); default: 24 h before `until`")]
-Until = Annotated[datetime | None, Query(description="End (exclusive, ISO 8601); default: now")]
-BucketQ = Annotated[Bucket, Query(description="Time bucket")]
+# An RFC 3339 date-time with its offset (the document's `format: date-time`), the date and time apart by T (or a
+# space, as RFC 3339 allows and Python's str(datetime) writes). Not the other forms pydantic reads as a datetime
+# (a bare date, no offset, a number of seconds): the document would not say so, and a client could not know.
+RFC3339 = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]+)?(?:[Zz]|[+-][0-9]{2}:[0-9]{2})")
+
+
+def _rfc3339(value: Any) -> Any:
+    if isinstance(value, str) and not RFC3339.fullmatch(value):
+        raise ValueError("must be an RFC 3339 date-time with its UTC offset, e.g. 2026-01-01T00:00:00Z")
+    return value
+
+
+Time = Annotated[datetime, BeforeValidator(_rfc3339)]
+Since = Annotated[Time | None, Query(description="Start (inclusive, RFC 3339); default: 24 h before `until`")]
+Until = Annotated[Time | None, Query(description="End (exclusive, RFC 3339); default: now")]
+BucketQ = Annotated[Bucket, Query(description="Time bucket: it bounds the range (minute 2 days, hour 93 days, "
+                                               "day 1,100 days)")]
+# What a report answers 400 to beyond its parameters' schemas: rules between parameters no schema can state.
+RANGE_ERRORS = ("`since` not before `until`, or a range longer than the bucket allows (minute 2 days, hour 93 days, "
+                "day 1,100 days); the message says which")
+REPORT_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorBody, "description": f"Malformed parameter, or {RANGE_ERRORS}"},
+}
 
 
 # One recorded inference: its fields are the record's columns (stack.database.COLUMNS), defined once.
@@ -45,11 +75,11 @@ class ResultsPage(BaseModel):
             "input_bytes": 35042, "top_label": "Egyptian cat", "top_score": 0.3737,
             "output": {"predictions": [{"label": "Egyptian cat", "index": 285, "score": 0.3737}]}, "error": None,
         }],
-        "next_cursor": "MjAyNi0xMS0yNVQwOTowODowNi4yOTQyMjcrMDA6MDB8NzVlNTgzZjA",
+        "next_cursor": "1795597686294000_75e583f0df264ec6bef216278b74fe5b",
     }]})
 
     items: list[ResultItem]  # type: ignore[valid-type]  # a model built from the record's columns
-    next_cursor: str | None
+    next_cursor: str | None = Field(pattern=CURSOR_PATTERN, description="null on the last page")
 
 
 class Report(BaseModel):
@@ -72,13 +102,13 @@ def _range(since: datetime | None, until: datetime | None, bucket: Bucket = Buck
 
 
 def time_range(since: datetime | None, until: datetime | None, longest: timedelta, what: str) -> tuple[datetime, datetime]:
-    """[since, until) in UTC (default: the day before ``until``, itself now by default), at most ``longest``
-    long (``what`` names the limit); anything else is a 400 saying why."""
+    """[since, until) in UTC (default: the day before ``until``, itself now by default, from the earliest time at
+    most), at most ``longest`` long (``what`` names the limit); anything else is a 400 saying why."""
     until = _aware(until) if until else datetime.now(UTC)
-    try:
-        since = _aware(since) if since else until - timedelta(days=1)
-    except OverflowError as exc:
-        raise BadRequest("`until` is too early to take a default one-day range before it") from exc
+    if since:
+        since = _aware(since)
+    else:
+        since = until - timedelta(days=1) if until - EARLIEST > timedelta(days=1) else EARLIEST
     if since >= until:
         raise BadRequest("`since` must be before `until`")
     if until - since > longest:
@@ -87,14 +117,15 @@ def time_range(since: datetime | None, until: datetime | None, longest: timedelt
 
 
 def _aware(value: datetime) -> datetime:
-    """In UTC (a naive time is taken as UTC); a time or offset out of range is a 400."""
-    offset = value.utcoffset()
-    if offset is not None and abs(offset) >= MAX_UTC_OFFSET:
-        raise BadRequest(f"time {value.isoformat()} has a UTC offset beyond ±15:59")
+    """In UTC (a naive time is taken as UTC), so any offset RFC 3339 allows (±23:59) is fine: PostgreSQL, which
+    takes ±15:59, only ever sees UTC. A time that is out of a datetime's range once in UTC (0001-01-01 with a
+    positive offset, 9999-12-31 with a negative one) is the earliest or the latest time: for a bound the same."""
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
     try:
-        return value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
-    except (OverflowError, ValueError) as exc:
-        raise BadRequest(f"time {value.isoformat()} is out of range") from exc
+        return value.astimezone(UTC)
+    except OverflowError:
+        return EARLIEST if value.year == 1 else LATEST
 
 
 async def _query(request: Request, fn: Callable[..., Any], *args: Any) -> Any:
@@ -110,7 +141,7 @@ async def results(
     since: Since = None,
     until: Until = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    cursor: Annotated[str | None, Query(max_length=200, description="`next_cursor` of the previous page")] = None,
+    cursor: Annotated[str | None, Query(pattern=CURSOR_PATTERN, description="`next_cursor` of the previous page")] = None,
     shadow_of: Annotated[uuid.UUID | None, Query(
         description="a live request's id: its candidates' answers (shadowing, replay) instead of served answers")] = None,
 ) -> ResultsPage:
@@ -125,7 +156,7 @@ async def results(
 
 
 def _report(fn: Callable[..., list[dict[str, Any]]], summary: str, path: str) -> None:
-    @router.get(path, response_model=Report, summary=summary, name=fn.__name__)
+    @router.get(path, response_model=Report, summary=summary, name=fn.__name__, responses=REPORT_RESPONSES)
     async def report(request: Request, model: Model, since: Since = None, until: Until = None,
                      bucket: BucketQ = Bucket.HOUR) -> Report:
         start, end = _range(since, until, bucket)

@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict
 
 from bridge.api.predictions import NAME_PATTERN
 from bridge.api.results import Model, Since, Until, time_range
-from bridge.errors import BadRequest
+from bridge.errors import ErrorBody, NotFound
 from stack.comparison import Comparison
 from stack.database.rollouts import active_rollout, candidate_comparison
 
@@ -85,7 +85,17 @@ async def rollouts(request: Request) -> Rollouts:
     ])
 
 
-@router.get("/v1/reports/compare", response_model=CompareReport, summary="A candidate version against the live one")
+@router.get(
+    "/v1/reports/compare",
+    response_model=CompareReport,
+    summary="A candidate version against the live one",
+    responses={
+        400: {"model": ErrorBody, "description": "Malformed parameter, or `since` not before `until`, or a range "
+                                                 "longer than 93 days; the message says which"},
+        404: {"model": ErrorBody, "description": "No `version` given and the model has no active rollout to take "
+                                                 "the candidate from"},
+    },
+)
 async def compare_report(
     request: Request,
     model: Model,
@@ -102,7 +112,7 @@ async def compare_report(
     if version is None:
         rollout = await database.transaction(active_rollout, model)
         if rollout is None:
-            raise BadRequest(f"model {model} has no active rollout: name the candidate with ?version=")
+            raise NotFound(f"model {model} has no active rollout: name the candidate with ?version=")
         version = rollout.version
     start, end = time_range(since, until, MAX_COMPARE_RANGE, "a comparison")
     comparison = await database.transaction(candidate_comparison, model, version, start, end, source.value)

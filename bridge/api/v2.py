@@ -264,7 +264,7 @@ INFER_BODY = {
                 }}},
             },
             "application/octet-stream": {
-                "schema": {"type": "string", "format": "binary"},
+                "schema": {"type": "string", "format": "binary", "minLength": 1},
                 "description": "Binary tensor data extension: the JSON request (its length in the "
                                "Inference-Header-Content-Length header), then each binary input's bytes",
             },
@@ -283,6 +283,11 @@ INFER_RESPONSES: dict[int | str, dict[str, Any]] = {
         "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
     },
     **_errors(400, 401, 404, 413, 503, 504),
+    400: {"model": oip.OipError, "description": (
+        "Malformed request; an output the model does not have; a shape whose N is not the number of photos, or a "
+        "binary_data_size that is not the bytes after the JSON; or every photo refused (the first one's error, e.g. "
+        "not an image)"
+    )},
 }
 INFER = _RouteOptions(responses=INFER_RESPONSES, dependencies=KEYED, openapi_extra=INFER_BODY)
 

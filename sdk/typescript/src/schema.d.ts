@@ -751,11 +751,6 @@ export interface components {
              */
             truth: unknown;
         };
-        /** HTTPValidationError */
-        HTTPValidationError: {
-            /** Detail */
-            detail?: components["schemas"]["ValidationError"][];
-        };
         /**
          * InferenceResponse
          * @description ``$inference_response``.
@@ -1032,13 +1027,16 @@ export interface components {
          *           "top_score": 0.3737
          *         }
          *       ],
-         *       "next_cursor": "MjAyNi0xMS0yNVQwOTowODowNi4yOTQyMjcrMDA6MDB8NzVlNTgzZjA"
+         *       "next_cursor": "1795597686294000_75e583f0df264ec6bef216278b74fe5b"
          *     }
          */
         ResultsPage: {
             /** Items */
             items: components["schemas"]["ResultItem"][];
-            /** Next Cursor */
+            /**
+             * Next Cursor
+             * @description null on the last page
+             */
             next_cursor: string | null;
         };
         /**
@@ -1086,19 +1084,6 @@ export interface components {
             p99_ms: number | null;
             server_errors: components["schemas"]["Estimate"];
         };
-        /** ValidationError */
-        ValidationError: {
-            /** Context */
-            ctx?: Record<string, never>;
-            /** Input */
-            input?: unknown;
-            /** Location */
-            loc: (string | number)[];
-            /** Message */
-            msg: string;
-            /** Error Type */
-            type: string;
-        };
     };
     responses: never;
     parameters: never;
@@ -1143,8 +1128,13 @@ export interface operations {
                 "application/octet-stream": string;
                 "image/jpeg": string;
                 "multipart/form-data": {
-                    /** Format: binary */
-                    file?: string;
+                    /**
+                     * Format: binary
+                     * @description The photo
+                     */
+                    file: string;
+                } & {
+                    [key: string]: string;
                 };
             };
         };
@@ -1167,8 +1157,17 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Missing or invalid API key (when BRIDGE_API_KEYS is set) */
+            /** @description Missing, invalid or revoked API key (when the bridge has keys) */
             401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The key's scopes do not include this route, or it may not be used from this browser origin */
+            403: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -1205,6 +1204,15 @@ export interface operations {
             };
             /** @description The image's dimensions are too large */
             422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The key is over its rate limit; retry after Retry-After seconds */
+            429: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -1247,8 +1255,13 @@ export interface operations {
                 "application/octet-stream": string;
                 "image/jpeg": string;
                 "multipart/form-data": {
-                    /** Format: binary */
-                    file?: string;
+                    /**
+                     * Format: binary
+                     * @description The photo
+                     */
+                    file: string;
+                } & {
+                    [key: string]: string;
                 };
             };
         };
@@ -1271,8 +1284,17 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Missing or invalid API key (when BRIDGE_API_KEYS is set) */
+            /** @description Missing, invalid or revoked API key (when the bridge has keys) */
             401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The key's scopes do not include this route, or it may not be used from this browser origin */
+            403: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -1309,6 +1331,15 @@ export interface operations {
             };
             /** @description The image's dimensions are too large */
             422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The key is over its rate limit; retry after Retry-After seconds */
+            429: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -1353,8 +1384,13 @@ export interface operations {
                 "application/octet-stream": string;
                 "image/jpeg": string;
                 "multipart/form-data": {
-                    /** Format: binary */
-                    file?: string;
+                    /**
+                     * Format: binary
+                     * @description The photo
+                     */
+                    file: string;
+                } & {
+                    [key: string]: string;
                 };
             };
         };
@@ -1377,8 +1413,17 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Missing or invalid API key (when BRIDGE_API_KEYS is set) */
+            /** @description Missing, invalid or revoked API key (when the bridge has keys) */
             401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The key's scopes do not include this route, or it may not be used from this browser origin */
+            403: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -1415,6 +1460,15 @@ export interface operations {
             };
             /** @description The image's dimensions are too large */
             422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The key is over its rate limit; retry after Retry-After seconds */
+            429: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -1459,8 +1513,13 @@ export interface operations {
                 "application/octet-stream": string;
                 "image/jpeg": string;
                 "multipart/form-data": {
-                    /** Format: binary */
-                    file?: string;
+                    /**
+                     * Format: binary
+                     * @description The photo
+                     */
+                    file: string;
+                } & {
+                    [key: string]: string;
                 };
             };
         };
@@ -1483,8 +1542,17 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Missing or invalid API key (when BRIDGE_API_KEYS is set) */
+            /** @description Missing, invalid or revoked API key (when the bridge has keys) */
             401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The key's scopes do not include this route, or it may not be used from this browser origin */
+            403: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -1521,6 +1589,15 @@ export interface operations {
             };
             /** @description The image's dimensions are too large */
             422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The key is over its rate limit; retry after Retry-After seconds */
+            429: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -1600,8 +1677,17 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Missing or invalid API key (when BRIDGE_API_KEYS is set) */
+            /** @description Missing, invalid or revoked API key (when the bridge has keys) */
             401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The key's scopes do not include this route, or it may not be used from this browser origin */
+            403: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -1663,6 +1749,15 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description The key is over its rate limit; retry after Retry-After seconds */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
             /** @description A dependency is unavailable; retry after Retry-After seconds */
             503: {
                 headers: {
@@ -1677,14 +1772,14 @@ export interface operations {
     submit_job_v1_jobs_post: {
         parameters: {
             query?: {
-                /** @description Comma-separated models; default: all of the product's */
-                models?: string | null;
+                /** @description 1–16 comma-separated model names; default (absent or empty): all of the product's */
+                models?: string;
                 /** @description Seconds the job may wait out outages before it fails (default: setting `job_deadline_s`, 600; at most `job_deadline_max_s`, 3600) */
-                deadline?: number | null;
+                deadline?: number;
             };
             header?: {
                 /** @description Makes a retried POST safe: the same key, photo and models give the original job back (200) */
-                "idempotency-key"?: string | null;
+                "idempotency-key"?: string;
             };
             path?: never;
             cookie?: never;
@@ -1694,8 +1789,13 @@ export interface operations {
                 "application/octet-stream": string;
                 "image/jpeg": string;
                 "multipart/form-data": {
-                    /** Format: binary */
-                    file?: string;
+                    /**
+                     * Format: binary
+                     * @description The photo
+                     */
+                    file: string;
+                } & {
+                    [key: string]: string;
                 };
             };
         };
@@ -1731,8 +1831,17 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Missing or invalid API key (when BRIDGE_API_KEYS is set) */
+            /** @description Missing, invalid or revoked API key (when the bridge has keys) */
             401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The key's scopes do not include this route, or it may not be used from this browser origin */
+            403: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -1760,6 +1869,15 @@ export interface operations {
             };
             /** @description Idempotency-Key seen before with a different photo or model list */
             422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The key is over its rate limit; retry after Retry-After seconds */
+            429: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -1811,8 +1929,17 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Missing or invalid API key (when BRIDGE_API_KEYS is set) */
+            /** @description Missing, invalid or revoked API key (when the bridge has keys) */
             401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The key's scopes do not include this route, or it may not be used from this browser origin */
+            403: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -1838,13 +1965,13 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Validation Error */
-            422: {
+            /** @description The key is over its rate limit; retry after Retry-After seconds */
+            429: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["HTTPValidationError"];
+                    "application/json": components["schemas"]["ErrorBody"];
                 };
             };
             /** @description A dependency is unavailable; retry after Retry-After seconds */
@@ -1864,12 +1991,12 @@ export interface operations {
                 /** @description Model name */
                 model: string;
                 /** @description Only this version */
-                version?: string | null;
-                /** @description Start (inclusive, ISO 8601); default: 24 h before `until` */
-                since?: string | null;
-                /** @description End (exclusive, ISO 8601); default: now */
-                until?: string | null;
-                /** @description Time bucket */
+                version?: string;
+                /** @description Start (inclusive, RFC 3339); default: 24 h before `until` */
+                since?: string;
+                /** @description End (exclusive, RFC 3339); default: now */
+                until?: string;
+                /** @description Time bucket: it bounds the range (minute 2 days, hour 93 days, day 1,100 days) */
                 bucket?: components["schemas"]["Bucket"];
             };
             header?: never;
@@ -1896,8 +2023,17 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Missing or invalid API key (when BRIDGE_API_KEYS is set) */
+            /** @description Missing, invalid or revoked API key (when the bridge has keys) */
             401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The key's scopes do not include this route, or it may not be used from this browser origin */
+            403: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -1914,13 +2050,13 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Validation Error */
-            422: {
+            /** @description The key is over its rate limit; retry after Retry-After seconds */
+            429: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["HTTPValidationError"];
+                    "application/json": components["schemas"]["ErrorBody"];
                 };
             };
             /** @description A dependency is unavailable; retry after Retry-After seconds */
@@ -1940,11 +2076,11 @@ export interface operations {
                 /** @description Model name */
                 model: string;
                 /** @description the candidate; default: the model's active rollout's */
-                version?: string | null;
-                /** @description Start (inclusive, ISO 8601); default: 24 h before `until` */
-                since?: string | null;
-                /** @description End (exclusive, ISO 8601); default: now */
-                until?: string | null;
+                version?: string;
+                /** @description Start (inclusive, RFC 3339); default: 24 h before `until` */
+                since?: string;
+                /** @description End (exclusive, RFC 3339); default: now */
+                until?: string;
                 /** @description shadow answers, replayed answers, or both */
                 source?: components["schemas"]["PairSource"];
             };
@@ -1963,7 +2099,7 @@ export interface operations {
                     "application/json": components["schemas"]["CompareReport"];
                 };
             };
-            /** @description Malformed request (the message says what) */
+            /** @description Malformed parameter, or `since` not before `until`, or a range longer than 93 days; the message says which */
             400: {
                 headers: {
                     [name: string]: unknown;
@@ -1972,8 +2108,26 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Missing or invalid API key (when BRIDGE_API_KEYS is set) */
+            /** @description Missing, invalid or revoked API key (when the bridge has keys) */
             401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The key's scopes do not include this route, or it may not be used from this browser origin */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description No `version` given and the model has no active rollout to take the candidate from */
+            404: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -1990,13 +2144,13 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Validation Error */
-            422: {
+            /** @description The key is over its rate limit; retry after Retry-After seconds */
+            429: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["HTTPValidationError"];
+                    "application/json": components["schemas"]["ErrorBody"];
                 };
             };
             /** @description A dependency is unavailable; retry after Retry-After seconds */
@@ -2015,11 +2169,11 @@ export interface operations {
             query: {
                 /** @description Model name */
                 model: string;
-                /** @description Start (inclusive, ISO 8601); default: 24 h before `until` */
-                since?: string | null;
-                /** @description End (exclusive, ISO 8601); default: now */
-                until?: string | null;
-                /** @description Time bucket */
+                /** @description Start (inclusive, RFC 3339); default: 24 h before `until` */
+                since?: string;
+                /** @description End (exclusive, RFC 3339); default: now */
+                until?: string;
+                /** @description Time bucket: it bounds the range (minute 2 days, hour 93 days, day 1,100 days) */
                 bucket?: components["schemas"]["Bucket"];
             };
             header?: never;
@@ -2037,7 +2191,7 @@ export interface operations {
                     "application/json": components["schemas"]["Report"];
                 };
             };
-            /** @description Malformed request (the message says what) */
+            /** @description Malformed parameter, or `since` not before `until`, or a range longer than the bucket allows (minute 2 days, hour 93 days, day 1,100 days); the message says which */
             400: {
                 headers: {
                     [name: string]: unknown;
@@ -2046,8 +2200,17 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Missing or invalid API key (when BRIDGE_API_KEYS is set) */
+            /** @description Missing, invalid or revoked API key (when the bridge has keys) */
             401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The key's scopes do not include this route, or it may not be used from this browser origin */
+            403: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -2064,13 +2227,13 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Validation Error */
-            422: {
+            /** @description The key is over its rate limit; retry after Retry-After seconds */
+            429: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["HTTPValidationError"];
+                    "application/json": components["schemas"]["ErrorBody"];
                 };
             };
             /** @description A dependency is unavailable; retry after Retry-After seconds */
@@ -2089,11 +2252,11 @@ export interface operations {
             query: {
                 /** @description Model name */
                 model: string;
-                /** @description Start (inclusive, ISO 8601); default: 24 h before `until` */
-                since?: string | null;
-                /** @description End (exclusive, ISO 8601); default: now */
-                until?: string | null;
-                /** @description Time bucket */
+                /** @description Start (inclusive, RFC 3339); default: 24 h before `until` */
+                since?: string;
+                /** @description End (exclusive, RFC 3339); default: now */
+                until?: string;
+                /** @description Time bucket: it bounds the range (minute 2 days, hour 93 days, day 1,100 days) */
                 bucket?: components["schemas"]["Bucket"];
             };
             header?: never;
@@ -2111,7 +2274,7 @@ export interface operations {
                     "application/json": components["schemas"]["Report"];
                 };
             };
-            /** @description Malformed request (the message says what) */
+            /** @description Malformed parameter, or `since` not before `until`, or a range longer than the bucket allows (minute 2 days, hour 93 days, day 1,100 days); the message says which */
             400: {
                 headers: {
                     [name: string]: unknown;
@@ -2120,8 +2283,17 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Missing or invalid API key (when BRIDGE_API_KEYS is set) */
+            /** @description Missing, invalid or revoked API key (when the bridge has keys) */
             401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The key's scopes do not include this route, or it may not be used from this browser origin */
+            403: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -2138,13 +2310,13 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Validation Error */
-            422: {
+            /** @description The key is over its rate limit; retry after Retry-After seconds */
+            429: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["HTTPValidationError"];
+                    "application/json": components["schemas"]["ErrorBody"];
                 };
             };
             /** @description A dependency is unavailable; retry after Retry-After seconds */
@@ -2163,11 +2335,11 @@ export interface operations {
             query: {
                 /** @description Model name */
                 model: string;
-                /** @description Start (inclusive, ISO 8601); default: 24 h before `until` */
-                since?: string | null;
-                /** @description End (exclusive, ISO 8601); default: now */
-                until?: string | null;
-                /** @description Time bucket */
+                /** @description Start (inclusive, RFC 3339); default: 24 h before `until` */
+                since?: string;
+                /** @description End (exclusive, RFC 3339); default: now */
+                until?: string;
+                /** @description Time bucket: it bounds the range (minute 2 days, hour 93 days, day 1,100 days) */
                 bucket?: components["schemas"]["Bucket"];
             };
             header?: never;
@@ -2185,7 +2357,7 @@ export interface operations {
                     "application/json": components["schemas"]["Report"];
                 };
             };
-            /** @description Malformed request (the message says what) */
+            /** @description Malformed parameter, or `since` not before `until`, or a range longer than the bucket allows (minute 2 days, hour 93 days, day 1,100 days); the message says which */
             400: {
                 headers: {
                     [name: string]: unknown;
@@ -2194,8 +2366,17 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Missing or invalid API key (when BRIDGE_API_KEYS is set) */
+            /** @description Missing, invalid or revoked API key (when the bridge has keys) */
             401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The key's scopes do not include this route, or it may not be used from this browser origin */
+            403: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -2212,13 +2393,13 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Validation Error */
-            422: {
+            /** @description The key is over its rate limit; retry after Retry-After seconds */
+            429: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["HTTPValidationError"];
+                    "application/json": components["schemas"]["ErrorBody"];
                 };
             };
             /** @description A dependency is unavailable; retry after Retry-After seconds */
@@ -2235,18 +2416,18 @@ export interface operations {
     results_v1_results_get: {
         parameters: {
             query?: {
-                model?: string | null;
-                version?: string | null;
-                status?: number | null;
-                /** @description Start (inclusive, ISO 8601); default: 24 h before `until` */
-                since?: string | null;
-                /** @description End (exclusive, ISO 8601); default: now */
-                until?: string | null;
+                model?: string;
+                version?: string;
+                status?: number;
+                /** @description Start (inclusive, RFC 3339); default: 24 h before `until` */
+                since?: string;
+                /** @description End (exclusive, RFC 3339); default: now */
+                until?: string;
                 limit?: number;
                 /** @description `next_cursor` of the previous page */
-                cursor?: string | null;
+                cursor?: string;
                 /** @description a live request's id: its candidates' answers (shadowing, replay) instead of served answers */
-                shadow_of?: string | null;
+                shadow_of?: string;
             };
             header?: never;
             path?: never;
@@ -2272,8 +2453,17 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Missing or invalid API key (when BRIDGE_API_KEYS is set) */
+            /** @description Missing, invalid or revoked API key (when the bridge has keys) */
             401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The key's scopes do not include this route, or it may not be used from this browser origin */
+            403: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -2290,13 +2480,13 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Validation Error */
-            422: {
+            /** @description The key is over its rate limit; retry after Retry-After seconds */
+            429: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["HTTPValidationError"];
+                    "application/json": components["schemas"]["ErrorBody"];
                 };
             };
             /** @description A dependency is unavailable; retry after Retry-After seconds */
@@ -2337,8 +2527,17 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Missing or invalid API key (when BRIDGE_API_KEYS is set) */
+            /** @description Missing, invalid or revoked API key (when the bridge has keys) */
             401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The key's scopes do not include this route, or it may not be used from this browser origin */
+            403: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -2348,6 +2547,15 @@ export interface operations {
             };
             /** @description Body larger than the limit */
             413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The key is over its rate limit; retry after Retry-After seconds */
+            429: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -2525,15 +2733,6 @@ export interface operations {
                     "application/json": components["schemas"]["OipError"];
                 };
             };
-            /** @description Validation Error */
-            422: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["HTTPValidationError"];
-                };
-            };
             /** @description TorchServe or the recording path is unavailable; retry after Retry-After seconds */
             503: {
                 headers: {
@@ -2561,44 +2760,61 @@ export interface operations {
                     /** Id */
                     id?: string | null;
                     /** Inputs */
-                    inputs: {
+                    inputs: ({
                         /**
                          * Data
-                         * @description row-major, flat or nested; BYTES as strings
+                         * @description the photos (BYTES as strings), flat or nested [[...]]
                          */
                         data?: unknown[] | null;
                         /**
                          * Datatype
                          * @example BYTES
+                         * @enum {string}
                          */
-                        datatype: string;
+                        datatype: "BYTES";
                         /**
                          * Name
                          * @example image
+                         * @enum {string}
                          */
-                        name: string;
+                        name: "image";
                         /**
                          * Parameters
+                         * @description `content_type`: `base64` for base64 strings in `data`; `binary_data_size`: the bytes of the binary data (each photo a 4-byte little-endian length, then its bytes)
                          * @example {
                          *       "content_type": "base64"
                          *     }
                          */
                         parameters?: {
+                            binary_data_size?: number;
+                            content_type?: string;
+                        } & {
                             [key: string]: string | number | boolean;
                         };
                         /**
                          * Shape
+                         * @description [N, 1] or [N]: N photos, at most 64
                          * @example [
                          *       1,
                          *       1
                          *     ]
                          */
-                        shape: number[];
-                    }[];
+                        shape: [
+                            number,
+                            1
+                        ];
+                    } & ({
+                        data: (string | string[])[];
+                        parameters?: unknown;
+                    } | {
+                        data?: null;
+                        parameters: unknown;
+                    }))[];
                     /** Outputs */
                     outputs?: {
                         /**
                          * Name
+                         * @description one of the model's outputs (its metadata lists them)
                          * @example labels
                          */
                         name: string;
@@ -2609,12 +2825,15 @@ export interface operations {
                          *     }
                          */
                         parameters?: {
+                            binary_data?: boolean;
+                            classification?: number;
+                        } & {
                             [key: string]: string | number | boolean;
                         };
                     }[] | null;
                     /**
                      * Parameters
-                     * @description model parameters (e.g. k) and protocol ones
+                     * @description model parameters (e.g. k; names are identifiers, values at most 200 characters, at most 8) and protocol ones (binary_data_output, content_type)
                      */
                     parameters?: {
                         [key: string]: string | number | boolean;
@@ -2635,7 +2854,7 @@ export interface operations {
                     "application/octet-stream": string;
                 };
             };
-            /** @description Malformed request, or an input or output the model does not have */
+            /** @description Malformed request; an output the model does not have; a shape whose N is not the number of photos, or a binary_data_size that is not the bytes after the JSON; or every photo refused (the first one's error, e.g. not an image) */
             400: {
                 headers: {
                     [name: string]: unknown;
@@ -2669,15 +2888,6 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["OipError"];
-                };
-            };
-            /** @description Validation Error */
-            422: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["HTTPValidationError"];
                 };
             };
             /** @description TorchServe or the recording path is unavailable; retry after Retry-After seconds */
@@ -2748,15 +2958,6 @@ export interface operations {
                     "application/json": components["schemas"]["OipError"];
                 };
             };
-            /** @description Validation Error */
-            422: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["HTTPValidationError"];
-                };
-            };
             /** @description TorchServe or the recording path is unavailable; retry after Retry-After seconds */
             503: {
                 headers: {
@@ -2820,15 +3021,6 @@ export interface operations {
                     "application/json": components["schemas"]["OipError"];
                 };
             };
-            /** @description Validation Error */
-            422: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["HTTPValidationError"];
-                };
-            };
             /** @description TorchServe or the recording path is unavailable; retry after Retry-After seconds */
             503: {
                 headers: {
@@ -2858,44 +3050,61 @@ export interface operations {
                     /** Id */
                     id?: string | null;
                     /** Inputs */
-                    inputs: {
+                    inputs: ({
                         /**
                          * Data
-                         * @description row-major, flat or nested; BYTES as strings
+                         * @description the photos (BYTES as strings), flat or nested [[...]]
                          */
                         data?: unknown[] | null;
                         /**
                          * Datatype
                          * @example BYTES
+                         * @enum {string}
                          */
-                        datatype: string;
+                        datatype: "BYTES";
                         /**
                          * Name
                          * @example image
+                         * @enum {string}
                          */
-                        name: string;
+                        name: "image";
                         /**
                          * Parameters
+                         * @description `content_type`: `base64` for base64 strings in `data`; `binary_data_size`: the bytes of the binary data (each photo a 4-byte little-endian length, then its bytes)
                          * @example {
                          *       "content_type": "base64"
                          *     }
                          */
                         parameters?: {
+                            binary_data_size?: number;
+                            content_type?: string;
+                        } & {
                             [key: string]: string | number | boolean;
                         };
                         /**
                          * Shape
+                         * @description [N, 1] or [N]: N photos, at most 64
                          * @example [
                          *       1,
                          *       1
                          *     ]
                          */
-                        shape: number[];
-                    }[];
+                        shape: [
+                            number,
+                            1
+                        ];
+                    } & ({
+                        data: (string | string[])[];
+                        parameters?: unknown;
+                    } | {
+                        data?: null;
+                        parameters: unknown;
+                    }))[];
                     /** Outputs */
                     outputs?: {
                         /**
                          * Name
+                         * @description one of the model's outputs (its metadata lists them)
                          * @example labels
                          */
                         name: string;
@@ -2906,12 +3115,15 @@ export interface operations {
                          *     }
                          */
                         parameters?: {
+                            binary_data?: boolean;
+                            classification?: number;
+                        } & {
                             [key: string]: string | number | boolean;
                         };
                     }[] | null;
                     /**
                      * Parameters
-                     * @description model parameters (e.g. k) and protocol ones
+                     * @description model parameters (e.g. k; names are identifiers, values at most 200 characters, at most 8) and protocol ones (binary_data_output, content_type)
                      */
                     parameters?: {
                         [key: string]: string | number | boolean;
@@ -2932,7 +3144,7 @@ export interface operations {
                     "application/octet-stream": string;
                 };
             };
-            /** @description Malformed request, or an input or output the model does not have */
+            /** @description Malformed request; an output the model does not have; a shape whose N is not the number of photos, or a binary_data_size that is not the bytes after the JSON; or every photo refused (the first one's error, e.g. not an image) */
             400: {
                 headers: {
                     [name: string]: unknown;
@@ -2966,15 +3178,6 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["OipError"];
-                };
-            };
-            /** @description Validation Error */
-            422: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["HTTPValidationError"];
                 };
             };
             /** @description TorchServe or the recording path is unavailable; retry after Retry-After seconds */
@@ -3045,15 +3248,6 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["OipError"];
-                };
-            };
-            /** @description Validation Error */
-            422: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["HTTPValidationError"];
                 };
             };
             /** @description TorchServe or the recording path is unavailable; retry after Retry-After seconds */
