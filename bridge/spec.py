@@ -5,6 +5,9 @@
   clients type as ``string | null`` (and send as the text "null"); here it is the string schema alone.
 - A request that fails validation is answered 400 with the error envelope (``ErrorBody``, or ``OipError`` on /v2),
   never FastAPI's 422 ``HTTPValidationError``, so that response (and its schemas) is not in the document.
+- The API key is declared (``securitySchemes``: ``X-API-Key`` or ``Authorization: Bearer``) on every operation that
+  answers 401, so generated clients know where it goes (docs/api-keys.md). The bridge asks for it once it has a
+  key at all; a bridge with none (loopback only) is open, which a document cannot say per deployment.
 - A limit that is a setting (``x-maximum-setting: <setting>`` on a parameter's schema) becomes the ``maximum`` this
   app enforces, e.g. ``POST /v1/jobs?deadline`` up to ``BRIDGE_JOB_DEADLINE_MAX_S``.
 """
@@ -15,6 +18,13 @@ from typing import Any
 
 MAXIMUM_SETTING = "x-maximum-setting"
 _FASTAPI_VALIDATION = "#/components/schemas/HTTPValidationError"  # FastAPI's 422, never answered here
+SECURITY_SCHEMES: dict[str, dict[str, str]] = {
+    "ApiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key",
+               "description": "A publishable (pk_…) or secret (sk_…) key from `servingctl keys create`, or a key of "
+                              "BRIDGE_API_KEYS; its scopes decide which routes it may use (docs/api-keys.md)"},
+    "Bearer": {"type": "http", "scheme": "bearer", "description": "The same key as `Authorization: Bearer <key>`"},
+}
+KEYED: list[dict[str, list[str]]] = [{"ApiKey": []}, {"Bearer": []}]  # either one
 
 
 def finish(document: dict[str, Any], settings: object | None) -> dict[str, Any]:
@@ -28,6 +38,9 @@ def finish(document: dict[str, Any], settings: object | None) -> dict[str, Any]:
             responses = operation.get("responses", {})
             if _schema_ref(responses.get("422")) == _FASTAPI_VALIDATION:
                 del responses["422"]
+            if "401" in responses:
+                operation["security"] = KEYED
+    document.setdefault("components", {})["securitySchemes"] = SECURITY_SCHEMES
     schemas = document.get("components", {}).get("schemas", {})
     for name in ("HTTPValidationError", "ValidationError"):  # the second is only the first's items
         others = [v for k, v in schemas.items() if k != name]

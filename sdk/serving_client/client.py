@@ -7,7 +7,7 @@ import random
 import time
 import uuid
 from collections.abc import Iterator, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, Self
@@ -263,7 +263,10 @@ def _segment(value: str) -> str:
 
 
 def _iso(value: TimeValue) -> str | None:
-    return value.isoformat() if isinstance(value, datetime) else value
+    """RFC 3339 with an offset, as the bridge requires: a naive datetime is taken as UTC."""
+    if isinstance(value, datetime):
+        return (value if value.tzinfo is not None else value.replace(tzinfo=UTC)).isoformat()
+    return value
 
 
 def _drop_none(**params: Any) -> dict[str, Any]:

@@ -471,7 +471,7 @@ def test_bridge_api_keys_are_enforced(private_stack: PrivateStack) -> None:
 
 @pytest.fixture(scope="module")
 def schema_bridge(tmp_path_factory: pytest.TempPathFactory, live_stack: LiveStack) -> Iterator[PrivateBridge]:
-    """A private bridge in the default configuration, on the shared TorchServe, with its own databases.
+    """A private bridge in the default configuration with an API key, on the shared TorchServe, with its own databases.
 
     Generated traffic (jobs included) lands in its own databases and its log can be read; the code, the
     spec and TorchServe are the live ones.
@@ -486,7 +486,7 @@ def schema_bridge(tmp_path_factory: pytest.TempPathFactory, live_stack: LiveStac
             key_file=TorchServe().key_file,
             pg_dsn=dsn,
             influx_database=influx_db,
-            env={"BRIDGE_JOB_MODELS": "classifier,resnet18"},
+            env={"BRIDGE_JOB_MODELS": "classifier,resnet18", "BRIDGE_API_KEYS": SCHEMA_KEY},
         )
         try:
             bridge.start(ready_path="/ping")
@@ -495,6 +495,8 @@ def schema_bridge(tmp_path_factory: pytest.TempPathFactory, live_stack: LiveStac
             bridge.stop()
 
 
+SCHEMA_KEY = "schemathesis-key"  # sent with every generated request; schemathesis checks each operation refuses it gone
+SCHEMA_HEADERS = {"X-API-Key": SCHEMA_KEY}
 SCHEMATHESIS_DIR = Path(__file__).resolve().parent
 SCHEMATHESIS_CONFIG = SCHEMATHESIS_DIR / "schemathesis.toml"  # dictionaries, and POST /v1/jobs' one 422
 SCHEMATHESIS_HOOKS = SCHEMATHESIS_DIR / "schemathesis_hooks.py"  # the refusals no schema can state, each named
@@ -541,7 +543,7 @@ KNOWN_FINDINGS: dict[tuple[str, str], str] = {}  # none left: add (method, path)
 def test_bridge_answers_malformed_ids_and_edge_times_without_a_server_error(
     schema_bridge: PrivateBridge, path: str, expected: int
 ) -> None:
-    response = requests.get(schema_bridge.url + path, timeout=30)
+    response = requests.get(schema_bridge.url + path, headers=SCHEMA_HEADERS, timeout=30)
     assert response.status_code == expected, f"GET {path}: {response.status_code} {response.text[:200]}"
 
 
@@ -587,6 +589,8 @@ def test_schemathesis_finds_nothing(schema_bridge: PrivateBridge, tmp_path: Path
         "run",
         f"{schema_bridge.url}/openapi.json",
         *selection,
+        "--header",
+        f"X-API-Key: {SCHEMA_KEY}",
         "--checks",
         "all",
         "--max-examples",

@@ -494,6 +494,12 @@ def test_results_follow_next_cursor_across_pages(client: Client, bridge: Recorde
                           "since": "2026-01-01T00:00:00+00:00", "until": "2026-01-02T00:00:00Z"}
 
 
+def test_a_naive_time_is_sent_as_utc_since_the_bridge_requires_an_offset(client: Client, bridge: Recorder) -> None:
+    bridge.handler = lambda r: httpx.Response(200, json={"items": [], "next_cursor": None})
+    list(client.results(since=datetime(2026, 1, 1, 12, 30)))
+    assert bridge.requests[-1].url.params["since"] == "2026-01-01T12:30:00+00:00"
+
+
 def test_results_are_fetched_lazily_and_omit_unset_filters(client: Client, bridge: Recorder) -> None:
     bridge.handler = lambda r: httpx.Response(200, json={"items": [item(1)], "next_cursor": "more"})
     results = client.results()
