@@ -200,6 +200,15 @@ class Settings(BaseSettings):
         return tuple(name.strip() for name in value.split(",") if name.strip())
 
     @model_validator(mode="after")
+    def _web_key_is_not_secret(self) -> Settings:
+        if self.web_key and (self.web_key in self.api_keys or self.web_key.startswith("sk_")):
+            raise ValueError(
+                "BRIDGE_WEB_KEY is sent to every browser that opens the page at /: give it a publishable key "
+                "(servingctl keys create --publishable), never a secret key or one of BRIDGE_API_KEYS"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _no_open_api_beyond_loopback(self) -> Settings:
         if self.api_keys or self.allow_open_api or _is_loopback(self.host):
             return self

@@ -62,7 +62,7 @@ async def page() -> FileResponse:
 async def config(request: Request) -> JSONResponse:
     """What the page needs from the settings."""
     settings = request.app.state.settings
-    body = {"api_key": settings.web_key, "max_body_bytes": settings.max_body_bytes, "models": list(PAGE_MODELS)}
+    body = {"api_key": settings.web_key or None, "max_body_bytes": settings.max_body_bytes, "models": list(PAGE_MODELS)}
     return JSONResponse(body, headers={"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"})
 
 

@@ -14,11 +14,12 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from functools import partial
 from pathlib import Path
 from typing import Any
 
+import psycopg2
 import pytest
 import requests
 import uvicorn
@@ -34,6 +35,8 @@ from bridge.app import create_app
 from bridge.settings import Settings
 from bridge.web import PAGE_MODELS
 from stack.browser import CHROMEDRIVER, CHROMIUM
+from stack.database.api_keys import create_key
+from tests.databases import fresh_database
 from tests.integration.conftest import BRIDGE, LiveStack
 
 REPO = Path(__file__).resolve().parents[2]
@@ -41,7 +44,7 @@ ARTIFACTS = REPO / "test-artifacts"
 SCREENSHOT = ARTIFACTS / "web_page.png"
 PHONE_SCREENSHOT = ARTIFACTS / "web_page_phone.png"
 PRIVATE_PORT = 18061
-WEB_KEY = "web-page-test-" + uuid.uuid4().hex
+SECRET_KEY = "web-page-test-" + uuid.uuid4().hex  # a settings-file key: the API asks for keys
 FINISHED = "#status[data-state='done'], #status[data-state='failed'], #message:not([hidden])"
 
 
@@ -247,10 +250,10 @@ class Front:
 @contextmanager
 def private_bridge(tmp_path: Path, front: Callable[[ASGIApp], Front], **settings: Any) -> Iterator[tuple[str, Front]]:
     """A bridge of our own, in this process, behind ``front``; its jobs go to the stack's queue, where the stack's
-    bridge runs them."""
+    bridge runs them, unless it is given a database of its own (``pg_dsn``): then it runs them."""
     config = Settings(port=PRIVATE_PORT, telemetry_interval_s=0, spool_dir=tmp_path / "spool",
                       capture_dir=tmp_path / "captures", **settings)
-    app = front(create_app(config, run_jobs=False))
+    app = front(create_app(config, run_jobs="pg_dsn" in settings))  # its own database: it runs its own jobs
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=PRIVATE_PORT, log_level="warning"))
     thread = threading.Thread(target=server.run, name="private-bridge", daemon=True)
     thread.start()
@@ -270,20 +273,30 @@ def test_a_bridge_with_keys_gets_the_web_key_and_a_busy_one_is_retried(
     photo = tmp_path / "rocket.jpg"
     photo.write_bytes(photos["rocket"])
     busy_once = partial(Front, busy=1)
-    with private_bridge(tmp_path, busy_once, api_keys=(WEB_KEY,), web_key=WEB_KEY) as (base, front):
-        assert requests.get(f"{base}/web/config.json", timeout=5).json()["api_key"] == WEB_KEY
-        assert requests.get(f"{base}/v1/jobs/{uuid.uuid4()}", timeout=5).status_code == 401  # the API needs a key
-        open_page(browser, base)
-        browser.execute_script("""
-            window.statusLog = [];
-            new MutationObserver(() => window.statusLog.push(document.getElementById('status').textContent))
-                .observe(document.getElementById('status'), {childList: true, characterData: true, subtree: true});
-        """)
-        choose(browser, photo)
-        wait_finished(browser)
-        log = browser.execute_script("return window.statusLog")
+    with fresh_database("web_page_keys", migrated=True) as dsn:
+        with closing(psycopg2.connect(dsn)) as conn, conn:  # the publishable key servingctl keys create would make
+            web_key, _ = create_key(conn, "web page", "publishable", "tests")
+        with private_bridge(tmp_path, busy_once, api_keys=(SECRET_KEY,), web_key=web_key, pg_dsn=dsn) as (base, front):
+            page_flow(base, front, web_key, browser, photo)
+
+
+def page_flow(base: str, front: Front, web_key: str, browser: WebDriver, photo: Path) -> None:
+    """The page on a bridge with keys: it sends its publishable key, and retries a busy (429) submission."""
+    assert requests.get(f"{base}/web/config.json", timeout=5).json()["api_key"] == web_key
+    assert requests.get(f"{base}/v1/jobs/{uuid.uuid4()}", timeout=5).status_code == 401  # the API needs a key
+    refused = requests.get(f"{base}/v1/results", headers={"X-API-Key": web_key}, timeout=5)
+    assert refused.status_code == 403, "the page's key must not read the results"
+    open_page(browser, base)
+    browser.execute_script("""
+        window.statusLog = [];
+        new MutationObserver(() => window.statusLog.push(document.getElementById('status').textContent))
+            .observe(document.getElementById('status'), {childList: true, characterData: true, subtree: true});
+    """)
+    choose(browser, photo)
+    wait_finished(browser)
+    log = browser.execute_script("return window.statusLog")
     assert any("The service is busy, retrying in 1 s" in line for line in log), log
-    assert front.keys == [WEB_KEY, WEB_KEY], front.keys  # the 429'd submission and its retry, both with the key
+    assert front.keys == [web_key, web_key], front.keys  # the 429'd submission and its retry, both with the key
     assert browser.find_element(By.ID, "status").get_attribute("data-state") == "done", visible_text(browser)
     assert [p.get_attribute("data-state") for p in browser.find_elements(By.CSS_SELECTOR, ".panel")] == ["ok"] * 3
 

@@ -100,3 +100,9 @@ def test_a_traversal_through_an_http_client_is_a_404_too() -> None:
 def test_the_page_is_no_api_operation() -> None:
     paths = create_app(Settings()).openapi()["paths"]
     assert "/" not in paths and not [p for p in paths if p.startswith("/web")]
+
+
+@pytest.mark.parametrize("web_key", ["sk_abcd1234_" + "x" * 32, "secret-key"])
+def test_a_secret_key_is_never_given_to_the_page(web_key: str) -> None:
+    with pytest.raises(ValueError, match="publishable key"):
+        Settings(api_keys=("secret-key",), web_key=web_key)
