@@ -545,3 +545,37 @@ def test_a_new_version_rolled_out_box_by_box_fails_no_request(topology: Topology
     assert set(load.statuses()) == {200}, load.statuses()
     assert set(before) == {"1.0"} and set(after) == {"1.1"}, (before, after)
     assert during["1.0"] and during["1.1"], "both versions answered while the boxes were replaced one by one"
+
+
+# --- the page and the keys (last: keys close the API to the tests above) --------------------------------------------
+
+
+def test_the_page_is_served_and_keys_from_servingctl_hold_on_both_bridges(topology: Topology) -> None:
+    """The web page through the balancer; then keys made in the servingctl container: a publishable key predicts but
+    reads no results, a revoked one is refused; every answer is checked several times (the balancer alternates)."""
+    base = topology.url(8000)
+    page = httpx.get(f"{base}/", timeout=10)
+    assert page.status_code == 200 and "Sell an item" in page.text, page.text[:300]
+
+    def created(*argv: str) -> str:
+        made = servingctl(topology, "keys", "create", *argv, "--json")
+        assert made.returncode == 0, made.stdout + made.stderr
+        return str(json.loads(made.stdout)["key"])
+
+    def statuses(path: str, key: str | None, method: str = "GET", body: bytes | None = None) -> set[int]:
+        headers = {"X-API-Key": key} if key else {}
+        return {httpx.request(method, base + path, headers=headers, content=body, timeout=60).status_code
+                for _ in range(4)}
+
+    publishable, secret = created("containers page", "--publishable"), created("containers ops")
+    wait(lambda: statuses("/v1/results?limit=1", None) == {401}, 10, "both bridges asking for a key")
+    assert statuses("/predictions/classifier", publishable, "PUT", photo()) == {200}
+    assert statuses("/v1/results?limit=1", publishable) == {403}
+    assert statuses("/v1/results?limit=1", secret) == {200}
+    revoked = servingctl(topology, "keys", "revoke", publishable.split("_")[1])
+    assert revoked.returncode == 0, revoked.stderr
+    started = time.monotonic()
+    wait(lambda: statuses("/predictions/classifier", publishable, "PUT", photo()) == {401}, 5, "the revocation")
+    figure("revoked_key_refused_through_the_balancer_s", round(time.monotonic() - started, 2))
+    assert servingctl(topology, "keys", "revoke", secret.split("_")[1]).returncode == 0
+    wait(lambda: statuses("/v1/results?limit=1", None) == {200}, 10, "the API open again without keys")

@@ -142,7 +142,8 @@ def test_a_burst_over_a_keys_rate_is_answered_429_with_retry_after_and_counted(
     assert counted == len(limited), f"InfluxDB counted {counted} limited requests, the clients saw {len(limited)}"
     report("a burst of requests over a publishable key's rate across two bridges",
            sent=BURST_REQUESTS, seconds=round(elapsed, 2), served=statuses[200], limited_429=len(limited),
-           rate_per_s=RATE_PER_S, burst=BURST, retry_after_s=sorted({a.headers["Retry-After"] for a in limited}),
+           key=f"{RATE_PER_S:g} requests/s, bursts of {BURST}",
+           retry_after_s=sorted({int(a.headers["Retry-After"]) for a in limited}),
            counted_in_influxdb=counted)
 
 
