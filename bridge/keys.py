@@ -164,10 +164,9 @@ class KeyRing:
         self._task = asyncio.create_task(self._loop(), name="api-keys")
 
     async def stop(self) -> None:
-        """Stop the loop; the last counts go to the outbox."""
+        """Stop the loop (counts of the last half second are not written: telemetry has stopped by then)."""
         if self._task is not None:
             await cancel_and_wait([self._task])
-        self.flush_counts()
 
     async def _loop(self) -> None:
         while True:
